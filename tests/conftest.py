@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny randomly initialised models of every supported architecture (no downloads)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests use only embedded data and tiny models
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ARCHS = ("llama", "mistral", "qwen2", "phi3", "gemma3_text")
+
+
+def tiny_config(arch: str, layers: int = 4):
+    """A few-layer config of the architecture; sliding windows small enough to matter in tests."""
+    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
+
+    common = dict(
+        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2, tie_word_embeddings=False,
+    )
+    if arch == "llama":
+        return LlamaConfig(**common)
+    if arch == "mistral":
+        return MistralConfig(**common, sliding_window=8)
+    if arch == "qwen2":
+        return Qwen2Config(**common, use_sliding_window=True, sliding_window=8, max_window_layers=2)
+    if arch == "phi3":
+        return Phi3Config(**common)
+    if arch == "gemma3_text":
+        return Gemma3TextConfig(**common, sliding_window=8, query_pre_attn_scalar=16)
+    raise ValueError(arch)
+
+
+def tiny_model(arch: str, layers: int = 4, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, layers), dtype=torch.float32)
+    # Random init leaves norms at 1 and some projections tiny; perturb everything so removals matter.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+@pytest.fixture(params=ARCHS)
+def arch(request):
+    return request.param
