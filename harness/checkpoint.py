@@ -75,18 +75,24 @@ def base_config(manifest: dict[str, Any]):
     return CONFIG_MAPPING[cfg["model_type"]].from_dict(cfg)
 
 
-def load_pruned(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device | None = None):
-    """Rebuild a model saved by :func:`save_pruned`; weights keep their saved dtype unless ``dtype`` is given."""
+def build_skeleton(manifest: dict[str, Any]) -> ModelAdapter:
+    """The pruned structure with weightless parameters (buffers such as rotary tables are real)."""
     from accelerate import init_empty_weights
-    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    path = Path(path)
-    manifest = read_manifest(path)
-    with init_empty_weights():  # parameters on the meta device, buffers (rotary tables) real
+    with init_empty_weights():
         model = AutoModelForCausalLM.from_config(base_config(manifest))
     adapter = adapt(model)
     adapter.replay(manifest["ops"])
+    return adapter
+
+
+def load_pruned(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device | None = None):
+    """Rebuild a model saved by :func:`save_pruned`; weights keep their saved dtype unless ``dtype`` is given."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    model = build_skeleton(read_manifest(path)).model
     state: dict[str, torch.Tensor] = {}
     for file in sorted(path.glob("*.safetensors")):
         state.update(load_file(file))

@@ -19,7 +19,7 @@ from filelock import FileLock
 
 from harness.checkpoint import MANIFEST_NAME, base_config, read_manifest
 from harness.errors import ModelUnavailable, PrunebenchError
-from harness.hub import hub_reachable
+from harness.hub import hub_reachable, offline_mode
 from harness.paths import cache_dir
 from methods.arch import adapter_class, supported_model_types
 from methods.errors import MethodError
@@ -88,7 +88,7 @@ def resolve_model(name: str | None) -> ModelRef:
     looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1
     if looks_like_path:
         raise ModelUnavailable(f"model directory '{name}' does not exist")
-    if not hub_reachable():
+    if not offline_mode() and not hub_reachable():  # offline mode: the user's local hub cache may have it
         raise ModelUnavailable(
             f"model '{name}' is not a local directory and the Hugging Face hub is unreachable; "
             f"offline models: {', '.join(EMBEDDED_MODELS)} or a local model directory"
@@ -105,8 +105,10 @@ def check_model(ref: ModelRef, trust_remote_code: bool = False):
     """Load only the config and refuse what prunebench cannot prune. Returns the config."""
     from transformers import AutoConfig
 
-    if ref.kind == "embedded":
-        ensure_embedded(ref.name)
+    if ref.kind == "embedded" and not (Path(ref.location) / "config.json").exists():
+        # Not converted yet: the GGUF header holds the config, no need to dequantize the weights now.
+        spec = EMBEDDED_MODELS[ref.name]
+        return AutoConfig.from_pretrained(spec.package_dir(), gguf_file=spec.gguf_file)
     if ref.kind == "pruned":
         return base_config(read_manifest(ref.location))
     try:
@@ -189,6 +191,8 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_model(ref, trust_remote_code)
+    if ref.kind == "embedded":
+        ensure_embedded(ref.name)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if ref.kind == "pruned":

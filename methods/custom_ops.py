@@ -11,6 +11,7 @@ from typing import Any
 from methods.errors import MethodError
 
 CUSTOM_OPS: dict[str, str] = {
+    "keep_ffn_channels": "methods.twossp:replay_channels",
     "slicegpt": "methods.slicegpt:replay",
 }
 

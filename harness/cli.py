@@ -1,0 +1,208 @@
+"""The ``prunebench`` command line: a thin layer over the importable harness.
+
+Every command validates its input before loading anything heavy; a problem the user can fix is one
+line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from harness.errors import PrunebenchError
+from methods.errors import MethodError
+
+app = typer.Typer(
+    name="prunebench",
+    help="Benchmark structured pruning of LLMs: 2SSP and its baselines, on any supported Hugging Face causal LM.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+log = logging.getLogger("prunebench")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+        force=True,
+    )
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def user_errors(func):
+    """Turn the errors a user can act on into one line and exit code 2; leave real bugs loud."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (PrunebenchError, MethodError) as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(getattr(err, "exit_code", 2)) from None
+
+    return wrapper
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    _setup_logging(verbose)
+
+
+Model = Annotated[str | None, typer.Option("--model", "-m", help="Embedded name (smollm2-135m, the default), hub id, or local/pruned directory.")]
+Dtype = Annotated[str, typer.Option(help="auto (bf16 on CUDA, float32 on CPU), float32, bfloat16 or float16.")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+TrustRemote = Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model's own code from the hub.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of text.")]
+
+
+def _emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(
+    model: Model = None,
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="wikitext2, c4, fineweb-edu, enwiki-sample, pydoc, text:PATH, jsonl:PATH; auto = wikitext2 with the hub, enwiki-sample without.")] = "auto",
+    seq_len: Annotated[int, typer.Option(min=2, help="Window length in tokens.")] = 2048,
+    max_windows: Annotated[int | None, typer.Option(min=1, help="Score only the first K windows.")] = None,
+    bos: Annotated[str, typer.Option(help="auto (per architecture), always or never.")] = "auto",
+    dtype: Dtype = "auto",
+    device: Device = "auto",
+    trust_remote_code: TrustRemote = False,
+    as_json: AsJson = False,
+) -> None:
+    """Perplexity of a model with the paper's protocol, printed with that protocol."""
+    from harness.data.sources import load_corpus, validate_source
+    from harness.hub import hub_reachable
+    from harness.metrics.perplexity import perplexity
+    from harness.models import check_model, load_model, resolve_model
+    from harness.progress import RichProgress
+    from methods.arch import adapt
+
+    if dataset == "auto":
+        dataset = "wikitext2" if hub_reachable() else "enwiki-sample"
+    if bos not in ("auto", "always", "never"):
+        raise PrunebenchError(f"unknown BOS policy '{bos}'; choose auto, always or never")
+    validate_source(dataset)
+    ref = resolve_model(model)
+    check_model(ref, trust_remote_code)
+    loaded = load_model(ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    corpus = load_corpus(dataset, "evaluation")
+    progress = RichProgress(err_console)
+    with progress(f"perplexity on {dataset}", max_windows or 0) as advance:
+        result = perplexity(adapt(loaded.model), loaded.tokenizer, corpus, seq_len, max_windows, bos,
+                            on_window=lambda done, total: advance(1))
+    report = {"perplexity": result.perplexity, "model": ref.name, "dtype": str(loaded.dtype).removeprefix("torch."),
+              "device": str(loaded.device), "seconds": result.seconds, "protocol": result.protocol}
+    if as_json:
+        _emit_json(report)
+        return
+    p = result.protocol
+    where = p.get("revision") or p.get("sha256") or p.get("file_sha256", "")
+    typer.echo(f"perplexity {result.perplexity:.4f}  model {ref.name}  dataset {dataset} ({p['role']} part, {where})")
+    typer.echo(f"  protocol: join '\\n\\n', {p['windows']} windows x {seq_len} tokens (stride {seq_len}, batch 1), "
+               f"BOS {p['bos']}, {p['targets']} scored tokens of {p['corpus_tokens']}")
+
+
+def _parse_options(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise PrunebenchError(f"--option takes KEY=VALUE, got '{pair}'")
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = value
+    return out
+
+
+@app.command("prune")
+@user_errors
+def prune_cmd(
+    method: Annotated[str, typer.Option("--method", help="2ssp, or a baseline (see `prunebench methods`).")],
+    sparsity: Annotated[float, typer.Option("--sparsity", "-s", help="Target fraction of the transformer layers' parameters to remove, in (0, 1).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory for the pruned checkpoint.")] = None,
+    model: Model = None,
+    calib_data: Annotated[str, typer.Option(help="Calibration source; auto = c4 with the hub, enwiki-sample without.")] = "auto",
+    calib_samples: Annotated[int | None, typer.Option(min=1, help="Calibration samples (method default: 2SSP 32).")] = None,
+    seq_len: Annotated[int | None, typer.Option(min=2, help="Calibration sample length in tokens (default 2048).")] = None,
+    seed: Annotated[int, typer.Option(help="0 = the first consecutive chunks; other seeds draw chunks at random.")] = 0,
+    profile: Annotated[str, typer.Option(help="Method defaults: paper or cpu-quick.")] = "paper",
+    alpha: Annotated[float | None, typer.Option(help="2SSP: balance between the stages (1.5).")] = None,
+    n_attn: Annotated[int | None, typer.Option(help="2SSP: attention modules to remove (overrides the formula).")] = None,
+    stage2_samples: Annotated[int | None, typer.Option(help="2SSP: calibration samples scored in stage 2 (1).")] = None,
+    stages: Annotated[str | None, typer.Option(help="2SSP ablation: both, width (stage 1 only) or depth (stage 2 only).")] = None,
+    norm: Annotated[str | None, typer.Option(help="2SSP ablation: l2 or l1.")] = None,
+    scoring: Annotated[str | None, typer.Option(help="2SSP ablation: neurons or channels (rows vs columns).")] = None,
+    option: Annotated[list[str] | None, typer.Option("--option", help="Any method option as KEY=VALUE (repeatable).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it holds a checkpoint.")] = False,
+    dtype: Dtype = "auto",
+    device: Device = "auto",
+    trust_remote_code: TrustRemote = False,
+    as_json: AsJson = False,
+) -> None:
+    """Prune a model with one method and save the pruned checkpoint."""
+    from harness import pruning
+    from harness.progress import RichProgress
+
+    named = {"alpha": alpha, "n_attn": n_attn, "stage2_samples": stage2_samples, "stages": stages, "norm": norm, "scoring": scoring}
+    options = {k: v for k, v in named.items() if v is not None}
+    if options and method != "2ssp":
+        raise PrunebenchError(f"--{next(iter(options)).replace('_', '-')} applies to 2ssp only; use --option KEY=VALUE")
+    options.update(_parse_options(option or []))
+    if out is not None and out.exists() and any(out.iterdir()) and not force:
+        raise PrunebenchError(f"--out {out} exists and is not empty; pass --force to overwrite it")
+    job = pruning.PruneJob(
+        method=method, sparsity=sparsity, model=model, options=options, profile=profile, dtype=dtype, device=device,
+        trust_remote_code=trust_remote_code,
+        calibration=pruning.CalibrationSpec(calib_data, calib_samples, seq_len, seed),
+    )
+    prepared = pruning.prepare(job)
+    outcome = pruning.execute(prepared, RichProgress(err_console))
+    report = outcome.report
+    if out is not None:
+        report["checkpoint"] = str(pruning.save(outcome, out))
+    if as_json:
+        _emit_json(report)
+        return
+    t = report["timing"]
+    typer.echo(f"{report['method']} at {sparsity:.2%}: achieved {report['achieved_sparsity']:.2%} of block parameters "
+               f"({report['parameters']['before']['total']:,} -> {report['parameters']['after']['total']:,} in total), "
+               f"pruned in {t['prune_seconds']:.1f} s")
+    for stage, sec in t["stages"].items():
+        typer.echo(f"  {stage}: {sec:.2f} s")
+    typer.echo(f"  decisions: {json.dumps(report['decisions'])}")
+    if out is not None:
+        typer.echo(f"  saved to {report['checkpoint']}  (reload: from harness import load_pruned; m = load_pruned('{out}'))")
+
+
+@app.command("methods")
+def methods_cmd() -> None:
+    """List the registered pruning methods."""
+    from methods import get_method, method_names
+
+    for name in method_names():
+        typer.echo(f"{name:14s} {get_method(name).summary}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

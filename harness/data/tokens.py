@@ -1,0 +1,88 @@
+"""From a corpus to token tensors: evaluation windows and calibration samples (METHODS.md protocol)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from harness.data.sources import Corpus
+from harness.errors import DataUnavailable, PrunebenchError
+
+
+def tokenize(tokenizer: Any, corpus: Corpus) -> torch.LongTensor:
+    """The whole joined text tokenized once, without special tokens (BOS is the caller's decision).
+
+    ``verbose=False`` silences the "longer than the model max length" warning: the long sequence is
+    cut into windows afterwards, never fed whole.
+    """
+    encoded = tokenizer(
+        corpus.text,
+        add_special_tokens=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        verbose=False,
+    )
+    return torch.tensor(encoded["input_ids"], dtype=torch.long)  # type: ignore[return-value]
+
+
+def _check_tokens(tokens: torch.Tensor) -> None:
+    if tokens.dim() != 1:
+        raise PrunebenchError(f"tokens must be a 1-D tensor, got shape {tuple(tokens.shape)}")
+    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+        raise PrunebenchError(f"tokens must be integer ids, got {tokens.dtype}")
+
+
+def _check_positive(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise PrunebenchError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _chunks(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """All consecutive non-overlapping seq_len chunks, as [n, seq_len]; the remainder is dropped."""
+    n = tokens.numel() // seq_len
+    return tokens[: n * seq_len].reshape(n, seq_len).to(torch.long)
+
+
+def eval_windows(tokens: torch.Tensor, seq_len: int, max_windows: int | None = None) -> torch.LongTensor:
+    """Non-overlapping seq_len windows in text order, the remainder dropped, at most ``max_windows``."""
+    _check_tokens(tokens)
+    _check_positive("seq_len", seq_len, 2)
+    if max_windows is not None:
+        _check_positive("max_windows", max_windows, 1)
+    windows = _chunks(tokens, seq_len)
+    if windows.shape[0] == 0:
+        raise DataUnavailable(
+            f"the evaluation text has {tokens.numel()} tokens, fewer than one window of {seq_len}"
+        )
+    if max_windows is not None:
+        windows = windows[:max_windows]
+    return windows.clone()  # type: ignore[return-value]
+
+
+def calibration_samples(
+    tokens: torch.Tensor, n_samples: int, seq_len: int, seed: int = 0
+) -> torch.LongTensor:
+    """n_samples consecutive seq_len chunks of the calibration text.
+
+    seed 0 takes the first chunks in order, as the authors' code does; any other seed draws distinct
+    chunks without replacement with a torch.Generator seeded by it (the calibration-size ablation),
+    kept in drawn order. Too little text is an error, never silently fewer samples.
+    """
+    _check_tokens(tokens)
+    _check_positive("n_samples", n_samples, 1)
+    _check_positive("seq_len", seq_len, 2)
+    _check_positive("seed", seed, 0)
+    chunks = _chunks(tokens, seq_len)
+    available = chunks.shape[0]
+    if n_samples > available:
+        raise DataUnavailable(
+            f"the calibration text has {available} chunks of {seq_len} tokens ({tokens.numel()} tokens), "
+            f"{n_samples} were asked"
+        )
+    if seed == 0:
+        return chunks[:n_samples].clone()  # type: ignore[return-value]
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(available, generator=generator)[:n_samples]
+    return chunks[order].clone()  # type: ignore[return-value]

@@ -1,0 +1,1 @@
+"""Quality metrics of a (pruned) model: downstream accuracy through lm-evaluation-harness."""

