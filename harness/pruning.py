@@ -74,7 +74,7 @@ def resolve_calibration_source(source: str) -> str:
     if source != "auto":
         return source
     chosen = PAPER_CALIBRATION if hub_reachable() else OFFLINE_CALIBRATION
-    log.info("calibration data: %s (auto)", chosen)
+    log.debug("calibration data: %s (auto)", chosen)
     return chosen
 
 

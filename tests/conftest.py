@@ -50,3 +50,48 @@ def tiny_model(arch: str, layers: int = 4, seed: int = 0):
 @pytest.fixture(params=ARCHS)
 def arch(request):
     return request.param
+
+
+@pytest.fixture(scope="session")
+def smollm2_ref():
+    """The embedded SmolLM2-135M (converted once into the prunebench cache)."""
+    from harness.models import ensure_embedded, resolve_model
+
+    ref = resolve_model("smollm2-135m")
+    ensure_embedded(ref.name)
+    return ref
+
+
+@pytest.fixture
+def smollm2(smollm2_ref):
+    """A fresh float32 CPU copy of SmolLM2 for a test that prunes it (loading takes well under a second)."""
+    from harness.models import load_model
+
+    return load_model(smollm2_ref, dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def enwiki_tokens(smollm2_ref):
+    """SmolLM2 tokens of the offline Wikipedia sample: (calibration part, evaluation part)."""
+    from transformers import AutoTokenizer
+
+    from harness.data.sources import load_corpus
+    from harness.data.tokens import tokenize
+
+    tok = AutoTokenizer.from_pretrained(smollm2_ref.location)
+    return tokenize(tok, load_corpus("enwiki-sample", "calibration")), tokenize(tok, load_corpus("enwiki-sample", "evaluation"))
+
+
+def windows_perplexity(adapter, windows) -> float:
+    """Plain perplexity over token windows [n, T] (the evaluator's arithmetic, without the data plumbing)."""
+    import math
+
+    from methods.nll import summed_nll
+
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for w in windows:
+            hidden = adapter.model.model(input_ids=w[None], use_cache=False).last_hidden_state
+            s, c = summed_nll(adapter, hidden, w[None])
+            nll, count = nll + s, count + c
+    return math.exp(nll / count)
