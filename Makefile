@@ -9,7 +9,8 @@ SPARSITY ?= 0.25,0.375,0.5
 METHODS ?= all
 PROFILE ?=
 EXECUTOR ?= local
-OUT ?= results
+OUT ?=
+BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: install test bench lint image clean-venv help
@@ -38,8 +39,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check harness methods tests benchmarks
 
+# Every method (and the dense model) on MODEL at SPARSITY; PROFILE empty = auto (paper on CUDA, cpu-quick on CPU).
 bench: $(STAMP)
-	$(VENV)/bin/prunebench eval --model $(MODEL) --dataset enwiki-sample --seq-len 512 --max-windows 16
+	$(VENV)/bin/prunebench bench --model $(MODEL) --sparsity $(SPARSITY) --methods $(METHODS) --executor $(EXECUTOR) \
+		$(if $(PROFILE),--profile $(PROFILE)) $(if $(OUT),--out $(OUT)) $(BENCH_ARGS)
 
 # The container image that fits this machine: CUDA where nvidia-smi works, else CPU (KIND=cpu|cuda|auto).
 image:

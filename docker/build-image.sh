@@ -70,6 +70,12 @@ tar -C "$REPO" --exclude=__pycache__ --exclude='*.pyc' --exclude='*.egg-info' --
     -cf - "${src_items[@]}" | tar -C "$CTX/src" -xf -
 
 BUILD_ARGS=()
+# The commit (and whether the tree had uncommitted changes) goes into the image's environment.
+COMMIT=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)
+if [ "$COMMIT" != unknown ] && [ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+    COMMIT="$COMMIT-dirty"
+fi
+BUILD_ARGS+=(--build-arg "GIT_COMMIT=$COMMIT")
 if [ "$KIND" = cpu ]; then
     place "$REPO/requirements.lock" "$CTX/requirements.lock"
     TORCH_VERSION=$(sed -n 's/^torch==\([^ ;]*\).*/\1/p' "$REPO/requirements.lock")

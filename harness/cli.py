@@ -191,6 +191,118 @@ def prune_cmd(
         typer.echo(f"  saved to {report['checkpoint']}  (reload: from harness import load_pruned; m = load_pruned('{out}'))")
 
 
+def _split(text: str | None, cast=str) -> list | None:
+    if text is None:
+        return None
+    try:
+        return [cast(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise PrunebenchError(f"cannot read '{text}' as a comma-separated list: {err}") from None
+
+
+@app.command("bench")
+@user_errors
+def bench_cmd(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML bench file; flags given here override it.")] = None,
+    model: Model = None,
+    sparsity: Annotated[str | None, typer.Option("--sparsity", "-s", help="Comma-separated targets (default 0.25,0.375,0.5).")] = None,
+    methods: Annotated[str | None, typer.Option(help="Comma-separated method names, or 'all' (default; includes dense).")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds (default 0).")] = None,
+    profile: Annotated[str | None, typer.Option(help="auto (paper on CUDA, cpu-quick on CPU), paper or cpu-quick.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Results directory (default results/<model>).")] = None,
+    executor: Annotated[str | None, typer.Option(help="local (a process per cell), docker or ray.")] = None,
+    image: Annotated[str | None, typer.Option(help="docker executor: the image (default prunebench:cuda with GPUs, else prunebench:cpu).")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Time limit per cell in seconds.")] = None,
+    no_downstream: Annotated[bool, typer.Option("--no-downstream", help="Skip the downstream tasks.")] = False,
+    no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip the latency measurements.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Run cells again even if they have a result.")] = False,
+    dtype: Annotated[str | None, typer.Option(help="auto, float32, bfloat16 or float16.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+) -> None:
+    """Run methods x sparsities x seeds on a model, each cell isolated, and publish the leaderboard."""
+    from harness.bench.config import load_bench_file, make_config, profile_defaults
+    from harness.bench.runner import run_bench
+
+    file_values = load_bench_file(config) if config else {}
+    overrides = {
+        "model": model, "sparsities": _split(sparsity, float), "methods": _split(methods), "seeds": _split(seeds, int),
+        "profile": profile, "out": out, "executor": executor, "timeout_s": timeout, "dtype": dtype, "device": device,
+    }
+    cfg = make_config(file_values, overrides)
+    if image:
+        cfg = cfg.model_copy(update={"executor_options": {**cfg.executor_options, "image": image}})
+    if no_downstream or no_latency:
+        from harness.bench.expand import resolve_profile
+
+        defaults = profile_defaults(resolve_profile(cfg))
+        if no_downstream:
+            cfg = cfg.model_copy(update={"downstream": (cfg.downstream or defaults["downstream"]).model_copy(update={"enabled": False})})
+        if no_latency:
+            cfg = cfg.model_copy(update={"latency": (cfg.latency or defaults["latency"]).model_copy(update={"enabled": False})})
+    outcome = run_bench(cfg, force=force, console=err_console)
+    raise typer.Exit(outcome.exit_code)
+
+
+@app.command("leaderboard")
+@user_errors
+def leaderboard_cmd(
+    directory: Annotated[Path, typer.Argument(help="A results directory (searched recursively for result files).")],
+    name: Annotated[str, typer.Option(help="Base name of the files written.")] = "leaderboard",
+) -> None:
+    """Rebuild leaderboard.md, .csv and .png from the result JSONs under DIRECTORY."""
+    from harness.leaderboard import publish
+
+    if not directory.is_dir():
+        raise PrunebenchError(f"'{directory}' is not a directory")
+    for path in publish(directory, name):
+        typer.echo(f"wrote {path}")
+
+
+@app.command("repro")
+@user_errors
+def repro_cmd(
+    results: Annotated[list[Path], typer.Argument(help="Result JSON files to reproduce.")],
+    executor: Annotated[str, typer.Option(help="local or docker.")] = "local",
+    image: Annotated[str | None, typer.Option(help="Docker image (default prunebench:cuda with GPUs, else prunebench:cpu).")] = None,
+    rtol: Annotated[float, typer.Option(help="Relative tolerance on perplexities.")] = 1e-3,
+    atol: Annotated[float, typer.Option(help="Absolute tolerance on downstream accuracies.")] = 0.02,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where the new results go (default a temporary directory).")] = None,
+    only_device: Annotated[str | None, typer.Option(help="Reproduce only results measured on this device type (cpu, cuda).")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Re-run recorded cells with their recorded configs; exit 1 if any metric is outside its tolerance."""
+    from tabulate import tabulate
+
+    from harness import repro
+
+    if executor not in ("local", "docker"):
+        raise PrunebenchError(f"unknown executor '{executor}'; choose local or docker")
+    recorded = repro.load(results, only_device)
+    if not recorded:
+        err_console.print(f"no result among the {len(results)} given was measured on '{only_device}': nothing to reproduce",
+                          highlight=False)
+        raise typer.Exit(0)
+    workdir = repro.workdir_for(out)
+    options = {"image": image} if executor == "docker" and image else {}
+    pairs = repro.rerun(recorded, executor, options, workdir, repro.event_printer(err_console))
+    report, violations = [], 0
+    for path, old, new in pairs:
+        checks = repro.compare(old, new, rtol, atol)
+        violations += sum(c.ok is False for c in checks)
+        report.append({"result": str(path), "cell": old.cell.id, "new_result": str(workdir / f"{old.cell.id}.json"),
+                       "checks": [c.__dict__ for c in checks]})
+        if not as_json:
+            typer.echo(f"\n{old.cell.id}  ({path})")
+            rows = [[c.metric, c.recorded, c.new, c.difference, c.tolerance,
+                     {True: "ok", False: "VIOLATION", None: "-"}[c.ok]] for c in checks]
+            typer.echo(tabulate(rows, ["metric", "recorded", "new", "difference", "tolerance", "verdict"], tablefmt="github"))
+    if as_json:
+        _emit_json({"violations": violations, "cells": report})
+    else:
+        typer.echo(f"\n{violations} violation(s) in {len(pairs)} cell(s); new results in {workdir}")
+    raise typer.Exit(1 if violations else 0)
+
+
 @app.command("methods")
 def methods_cmd() -> None:
     """List the registered pruning methods."""

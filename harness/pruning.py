@@ -94,7 +94,7 @@ def skeleton_adapter(ref: ModelRef, config: Any, trust_remote_code: bool = False
 
 def prepare(job: PruneJob) -> Prepared:
     method = get_method(job.method)
-    options = method.options(job.options)
+    options = method.options(job.options, job.profile)
     needs = method.calibration.get(job.profile)
     if needs is None:
         raise PrunebenchError(f"unknown profile '{job.profile}'; known: {', '.join(method.calibration)}")

@@ -89,11 +89,15 @@ class PruningMethod(ABC):
         "cpu-quick": CalibrationNeeds(8, 256),
     }
 
-    def options(self, values: dict[str, Any] | None = None) -> MethodOptions:
+    # Option values per protocol profile (e.g. a smaller search for cpu-quick); the user's options win.
+    profile_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def options(self, values: dict[str, Any] | None = None, profile: str | None = None) -> MethodOptions:
         from pydantic import ValidationError
 
+        merged = {**self.profile_defaults.get(profile or "", {}), **(values or {})}
         try:
-            return self.Options(**(values or {}))
+            return self.Options(**merged)
         except ValidationError as err:
             first = err.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "options"

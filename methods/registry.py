@@ -8,6 +8,10 @@ from methods.errors import MethodError
 METHODS: dict[str, str] = {
     "dense": "methods.dense:Dense",
     "2ssp": "methods.twossp:TwoSSP",
+    "shortgpt": "methods.shortgpt:ShortGPT",
+    "window": "methods.window:Window",
+    "evopress": "methods.evopress:EvoPress",
+    "evopress-block": "methods.evopress:EvoPressBlock",
 }
 
 

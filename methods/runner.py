@@ -19,8 +19,9 @@ from methods.nll import summed_nll
 class LayerRunner:
     def __init__(self, adapter: ModelAdapter):
         self.adapter = adapter
-        # Per input shape (batch, tokens): the kwargs each layer position was called with.
-        self._layer_kwargs: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        # Per sequence length: the kwargs each layer position was called with. Without padding, the
+        # masks and rotary tables of a batch-1 trace broadcast over any batch of the same length.
+        self._layer_kwargs: dict[int, list[dict[str, Any]]] = {}
 
     @torch.no_grad()
     def trace(self, input_ids: torch.Tensor) -> list[torch.Tensor]:
@@ -50,15 +51,15 @@ class LayerRunner:
         finally:
             for h in handles:
                 h.remove()
-        self._layer_kwargs[tuple(input_ids.shape)] = kwargs
+        self._layer_kwargs[input_ids.shape[1]] = kwargs
         return inputs  # type: ignore[return-value]
 
     @torch.no_grad()
     def run(self, hidden: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
         """Apply layers ``start .. stop-1`` to ``hidden`` (the state entering layer ``start``)."""
-        kwargs = self._layer_kwargs.get(tuple(hidden.shape[:2]))
+        kwargs = self._layer_kwargs.get(hidden.shape[1])
         if kwargs is None or len(kwargs) != self.adapter.num_layers:
-            raise RuntimeError("LayerRunner.trace must run on an input of this shape (and this depth) first")
+            raise RuntimeError("LayerRunner.trace must run on an input of this length (and this depth) first")
         stop = self.adapter.num_layers if stop is None else stop
         for i in range(start, stop):
             out = self.adapter.layers[i](hidden, **kwargs[i])

@@ -16,7 +16,6 @@ Ablations of the paper: ``stages`` (width only / depth only), ``norm`` (L1), ``s
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,7 +33,7 @@ from methods.base import (
     module_parameters,
 )
 from methods.errors import MethodError
-from methods.search import PerplexityProbe
+from methods.search import Candidate, PerplexityProbe
 
 
 class TwoSSPOptions(MethodOptions):
@@ -45,6 +44,7 @@ class TwoSSPOptions(MethodOptions):
     norm: Literal["l2", "l1"] = Field("l2", description="ablation: norm of the activations over tokens")
     scoring: Literal["neurons", "channels"] = Field("neurons", description="ablation 'rows vs columns'")
     cached_search: bool = Field(True, description="reuse layer inputs in stage 2 (same decisions, faster)")
+    search_batch: int = Field(8, ge=1, description="stage-2 candidates run through the layers together")
 
 
 @dataclass(frozen=True)
@@ -266,33 +266,36 @@ class TwoSSP(PruningMethod):
         samples = ctx.calibration[: options.stage2_samples]
         if len(samples) < options.stage2_samples:
             raise MethodError(f"stage 2 asks for {options.stage2_samples} samples, calibration has {len(samples)}")
-        order, perplexities = greedy_attention_removal(adapter, samples, n, ctx, cached=options.cached_search)
+        order, perplexities = greedy_attention_removal(
+            adapter, samples, n, ctx, cached=options.cached_search, batch=options.search_batch
+        )
         return {"removed_attention": order, "stage2_perplexity": perplexities}
 
 
 def greedy_attention_removal(
-    adapter: ModelAdapter, samples: torch.Tensor, n: int, ctx: PruneContext, cached: bool = True
+    adapter: ModelAdapter, samples: torch.Tensor, n: int, ctx: PruneContext, cached: bool = True, batch: int = 8
 ) -> tuple[list[int], list[float]]:
-    """Remove n attention modules one at a time, each time the one whose absence hurts perplexity least."""
+    """Remove n attention modules one at a time, each time the one whose absence hurts perplexity least.
+
+    Ties go to the lower layer index. Returns the removal order and the perplexity after each removal.
+    """
     L = adapter.num_layers
-    evaluations = n * L - n * (n - 1) // 2
     order: list[int] = []
     best_ppl: list[float] = []
     with ctx.timer.stage("stage2.search"):
-        probe = PerplexityProbe(adapter, samples, cached=cached)
-    with ctx.progress("2SSP stage 2: attention search", evaluations) as advance:
+        probe = PerplexityProbe(adapter, samples, cached=cached, batch=batch)
+    with ctx.progress("2SSP stage 2: attention search", n * L - n * (n - 1) // 2) as advance:
         for _ in range(n):
             with ctx.timer.stage("stage2.search"):
-                scores = {}
-                for i in range(L):
-                    if adapter.has_attention(i):
-                        scores[i] = probe.perplexity(attention=[i])
-                        advance(1)
-                best = min(scores, key=lambda i: (scores[i], i))
+                candidates = [Candidate(i, attention=True) for i in range(L) if adapter.has_attention(i)]
+                scores = probe.perplexities(candidates)
+                advance(len(candidates))
+                k = min(range(len(candidates)), key=lambda k: (scores[k], candidates[k].layer))
+                best = candidates[k].layer
             with ctx.timer.stage("stage2.surgery"):
                 adapter.remove_attention(best)
             with ctx.timer.stage("stage2.search"):
                 probe.committed(best)
             order.append(best)
-            best_ppl.append(scores[best] if math.isfinite(scores[best]) else float("inf"))
+            best_ppl.append(scores[k])
     return order, best_ppl

@@ -83,15 +83,37 @@ def enwiki_tokens(smollm2_ref):
 
 
 def windows_perplexity(adapter, windows) -> float:
-    """Plain perplexity over token windows [n, T] (the evaluator's arithmetic, without the data plumbing)."""
+    """Perplexity over token windows [n, T] with the evaluator's own scoring loop."""
     import math
 
-    from methods.nll import summed_nll
+    from harness.metrics.perplexity import score_windows
 
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for w in windows:
-            hidden = adapter.model.model(input_ids=w[None], use_cache=False).last_hidden_state
-            s, c = summed_nll(adapter, hidden, w[None])
-            nll, count = nll + s, count + c
+    nll, count = score_windows(adapter, windows)
     return math.exp(nll / count)
+
+
+DOCKER_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "docker"
+
+
+@pytest.fixture(scope="session")
+def cpu_image() -> str:
+    """A running Docker engine and the freshly built CPU image (its id); skipped where no engine can run.
+
+    docker/ensure-engine.sh installs and starts one where it can (root on Debian), so CI runs these
+    tests for real; PRUNEBENCH_SKIP_DOCKER=1 opts out. The build reuses cached layers (seconds).
+    """
+    import subprocess
+
+    if os.environ.get("PRUNEBENCH_SKIP_DOCKER") == "1":
+        pytest.skip("PRUNEBENCH_SKIP_DOCKER=1")
+    try:
+        engine = subprocess.run([str(DOCKER_DIR / "ensure-engine.sh")], capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        pytest.skip(f"no Docker engine: ensure-engine.sh did not finish: {err}")
+    if engine.returncode != 0:
+        pytest.skip(f"no Docker engine: {(engine.stderr.strip().splitlines() or ['?'])[-1]}")
+    build = subprocess.run([str(DOCKER_DIR / "build-image.sh"), "cpu"], capture_output=True, text=True, timeout=3600)
+    assert build.returncode == 0, "build-image.sh cpu failed:\n" + "\n".join(build.stderr.splitlines()[-40:])
+    tag, image_id = build.stdout.strip().splitlines()[-1].split()[:2]
+    assert tag == "prunebench:cpu" and image_id.startswith("sha256:")
+    return image_id

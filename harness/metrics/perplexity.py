@@ -45,6 +45,30 @@ def use_bos(adapter: ModelAdapter, tokenizer: Any, policy: BosPolicy) -> bool:
 
 
 @torch.inference_mode()
+def score_windows(
+    adapter: ModelAdapter,
+    windows: torch.Tensor,
+    bos_id: int | None = None,
+    on_window: Callable[[int, int], None] | None = None,
+) -> tuple[float, int]:
+    """Summed next-token NLL over windows [n, seq_len] (batch 1 each) and the number of scored tokens.
+
+    With ``bos_id``, BOS is prepended to each window as context and the same tokens are scored.
+    """
+    device = adapter.embedding().weight.device
+    prefix = torch.tensor([[bos_id]]) if bos_id is not None else None
+    nll, targets = 0.0, 0
+    for n, window in enumerate(windows, 1):
+        ids = window[None] if prefix is None else torch.cat([prefix, window[None]], dim=1)
+        ids = ids.to(device)
+        hidden = adapter.model.model(input_ids=ids, use_cache=False).last_hidden_state
+        s, t = summed_nll(adapter, hidden, ids, first=0 if prefix is None else 1)
+        nll, targets = nll + s, targets + t
+        if on_window:
+            on_window(n, len(windows))
+    return nll, targets
+
+
 def perplexity(
     adapter: ModelAdapter,
     tokenizer: Any,
@@ -58,18 +82,8 @@ def perplexity(
     with_bos = use_bos(adapter, tokenizer, bos)
     tokens = tokenize(tokenizer, corpus)
     windows = eval_windows(tokens, seq_len, max_windows)
-    device = adapter.embedding().weight.device
-    prefix = torch.tensor([[tokenizer.bos_token_id]]) if with_bos else None
-    nll, targets = 0.0, 0
     start = time.perf_counter()
-    for n, window in enumerate(windows, 1):
-        ids = window[None] if prefix is None else torch.cat([prefix, window[None]], dim=1)
-        ids = ids.to(device)
-        hidden = adapter.model.model(input_ids=ids, use_cache=False).last_hidden_state
-        s, t = summed_nll(adapter, hidden, ids, first=1 if with_bos else 0)
-        nll, targets = nll + s, targets + t
-        if on_window:
-            on_window(n, len(windows))
+    nll, targets = score_windows(adapter, windows, tokenizer.bos_token_id if with_bos else None, on_window)
     seconds = time.perf_counter() - start
     protocol = {
         **corpus.protocol,

@@ -1,0 +1,178 @@
+"""Bench configuration: profiles, the YAML file, and the expansion into cells.
+
+A bench is model x methods x sparsities x seeds under one protocol profile. ``paper`` is the protocol
+of METHODS.md; ``cpu-quick`` is a shortened one that a 2-core laptop finishes in minutes. Every
+resolved value is printed and recorded in each result, and each cell carries two hashes: the
+configuration hash (everything that affects its numbers) and the pruning hash (only what affects the
+pruned model, so that a metric added later reuses the cached pruned model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from harness import __version__
+from harness.errors import PrunebenchError
+from harness.metrics.latency import LatencyConfig
+
+Profile = Literal["paper", "cpu-quick"]
+PROFILES: tuple[str, ...] = ("paper", "cpu-quick")
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PerplexityConfig(_Config):
+    datasets: list[str]
+    seq_len: int = Field(2048, ge=2)
+    max_windows: int | None = Field(None, ge=1)
+    bos: Literal["auto", "always", "never"] = "auto"
+
+
+class DownstreamConfig(_Config):
+    enabled: bool = True
+    tasks: list[str]
+    limit: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1)
+    num_fewshot: int = Field(0, ge=0)
+
+
+class CalibrationConfig(_Config):
+    source: str = "auto"  # auto = the profile's source
+    samples: int | None = Field(None, ge=1)  # None = the method's default for the profile
+    seq_len: int | None = Field(None, ge=2)
+
+
+class QualitativeConfig(_Config):
+    enabled: bool = False
+    prompts: list[str] = Field(default_factory=list)
+    max_new_tokens: int = Field(48, ge=1)
+
+
+def profile_defaults(profile: str) -> dict[str, Any]:
+    """The protocol each profile stands for."""
+    if profile == "paper":
+        return {
+            "calibration_source": "c4",
+            "perplexity": PerplexityConfig(datasets=["wikitext2", "c4", "fineweb-edu"], seq_len=2048),
+            "downstream": DownstreamConfig(tasks=["winogrande", "arc_easy", "arc_challenge", "hellaswag", "piqa", "mmlu"]),
+            "latency": LatencyConfig(seq_len=2048, warmup=10, repeats=10, decode_tokens=128, decode_prompt=128),
+        }
+    if profile == "cpu-quick":
+        return {
+            "calibration_source": "enwiki-sample",
+            "perplexity": PerplexityConfig(datasets=["enwiki-sample"], seq_len=256, max_windows=24),
+            "downstream": DownstreamConfig(tasks=["wiki-cloze", "mmlu-offline"], limit=100, batch_size=16),
+            "latency": LatencyConfig(seq_len=256, warmup=2, repeats=5, decode_tokens=16, decode_prompt=32),
+        }
+    raise PrunebenchError(f"unknown profile '{profile}'; known: {', '.join(PROFILES)}")
+
+
+class BenchConfig(_Config):
+    """What a user asks for (YAML file and CLI flags); ``resolve`` fills in the profile."""
+
+    model: str = "smollm2-135m"
+    methods: list[str] = Field(default_factory=lambda: ["all"])
+    sparsities: list[float] = Field(default_factory=lambda: [0.25, 0.375, 0.5])
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    profile: Literal["auto", "paper", "cpu-quick"] = "auto"
+    out: Path | None = None
+    executor: Literal["local", "docker", "ray"] = "local"
+    dtype: str = "auto"
+    device: str = "auto"
+    trust_remote_code: bool = False
+    timeout_s: float | None = Field(None, gt=0, description="per cell")
+    cache_pruned: bool = True
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    perplexity: PerplexityConfig | None = None
+    downstream: DownstreamConfig | None = None
+    latency: LatencyConfig | None = None
+    qualitative: QualitativeConfig = Field(default_factory=QualitativeConfig)
+    method_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    executor_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("sparsities")
+    @classmethod
+    def _in_unit_interval(cls, values: list[float]) -> list[float]:
+        for s in values:
+            if not 0.0 < s < 1.0:
+                raise ValueError(f"sparsity {s} is not strictly between 0 and 1")
+        return values
+
+
+def load_bench_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as err:
+        raise PrunebenchError(f"cannot read bench file {path}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise PrunebenchError(f"bench file {path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    if not isinstance(data, dict):
+        raise PrunebenchError(f"bench file {path} must hold a mapping of settings")
+    return data
+
+
+def make_config(file_values: dict[str, Any], overrides: dict[str, Any]) -> BenchConfig:
+    """The bench file, then the CLI flags that were given on top of it."""
+    merged = {**file_values, **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        return BenchConfig(**merged)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "bench"
+        raise PrunebenchError(f"bench setting '{where}': {first['msg']}") from None
+
+
+def model_slug(model: str) -> str:
+    name = Path(model).name if Path(model).expanduser().exists() else model
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name.replace("/", "--")).strip("-") or "model"
+
+
+def canonical_hash(obj: Any, length: int = 16) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+class CellSpec(_Config):
+    """Everything one cell needs, fully resolved; what its result records as ``config``."""
+
+    id: str
+    model: str
+    method: str
+    sparsity: float
+    seed: int
+    profile: str
+    method_options: dict[str, Any]
+    calibration: CalibrationConfig
+    perplexity: PerplexityConfig
+    downstream: DownstreamConfig
+    latency: LatencyConfig
+    qualitative: QualitativeConfig
+    dtype: str
+    device: str
+    trust_remote_code: bool
+    cache_pruned: bool
+    prunebench_version: str = __version__
+
+    def config_hash(self) -> str:
+        return canonical_hash(self.model_dump(mode="json"))
+
+    def prune_key(self, model_identity: str, method_version: int) -> str:
+        """Only what determines the pruned weights: a later metric change reuses the pruned model."""
+        return canonical_hash({
+            "model": model_identity, "method": self.method, "method_version": method_version,
+            "sparsity": self.sparsity, "seed": self.seed, "options": self.method_options,
+            "calibration": self.calibration.model_dump(mode="json"), "dtype": self.dtype, "device": self.device,
+        })
+
+
+def cell_id(method: str, sparsity: float, seed: int) -> str:
+    return "dense" if method == "dense" else f"{method}-s{sparsity:g}-seed{seed}"

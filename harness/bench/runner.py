@@ -1,0 +1,121 @@
+"""The bench driver: validate, skip what is done, run the rest in isolation, publish the leaderboard."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from harness.bench.config import BenchConfig
+from harness.bench.executors import BenchInterrupted, CellJob, Event, make_executor
+from harness.bench.expand import ResolvedBench, resolve, validate
+from harness.results import InvalidResult, read_result, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchOutcome:
+    out: Path
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        return 130 if self.interrupted else (1 if self.failed else 0)
+
+
+def describe(bench: ResolvedBench) -> list[str]:
+    """Every resolved value of the protocol, as printed before the run and kept in bench.json."""
+    c = bench.cells[0]
+    methods = sorted({cell.method for cell in bench.cells}, key=lambda m: (m != "dense", m))
+    lines = [
+        f"model {bench.config.model}, profile {bench.profile}, executor {bench.config.executor}, out {bench.out}",
+        f"methods {', '.join(methods)}; sparsities {', '.join(f'{s:g}' for s in bench.config.sparsities)}; "
+        f"seeds {', '.join(map(str, bench.config.seeds))}; {len(bench.cells)} cells",
+        f"perplexity: {', '.join(c.perplexity.datasets)}, windows of {c.perplexity.seq_len} tokens, "
+        f"max windows {c.perplexity.max_windows or 'all'}, BOS {c.perplexity.bos}",
+        f"downstream: {', '.join(c.downstream.tasks) if c.downstream.enabled else 'off'}, "
+        f"limit {c.downstream.limit or 'none'}, {c.downstream.num_fewshot}-shot",
+        f"latency: prefill 1 x {c.latency.seq_len}, {c.latency.warmup} warm-ups, {c.latency.repeats} repeats; "
+        f"decode {c.latency.decode_tokens} tokens after {c.latency.decode_prompt}" if c.latency.enabled else "latency: off",
+    ]
+    for cell in bench.cells:
+        if cell.method != "dense" and cell.seed == bench.config.seeds[0] and cell.sparsity == bench.config.sparsities[0]:
+            cal = cell.calibration
+            lines.append(f"{cell.method}: calibration {cal.source} {cal.samples} x {cal.seq_len}; options {json.dumps(cell.method_options)}")
+    return lines
+
+
+def plan_jobs(bench: ResolvedBench, force: bool) -> tuple[list[CellJob], list[str]]:
+    """Jobs for the cells without a current, successful result; the ids of the cells skipped."""
+    jobs, skipped = [], []
+    cells_dir = bench.out / "cells"
+    for spec in bench.cells:
+        result_path = cells_dir / f"{spec.id}.json"
+        if result_path.exists() and not force:
+            try:
+                existing = read_result(result_path)
+                if existing.status == "ok" and existing.config_hash == spec.config_hash():
+                    skipped.append(spec.id)
+                    continue
+            except InvalidResult as err:
+                aside = result_path.with_name(f"{result_path.name}.invalid-{time.strftime('%Y%m%d-%H%M%S')}")
+                result_path.rename(aside)
+                log.warning("%s; moved aside to %s and running the cell again", err, aside.name)
+        spec_path = cells_dir / f"{spec.id}.spec.json"
+        write_text_atomic(spec_path, spec.model_dump_json(indent=2))
+        jobs.append(CellJob(spec, spec_path, result_path, cells_dir / f"{spec.id}.log", bench.config.timeout_s))
+    return jobs, skipped
+
+
+def run_bench(config: BenchConfig, force: bool = False, console: Console | None = None, publish: bool = True) -> BenchOutcome:
+    console = console or Console(stderr=True)
+    bench = resolve(config)
+    validate(bench)
+    executor = make_executor(config.executor, config.executor_options)  # a missing engine or image fails here
+    for line in describe(bench):
+        console.print(line, highlight=False, soft_wrap=True)
+    bench.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(bench.out / "bench.json", json.dumps(
+        {"config": config.model_dump(mode="json"), "profile": bench.profile, "protocol": describe(bench)}, indent=2))
+    jobs, skipped = plan_jobs(bench, force)
+    outcome = BenchOutcome(bench.out, skipped=skipped)
+    if skipped:
+        console.print(f"{len(skipped)} cells already done (re-run with --force to redo): {', '.join(skipped)}", highlight=False)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, disable=not console.is_terminal) as bars:
+        task = bars.add_task("cells", total=len(jobs))
+
+        def on_event(event: Event) -> None:
+            if event.kind == "start":
+                bars.update(task, description=f"cell {event.job.spec.id}")
+                if not console.is_terminal:
+                    console.print(f"cell {event.job.spec.id}: running", highlight=False)
+                return
+            bars.advance(task)
+            (outcome.ran if event.status == "ok" else outcome.failed).append(event.job.spec.id)
+            note = f" ({event.message})" if event.message else ""
+            console.print(f"cell {event.job.spec.id}: {event.status}{note}", highlight=False)
+
+        try:
+            executor.run(jobs, on_event)
+        except BenchInterrupted:
+            outcome.interrupted = True
+            console.print("interrupted: finished cells are kept; run the same bench again to resume", highlight=False)
+    if publish and not outcome.interrupted:
+        from harness.leaderboard import publish as publish_leaderboard
+
+        for path in publish_leaderboard(bench.out):
+            console.print(f"wrote {path}", highlight=False)
+    if outcome.failed:
+        console.print(f"{len(outcome.failed)} cells failed: {', '.join(outcome.failed)} (logs beside their results)",
+                      highlight=False)
+    return outcome

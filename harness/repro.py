@@ -1,0 +1,121 @@
+"""Re-run recorded cells with their recorded configuration and compare, metric by metric.
+
+Decisions and parameter counts must be identical; perplexities must agree within a relative
+tolerance and downstream accuracies within an absolute one; timings are reported, never judged
+(they belong to a machine, not to a method). Pruning is always redone, never taken from the cache.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.bench.config import CellSpec
+from harness.bench.executors import CellJob, Event, make_executor
+from harness.errors import PrunebenchError
+from harness.results import CellResult, InvalidResult, read_result, write_text_atomic
+
+
+@dataclass
+class Check:
+    metric: str
+    recorded: Any
+    new: Any
+    difference: str
+    tolerance: str
+    ok: bool | None  # None: reported, not judged
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(b - a) / abs(a) if a else abs(b - a)
+
+
+def compare(old: CellResult, new: CellResult, rtol: float, atol: float) -> list[Check]:
+    checks = [Check("status", old.status, new.status, "", "equal", new.status == old.status == "ok")]
+    if new.status != "ok" or old.status != "ok":
+        if new.error:
+            checks.append(Check("error", "", new.error.message, "", "", False))
+        return checks
+    if old.pruning or new.pruning:
+        same = (old.pruning.decisions if old.pruning else None) == (new.pruning.decisions if new.pruning else None)
+        checks.append(Check("decisions", "recorded", "identical" if same else "DIFFERENT", "", "identical", same))
+    if old.parameters and new.parameters:
+        for field in ("total_after", "blocks_after", "achieved_sparsity"):
+            a, b = getattr(old.parameters, field), getattr(new.parameters, field)
+            checks.append(Check(f"parameters.{field}", a, b, f"{b - a:+g}", "identical", a == b))
+    for name, score in old.perplexity.items():
+        if name not in new.perplexity:
+            checks.append(Check(f"perplexity.{name}", score.value, None, "", "present", False))
+            continue
+        a, b = score.value, new.perplexity[name].value
+        checks.append(Check(f"perplexity.{name}", a, b, f"{_rel(a, b):.2e} rel", f"<= {rtol:g} rel", _rel(a, b) <= rtol))
+    old_scores = (old.downstream or {}).get("scores", {})
+    new_scores = (new.downstream or {}).get("scores", {})
+    for task, s in old_scores.items():
+        a, b = s.get("acc"), (new_scores.get(task) or {}).get("acc")
+        if a is None:
+            continue
+        ok = b is not None and abs(b - a) <= atol
+        checks.append(Check(f"downstream.{task}.acc", a, b, f"{(b or 0) - a:+.4f}", f"<= {atol:g} abs", ok))
+    if old.pruning and new.pruning:
+        checks.append(Check("pruning.seconds", round(old.pruning.seconds, 3), round(new.pruning.seconds, 3),
+                            f"{new.pruning.seconds / max(old.pruning.seconds, 1e-9):.2f}x", "reported", None))
+    if old.latency and new.latency:
+        a, b = old.latency.prefill_ms.median, new.latency.prefill_ms.median
+        checks.append(Check("latency.prefill_ms", round(a, 3), round(b, 3), f"{b / a:.2f}x", "reported", None))
+        a, b = old.latency.decode_tokens_per_s.median, new.latency.decode_tokens_per_s.median
+        checks.append(Check("latency.decode_tokens_per_s", round(a, 2), round(b, 2), f"{b / a:.2f}x", "reported", None))
+    return checks
+
+
+def rerun(results: list[tuple[Path, CellResult]], executor: str, executor_options: dict[str, Any], workdir: Path,
+          on_event=None) -> list[tuple[Path, CellResult, CellResult]]:
+    """Run each recorded cell again into ``workdir`` (pruning redone) and pair old with new."""
+    jobs = []
+    for _path, old in results:
+        spec = CellSpec(**{**old.config, "cache_pruned": False})
+        spec_path = workdir / f"{spec.id}.spec.json"
+        write_text_atomic(spec_path, spec.model_dump_json(indent=2))
+        jobs.append(CellJob(spec, spec_path, workdir / f"{spec.id}.json", workdir / f"{spec.id}.log", None))
+    make_executor(executor, executor_options).run(jobs, on_event or (lambda e: None))
+    return [(path, old, read_result(job.result_path)) for (path, old), job in zip(results, jobs, strict=True)]
+
+
+def measured_on(result: CellResult) -> str:
+    return str((result.environment.get("runtime") or {}).get("device", "cpu")).split(":")[0]
+
+
+def load(paths: list[Path], only_device: str | None = None) -> list[tuple[Path, CellResult]]:
+    out = []
+    for path in paths:
+        if not path.exists():
+            raise PrunebenchError(f"result file '{path}' does not exist")
+        try:
+            result = read_result(path)
+        except InvalidResult as err:
+            raise PrunebenchError(str(err)) from None
+        if result.status != "ok":
+            raise PrunebenchError(f"{path} records a failed cell: nothing to reproduce")
+        if only_device is None or measured_on(result) == only_device:
+            out.append((path, result))
+    ids = [r.cell.id for _, r in out]
+    if len(set(ids)) != len(ids):
+        raise PrunebenchError("two of the result files are the same cell; give each cell once")
+    return out
+
+
+def workdir_for(out: Path | None) -> Path:
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    return Path(tempfile.mkdtemp(prefix="prunebench-repro-"))
+
+
+def event_printer(console) -> Any:
+    def show(event: Event) -> None:
+        if event.kind == "start":
+            console.print(f"re-running {event.job.spec.id}", highlight=False)
+
+    return show

@@ -1,0 +1,267 @@
+"""The bench: cell expansion, validation, isolation of failing cells, resume after SIGKILL, schema checks,
+the leaderboard. Real processes, the real embedded model, a deliberately tiny protocol."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.bench.config import BenchConfig, load_bench_file, make_config
+from harness.bench.expand import resolve
+from harness.errors import PrunebenchError
+from harness.results import InvalidResult, read_result
+
+# A protocol small enough for tests: a cell is a process start, a model load and a few short forwards.
+TINY = {
+    "model": "smollm2-135m",
+    "profile": "cpu-quick",
+    "perplexity": {"datasets": ["enwiki-sample"], "seq_len": 128, "max_windows": 3},
+    "downstream": {"tasks": ["wiki-cloze"], "limit": 8, "batch_size": 8},
+    "latency": {"seq_len": 32, "warmup": 1, "repeats": 2, "decode_tokens": 2, "decode_prompt": 8},
+    "calibration": {"samples": 2, "seq_len": 64},
+    "method_options": {"2ssp": {"search_batch": 16}},
+}
+
+
+def tiny_config(tmp_path: Path, **overrides) -> BenchConfig:
+    return BenchConfig(**{**TINY, "out": tmp_path / "out", **overrides})
+
+
+def test_a_bench_expands_into_cells_with_stable_hashes(tmp_path):
+    bench = resolve(tiny_config(tmp_path, methods=["2ssp", "dense"], sparsities=[0.25, 0.5], seeds=[0, 1]))
+    assert [c.id for c in bench.cells] == ["dense", "2ssp-s0.25-seed0", "2ssp-s0.25-seed1", "2ssp-s0.5-seed0", "2ssp-s0.5-seed1"]
+    cell = bench.cells[1]
+    assert (cell.calibration.source, cell.calibration.samples, cell.calibration.seq_len) == ("enwiki-sample", 2, 64)
+    assert cell.method_options["search_batch"] == 16 and cell.method_options["alpha"] == 1.5
+    assert bench.cells[0].calibration.source == "none"
+    again = resolve(tiny_config(tmp_path, methods=["2ssp", "dense"], sparsities=[0.25, 0.5], seeds=[0, 1]))
+    assert [c.config_hash() for c in again.cells] == [c.config_hash() for c in bench.cells]
+    # A metric setting changes the configuration hash but not what the pruned model depends on.
+    longer = resolve(tiny_config(tmp_path, methods=["2ssp"], sparsities=[0.25],
+                                 perplexity={"datasets": ["enwiki-sample"], "seq_len": 256}))
+    assert longer.cells[0].config_hash() != cell.config_hash()
+    assert longer.cells[0].prune_key("m", 1) == cell.prune_key("m", 1)
+    assert cell.prune_key("m", 1) != bench.cells[2].prune_key("m", 1)  # another seed
+
+
+def test_bench_file_and_flags(tmp_path):
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump({"methods": ["2ssp"], "sparsities": [0.5], "profile": "cpu-quick", "seeds": [3]}))
+    cfg = make_config(load_bench_file(path), {"sparsities": [0.25, 0.375], "model": None})
+    assert cfg.methods == ["2ssp"] and cfg.sparsities == [0.25, 0.375] and cfg.seeds == [3]
+    path.write_text("methods: [2ssp\n")
+    with pytest.raises(PrunebenchError, match="not valid YAML"):
+        load_bench_file(path)
+    with pytest.raises(PrunebenchError, match="bench setting 'sparsities.*not strictly between 0 and 1"):
+        make_config({}, {"sparsities": [1.5]})
+    with pytest.raises(PrunebenchError, match="bench setting 'unknown_key'"):
+        make_config({"unknown_key": 1}, {})
+
+
+def run_cli(args: list[str], env_extra: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--methods", "nosuch"], "unknown method 'nosuch'"),
+    (["--model", "/nonexistent/model"], "model directory '/nonexistent/model' does not exist"),
+    (["--sparsity", "0.25,x"], "comma-separated list"),
+    (["--profile", "quick"], "bench setting 'profile'"),
+])
+def test_bad_input_is_one_line_and_exit_2_before_any_cell(tmp_path, flags, message):
+    out = tmp_path / "out"
+    result = run_cli(["bench", "--out", str(out), *flags], timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (out / "cells").exists()
+
+
+def test_unknown_dataset_in_a_bench_file_is_refused(tmp_path):
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "perplexity": {"datasets": ["nosuchdata"]}, "methods": ["dense"]}))
+    result = run_cli(["bench", "--config", str(path), "--out", str(tmp_path / "out")], timeout=120)
+    assert result.returncode == 2 and "nosuchdata" in result.stderr
+
+
+def write_bench_file(tmp_path: Path, **overrides) -> Path:
+    path = tmp_path / "bench.yaml"
+    values = json.loads(json.dumps({**TINY, **overrides}, default=str))
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@pytest.mark.real_model
+def test_a_crashing_cell_is_recorded_and_the_others_run(tmp_path):
+    """A cell process that dies without a result (here: its spec file is garbage) is recorded as failed."""
+    from harness.bench.executors import CellJob, LocalExecutor
+
+    bench = resolve(tiny_config(tmp_path, methods=["dense"]))
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    bad = CellJob(bench.cells[0].model_copy(update={"id": "broken"}), cells / "broken.spec.json",
+                  cells / "broken.json", cells / "broken.log", None)
+    bad.spec_path.write_text("{ this is not a cell")
+    good = CellJob(bench.cells[0], cells / "dense.spec.json", cells / "dense.json", cells / "dense.log", None)
+    good.spec_path.write_text(good.spec.model_dump_json())
+    events = []
+    LocalExecutor().run([bad, good], events.append)
+    statuses = [(e.job.spec.id, e.status) for e in events if e.kind == "done"]
+    assert statuses == [("broken", "failed"), ("dense", "ok")]
+    broken = read_result(bad.result_path)
+    assert broken.status == "failed" and broken.error.kind == "exit" and "JSONDecodeError" in broken.error.log_tail
+    assert read_result(good.result_path).perplexity["enwiki-sample"].value > 1
+
+
+@pytest.mark.real_model
+def test_a_cell_over_its_time_limit_is_killed_and_recorded(tmp_path):
+    from harness.bench.executors import CellJob, LocalExecutor
+
+    spec = resolve(tiny_config(tmp_path, methods=["dense"])).cells[0]
+    job = CellJob(spec, tmp_path / "c.spec.json", tmp_path / "c.json", tmp_path / "c.log", timeout_s=1.0)
+    job.spec_path.write_text(spec.model_dump_json())
+    status, _ = LocalExecutor().run_one(job)
+    result = read_result(job.result_path)
+    assert status == "failed" and result.error.kind == "timeout" and "1 s" in result.error.message
+
+
+@pytest.mark.real_model
+def test_resume_after_sigkill_keeps_finished_cells(tmp_path):
+    path = write_bench_file(tmp_path, methods=["dense", "2ssp"], sparsities=[0.25, 0.5])
+    out = tmp_path / "out"
+    cells = out / "cells"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    bench = subprocess.Popen([sys.executable, "-m", "harness.cli", "bench", "--config", str(path), "--out", str(out)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 600
+    while not (cells / "dense.json").exists():  # the first cell finished: the second is under way
+        assert time.time() < deadline and bench.poll() is None
+        time.sleep(0.5)
+    time.sleep(3)
+    bench.send_signal(signal.SIGKILL)
+    bench.wait()
+    first = read_result(cells / "dense.json")
+    mtime = (cells / "dense.json").stat().st_mtime
+    time.sleep(2)  # the killed bench's cell dies with it (no orphan writes a result later)
+    assert not (cells / "2ssp-s0.5-seed0.json").exists()
+
+    again = run_cli(["bench", "--config", str(path), "--out", str(out)])
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "1 cells already done" in again.stderr and "dense" in again.stderr
+    assert (cells / "dense.json").stat().st_mtime == mtime and read_result(cells / "dense.json") == first
+    for cell in ("2ssp-s0.25-seed0", "2ssp-s0.5-seed0"):
+        assert read_result(cells / f"{cell}.json").status == "ok"
+    # The leaderboard from this real run: one table per sparsity, a CSV row per cell, a plot.
+    md = (out / "leaderboard.md").read_text()
+    assert "### Target sparsity 25.0%" in md and "### Target sparsity 50.0%" in md and "| ref " in md
+    assert len((out / "leaderboard.csv").read_text().strip().splitlines()) == 4
+    assert (out / "leaderboard.png").stat().st_size > 1000
+
+    # A third run does nothing but publish; a corrupt file is moved aside, reported, and its cell re-run.
+    (cells / "dense.json").write_text('{"schema_version": 1, "status": "ok"')
+    third = run_cli(["bench", "--config", str(path), "--out", str(out)])
+    assert third.returncode == 0
+    assert "not readable JSON" in third.stderr and "moved aside" in third.stderr
+    assert list(cells.glob("dense.json.invalid-*")) and read_result(cells / "dense.json").status == "ok"
+
+
+def test_schema_rejects_corrupt_and_foreign_files(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(InvalidResult, match="bad.json: not readable JSON"):
+        read_result(bad)
+    bad.write_text(json.dumps({"schema_version": 1, "status": "ok", "cell": {"id": "x"}}))
+    with pytest.raises(InvalidResult, match="does not match the result schema"):
+        read_result(bad)
+
+
+@pytest.mark.real_model
+def test_sigint_stops_the_bench_cleanly(tmp_path):
+    path = write_bench_file(tmp_path, methods=["dense", "2ssp"], sparsities=[0.25])
+    out = tmp_path / "out"
+    bench = subprocess.Popen([sys.executable, "-m", "harness.cli", "bench", "--config", str(path), "--out", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 600
+    while not (out / "cells" / "dense.json").exists():
+        assert time.time() < deadline and bench.poll() is None
+        time.sleep(0.5)
+    bench.send_signal(signal.SIGINT)
+    _, err = bench.communicate(timeout=120)
+    assert bench.returncode == 130
+    assert "interrupted: finished cells are kept" in err
+    assert read_result(out / "cells" / "dense.json").status == "ok"
+    assert not (out / "cells" / "2ssp-s0.25-seed0.json").exists()
+
+
+@pytest.fixture(scope="module")
+def small_bench(tmp_path_factory):
+    """A finished real bench (dense and 2SSP at 25 %, tiny protocol): the fixture JSONs of the leaderboard tests."""
+    tmp = tmp_path_factory.mktemp("bench")
+    path = write_bench_file(tmp, methods=["dense", "2ssp"], sparsities=[0.25])
+    result = run_cli(["bench", "--config", str(path), "--out", str(tmp / "out")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp / "out"
+
+
+@pytest.mark.real_model
+def test_every_metric_is_recorded_with_its_protocol_and_environment(small_bench):
+    r = read_result(small_bench / "cells" / "2ssp-s0.25-seed0.json")
+    assert r.status == "ok" and r.cell.method == "2ssp"
+    assert abs(r.parameters.achieved_sparsity - 0.25) < 0.005
+    assert r.parameters.total_after < r.parameters.total_before
+    assert set(r.pruning.stages) >= {"stage1.calibration_forward", "stage2.search"} and r.pruning.seconds > 0
+    assert r.pruning.decisions["n_attn"] == 2 and len(r.pruning.decisions["removed_attention"]) == 2
+    ppl = r.perplexity["enwiki-sample"]
+    assert ppl.value > 1 and ppl.protocol["windows"] == 3 and ppl.protocol["seq_len"] == 128 and ppl.protocol["text_sha256"]
+    assert 0 <= r.downstream["scores"]["wiki-cloze"]["acc"] <= 1 and r.downstream["protocol"]
+    assert r.latency.prefill_ms.repeats == 2 and r.latency.dense_prefill_ms is not None and r.latency.prefill_speedup > 0
+    assert r.memory["process_peak_rss_bytes"] > 0
+    if not r.pruning.from_cache:  # the pruning phase's own peak exists only where this cell pruned
+        assert 0 < r.memory["peak_rss_bytes"] <= r.memory["process_peak_rss_bytes"]
+    env = r.environment
+    assert env["torch"]["version"].startswith("2.13.0") and env["packages"]["transformers"] and env["cpu"]["model"]
+    assert r.config["method"] == "2ssp" and r.config_hash and r.config["calibration"]["samples"] == 2
+
+
+@pytest.mark.real_model
+def test_a_metric_change_reuses_the_cached_pruned_model(small_bench, tmp_path):
+    path = write_bench_file(tmp_path, methods=["2ssp"], sparsities=[0.25],
+                            perplexity={"datasets": ["enwiki-sample"], "seq_len": 128, "max_windows": 2})
+    result = run_cli(["bench", "--config", str(path), "--out", str(tmp_path / "out")])
+    assert result.returncode == 0, result.stderr[-2000:]
+    first = read_result(small_bench / "cells" / "2ssp-s0.25-seed0.json")
+    second = read_result(tmp_path / "out" / "cells" / "2ssp-s0.25-seed0.json")
+    assert second.pruning.from_cache and second.pruning.cache_key == first.pruning.cache_key
+    assert second.pruning.decisions == first.pruning.decisions
+    assert second.perplexity["enwiki-sample"].protocol["windows"] == 2
+
+
+@pytest.mark.real_model
+def test_leaderboard_never_mixes_protocols(small_bench, tmp_path):
+    import shutil
+
+    from harness.leaderboard import publish
+
+    shutil.copytree(small_bench / "cells", tmp_path / "a")
+    other = json.loads((small_bench / "cells" / "dense.json").read_text())
+    other["config"]["perplexity"]["seq_len"] = 512  # as if measured with longer windows
+    other["cell"]["id"] = other["config"]["id"] = "dense-other"
+    (tmp_path / "a" / "dense-other.json").write_text(json.dumps(other))
+    (tmp_path / "a" / "garbage.json").write_text("[1, 2")
+    written = publish(tmp_path)
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert md.count("## smollm2-135m — protocol") == 2
+    assert "## Files left out" in md and "garbage.json: not readable JSON" in md
+    assert {p.suffix for p in written} == {".md", ".csv", ".png"}
+    assert (tmp_path / "a" / "garbage.json").read_text() == "[1, 2"  # reported, never rewritten
