@@ -212,6 +212,7 @@ def bench_cmd(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Results directory (default results/<model>).")] = None,
     executor: Annotated[str | None, typer.Option(help="local (a process per cell), docker or ray.")] = None,
     image: Annotated[str | None, typer.Option(help="docker executor: the image (default prunebench:cuda with GPUs, else prunebench:cpu).")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="ray executor: the cluster to join (default: start a local Ray instance).")] = None,
     timeout: Annotated[float | None, typer.Option(help="Time limit per cell in seconds.")] = None,
     no_downstream: Annotated[bool, typer.Option("--no-downstream", help="Skip the downstream tasks.")] = False,
     no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip the latency measurements.")] = False,
@@ -231,6 +232,8 @@ def bench_cmd(
     cfg = make_config(file_values, overrides)
     if image:
         cfg = cfg.model_copy(update={"executor_options": {**cfg.executor_options, "image": image}})
+    if ray_address:
+        cfg = cfg.model_copy(update={"executor_options": {**cfg.executor_options, "address": ray_address}})
     if no_downstream or no_latency:
         from harness.bench.expand import resolve_profile
 
