@@ -7,6 +7,7 @@ each builder orders its rows such that every prefix is a fair sample of the whol
 """
 
 import bisect
+import math
 import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -15,7 +16,9 @@ from typing import Any
 
 MMLU_LETTERS = ("A", "B", "C", "D")
 CLOZE_CONTEXT_SENTENCES = 2
+CLOZE_CONTEXT_MAX_CHARS = 200
 CLOZE_DISTRACTORS = 3
+CLOZE_LENGTH_TOLERANCE = 0.15
 LASTWORD_CONTEXT_SENTENCES = 4
 
 _ABBREVIATIONS = frozenset(
@@ -133,7 +136,10 @@ class _Window:
 
 
 def _cloze_windows(articles: Sequence[tuple[str, str]], min_chars: int, max_chars: int) -> list[_Window]:
-    """Non-overlapping runs of clean consecutive sentences inside one paragraph: context, then target."""
+    """Non-overlapping runs of clean consecutive sentences inside one paragraph: context, then target.
+
+    Context sentences are capped at CLOZE_CONTEXT_MAX_CHARS: lm-eval scores the context once per
+    choice, so its length is most of the task's cost."""
     width = CLOZE_CONTEXT_SENTENCES + 1
     windows = []
     for index, (_title, text) in enumerate(articles):
@@ -141,7 +147,8 @@ def _cloze_windows(articles: Sequence[tuple[str, str]], min_chars: int, max_char
             i = 0
             while i + width <= len(sentences):
                 run = sentences[i : i + width]
-                if all(map(is_clean, run)) and is_clean(run[-1], min_chars, max_chars):
+                context_ok = all(is_clean(s, max_chars=CLOZE_CONTEXT_MAX_CHARS) for s in run[:-1])
+                if context_ok and is_clean(run[-1], min_chars, max_chars):
                     windows.append(_Window(index, " ".join(run[:-1]), run[-1]))
                     i += width
                 else:
@@ -162,35 +169,47 @@ def _pool(articles: Sequence[tuple[str, str]], min_chars: int, max_chars: int) -
 
 
 def _distractors(window: _Window, pool: list[tuple[int, str, int]], rng: random.Random) -> list[str]:
-    """Sentences of other articles whose length is within 15 % of the target (widened if too few).
+    """Sentences of other articles drawn uniformly over the lengths of a window that contains the
+    target's length at a uniformly random place (a length, then a sentence of that length).
 
-    Matching the length keeps the unnormalised loglikelihood (``acc``) from simply preferring the
-    shortest choice; other articles make the task about topical and discourse coherence.
+    Matched lengths keep the unnormalised loglikelihood (``acc``) from simply preferring the shortest
+    choice. The window is placed at random around the target so that the four lengths are exchangeable:
+    with a window centred on the target, the target was rarely the shortest or the longest choice, and
+    a model with randomised layers, which mostly prefers an extreme length, scored 0.15 (chance 0.25).
+    Within the window a length is drawn first because short sentences are more common than long ones.
     """
-    length = len(window.target)
-    tolerance = 0.15
-    while True:
-        lo = bisect.bisect_left(pool, (int(length * (1 - tolerance)),))
-        hi = bisect.bisect_right(pool, (int(length * (1 + tolerance)) + 1,))
-        candidates = sorted(
-            {text for _, text, art in pool[lo:hi] if art != window.article and text != window.target}
-        )
-        if len(candidates) >= CLOZE_DISTRACTORS or tolerance > 4:
-            return rng.sample(candidates, min(CLOZE_DISTRACTORS, len(candidates)))
-        tolerance *= 2
+    center = len(window.target) / rng.uniform(1 - CLOZE_LENGTH_TOLERANCE, 1 + CLOZE_LENGTH_TOLERANCE)
+    lo = bisect.bisect_left(pool, (math.ceil(center * (1 - CLOZE_LENGTH_TOLERANCE)),))
+    hi = bisect.bisect_right(pool, (math.floor(center * (1 + CLOZE_LENGTH_TOLERANCE)) + 1,))
+    by_length: dict[int, list[str]] = {}
+    for size, text, article in pool[lo:hi]:
+        if article != window.article and text != window.target:
+            by_length.setdefault(size, []).append(text)
+    chosen: list[str] = []
+    while len(chosen) < CLOZE_DISTRACTORS and by_length:
+        size = rng.choice(sorted(by_length))
+        texts = by_length[size]
+        chosen.append(texts.pop(rng.randrange(len(texts))))
+        if not texts:
+            del by_length[size]
+    return chosen
 
 
 def wiki_cloze_rows(
     articles: Sequence[tuple[str, str]],
     seed: str = "wiki-cloze",
-    min_chars: int = 40,
-    max_chars: int = 160,
+    target_chars: tuple[int, int] = (50, 140),
+    pool_chars: tuple[int, int] = (35, 190),
 ) -> Built:
-    """Four-way next-sentence choice: three sentences of an article, the true next sentence among
-    three length-matched sentences from other articles. Rows in a seeded random order."""
-    pool = _pool(articles, min_chars, max_chars)
+    """Four-way next-sentence choice: two consecutive sentences of an article, then the true next
+    sentence among three length-matched sentences from other articles. Rows in a seeded random order.
+
+    Measured on the first 200 rows: SmolLM2-135M acc 0.70 / acc_norm 0.72 (stderr 0.03), the same
+    model with randomised layers 0.245 / 0.23, chance 0.25: easy enough for a small model to stay well
+    above chance, hard enough to degrade gradually under pruning."""
+    pool = _pool(articles, *pool_chars)  # wider than the targets: no edge effect on their lengths
     rows = []
-    for number, window in enumerate(_cloze_windows(articles, min_chars, max_chars)):
+    for number, window in enumerate(_cloze_windows(articles, *target_chars)):
         rng = random.Random(f"{seed}:{number}")
         choices = [window.target, *_distractors(window, pool, rng)]
         if len(choices) != CLOZE_DISTRACTORS + 1:

@@ -1,7 +1,7 @@
 """Offline task datasets on disk, as JSONL + lm-eval YAML.
 
-One directory per (task, generator version, source digest): a new generator or a changed source gets a
-new directory, so a stale dataset is never reused. A directory is written under a temporary name and
+One directory per (task, generator version, fingerprint of the source and of the generator): a new
+generator, an edited builder or a changed source gets a new directory, so a stale dataset is never reused. A directory is written under a temporary name and
 renamed into place, so a concurrent bench cell sees either nothing or a complete dataset; ``meta.json``
 records the JSONL's sha256, which is checked on every reuse.
 """
@@ -52,8 +52,9 @@ def sha256_file(path: Path) -> str:
 
 
 def jsonl_bytes(rows: list[dict[str, Any]]) -> bytes:
-    """Canonical JSONL (sorted keys, UTF-8): equal rows give equal bytes, hence equal sha256."""
-    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
+    """Canonical JSONL (sorted keys, ASCII escapes): equal rows give equal bytes, hence equal sha256,
+    and no U+2028-like character can pass for a line break in a line-based reader."""
+    return "".join(json.dumps(r, ensure_ascii=True, sort_keys=True) + "\n" for r in rows).encode()
 
 
 def materialise(
@@ -62,11 +63,13 @@ def materialise(
     version: int,
     source: str,
     source_sha256: str,
+    fingerprint: str,
     build: Callable[[], Built],
     task_config: Callable[[Path], dict[str, Any]],
 ) -> StoredTask:
-    """The stored task for this generator version and source, generated first if missing or corrupt."""
-    final = root / name / f"v{version}-{source_sha256[:16]}"
+    """The stored task for this generator version and fingerprint (a digest of everything the rows
+    depend on), generated first if missing or corrupt."""
+    final = root / name / f"v{version}-{fingerprint[:16]}"
     stored = _read(final, name)
     if stored is not None:
         return stored
