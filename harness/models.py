@@ -114,6 +114,11 @@ def check_model(ref: ModelRef, trust_remote_code: bool = False):
     try:
         config = AutoConfig.from_pretrained(ref.location, trust_remote_code=trust_remote_code)
     except Exception as err:  # transformers raises OSError/ValueError/KeyError for unknown ids and bad files
+        if ref.kind == "hub" and offline_mode():
+            raise ModelUnavailable(
+                f"model '{ref.name}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+                f"offline models: {', '.join(EMBEDDED_MODELS)} or a local model directory"
+            ) from err
         raise ModelUnavailable(f"cannot read the config of model '{ref.name}': {_first_line(err)}") from err
     architectures = getattr(config, "architectures", None) or []
     causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)

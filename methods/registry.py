@@ -12,6 +12,7 @@ METHODS: dict[str, str] = {
     "window": "methods.window:Window",
     "evopress": "methods.evopress:EvoPress",
     "evopress-block": "methods.evopress:EvoPressBlock",
+    "slicegpt": "methods.slicegpt:SliceGPT",
 }
 
 

@@ -1,0 +1,135 @@
+"""The command line: perplexity with its protocol, pruning end to end, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import tiny_model
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+@pytest.mark.real_model
+def test_eval_prints_perplexity_with_its_protocol(smollm2_ref):
+    result = cli("eval", "--dataset", "enwiki-sample", "--seq-len", "256", "--max-windows", "4", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert 10 < report["perplexity"] < 60  # dense SmolLM2 on Wikipedia text
+    p = report["protocol"]
+    assert (p["windows"], p["seq_len"], p["targets"], p["bos"], p["join"]) == (4, 256, 4 * 255, "none", "\n\n")
+    assert p["role"] == "evaluation" and p["text_sha256"] and p["corpus_tokens"] > 100_000
+    text = cli("eval", "--dataset", "enwiki-sample", "--seq-len", "256", "--max-windows", "2")
+    assert text.returncode == 0 and text.stdout.startswith("perplexity ") and "BOS none" in text.stdout
+
+
+def test_gemma_gets_bos_per_window_and_it_is_recorded(tmp_path, smollm2_ref):
+    """A tiny Gemma-3 with the SmolLM2 tokenizer: BOS is prepended to every window, the same tokens are scored."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3TextConfig
+
+    tok = AutoTokenizer.from_pretrained(smollm2_ref.location)
+    config = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, bos_token_id=tok.bos_token_id,
+                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "gemma")
+    tok.save_pretrained(tmp_path / "gemma")
+    result = cli("eval", "--model", str(tmp_path / "gemma"), "--dataset", "pydoc", "--seq-len", "64", "--max-windows", "3",
+                 "--json")
+    assert result.returncode == 0, result.stderr
+    p = json.loads(result.stdout)["protocol"]
+    assert p["bos"] == "prepended to every window, context only" and p["targets"] == 3 * 63
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["eval", "--model", "nosuch-org/nosuch-model"], "not in the local Hugging Face cache and HF_HUB_OFFLINE is set"),
+    (["eval", "--dataset", "nosuchdata"], "nosuchdata"),
+    (["eval", "--dataset", "text:/nonexistent/file.txt"], "/nonexistent/file.txt"),
+    (["eval", "--model", "./no/such/dir"], "model directory './no/such/dir' does not exist"),
+    (["prune", "--method", "nosuch", "--sparsity", "0.3"], "unknown method 'nosuch'"),
+    (["prune", "--method", "2ssp", "--sparsity", "1.2"], "sparsity must be strictly between 0 and 1"),
+    (["prune", "--method", "2ssp", "--sparsity", "0.3", "--option", "alpha=-2"], "option 'alpha'"),
+    (["prune", "--method", "shortgpt", "--sparsity", "0.3", "--alpha", "2"], "--alpha applies to 2ssp only"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(args, message):
+    result = cli(*args, env={"HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_an_unknown_hub_id_without_the_hub_is_one_line():
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    result = subprocess.run([sys.executable, "-m", "harness.cli", "eval", "--model", "nosuch-org/nosuch-model"],
+                            capture_output=True, text=True, timeout=300, env={**env, "HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert result.returncode == 2
+    assert "is not a local directory and the Hugging Face hub is unreachable; offline models: smollm2-135m" in result.stderr
+
+
+def test_a_model_that_is_not_a_causal_lm_is_refused(tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64)).save_pretrained(tmp_path / "bert")
+    result = cli("eval", "--model", str(tmp_path / "bert"), "--dataset", "pydoc", timeout=300)
+    assert result.returncode == 2
+    assert "is a bert (BertForMaskedLM), not a causal language model" in result.stderr
+
+
+def test_an_unsupported_architecture_is_refused_by_name(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(tmp_path / "gpt2")
+    result = cli("eval", "--model", str(tmp_path / "gpt2"), "--dataset", "pydoc", timeout=300)
+    assert result.returncode == 2
+    assert "architecture 'gpt2' is not supported; supported: gemma3_text, llama, mistral, phi3, qwen2" in result.stderr
+
+
+@pytest.mark.real_model
+def test_prune_saves_a_checkpoint_that_prunebench_and_one_line_python_reload(tmp_path, smollm2):
+    out = tmp_path / "pruned"
+    result = cli("prune", "--method", "2ssp", "--sparsity", "0.25", "--calib-data", "enwiki-sample", "--calib-samples", "2",
+                 "--seq-len", "64", "--out", str(out), "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert abs(report["achieved_sparsity"] - 0.25) < 0.005 and report["checkpoint"] == str(out)
+    assert set(report["timing"]["stages"]) >= {"stage1.calibration_forward", "stage2.search", "stage2.surgery"}
+    size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    assert size < 0.85 * 4 * smollm2.model.num_parameters()  # float32 bytes of the dense model
+    from harness import load_pruned
+
+    x = torch.randint(0, 1000, (1, 16))
+    with torch.no_grad():
+        a = load_pruned(out)(x).logits
+    # prunebench itself reloads the directory as a model: its perplexity runs on the pruned structure.
+    again = cli("eval", "--model", str(out), "--dataset", "enwiki-sample", "--seq-len", "128", "--max-windows", "2", "--json")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout)["perplexity"] > 1
+    from harness.models import load_model, resolve_model
+
+    with torch.no_grad():
+        assert torch.equal(load_model(resolve_model(str(out)), dtype="float32", device="cpu").model(x).logits, a)
+    refused = cli("prune", "--method", "2ssp", "--sparsity", "0.25", "--out", str(out))
+    assert refused.returncode == 2 and "exists and is not empty; pass --force" in refused.stderr
+
+
+def test_tiny_model_directory_prunes_through_the_cli(tmp_path, smollm2_ref):
+    """Any local directory of a supported architecture works, not only the embedded model."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_ref.location)
+    model = tiny_model("qwen2", layers=4)
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(tmp_path / "qwen")
+    tok.save_pretrained(tmp_path / "qwen")
+    result = cli("prune", "--model", str(tmp_path / "qwen"), "--method", "2ssp", "--sparsity", "0.3", "--calib-data",
+                 "pydoc", "--calib-samples", "2", "--seq-len", "32", "--json", "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["model"]["kind"] == "local"
