@@ -135,7 +135,8 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
 @user_errors
 def prune_cmd(
     method: Annotated[str, typer.Option("--method", help="2ssp, or a baseline (see `prunebench methods`).")],
-    sparsity: Annotated[float, typer.Option("--sparsity", "-s", help="Target fraction of the transformer layers' parameters to remove, in (0, 1).")],
+    sparsity: Annotated[float | None, typer.Option("--sparsity", "-s", help="Target fraction of the transformer layers' parameters to remove, in (0, 1).")] = None,
+    num_prune: Annotated[int | None, typer.Option("--num-prune", help="Target as N whole blocks' worth (N/L) instead of --sparsity; several targets (-1, -2): use `prunebench bench --num-prune`.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory for the pruned checkpoint.")] = None,
     model: Model = None,
     calib_data: Annotated[str, typer.Option(help="Calibration source; auto = c4 with the hub, enwiki-sample without.")] = "auto",
@@ -160,6 +161,17 @@ def prune_cmd(
     from harness import pruning
     from harness.progress import RichProgress
 
+    if (sparsity is None) == (num_prune is None):
+        raise PrunebenchError("give exactly one of --sparsity and --num-prune")
+    if num_prune is not None:
+        if num_prune < 1:
+            raise PrunebenchError(f"--num-prune {num_prune} names several targets: run them with `prunebench bench --num-prune {num_prune}`")
+        from harness.bench.config import BenchConfig
+        from harness.bench.expand import num_layers, sparsities_for
+
+        layers = num_layers(BenchConfig(model=model or "smollm2-135m", trust_remote_code=trust_remote_code))
+        sparsity = sparsities_for(num_prune, layers)[0]
+        err_console.print(f"--num-prune {num_prune}: sparsity {num_prune}/{layers} = {sparsity:.6g}", highlight=False)
     named = {"alpha": alpha, "n_attn": n_attn, "stage2_samples": stage2_samples, "stages": stages, "norm": norm, "scoring": scoring}
     options = {k: v for k, v in named.items() if v is not None}
     if options and method != "2ssp":
@@ -175,6 +187,8 @@ def prune_cmd(
     prepared = pruning.prepare(job)
     outcome = pruning.execute(prepared, RichProgress(err_console))
     report = outcome.report
+    if num_prune is not None:
+        report["num_prune"] = num_prune
     if out is not None:
         report["checkpoint"] = str(pruning.save(outcome, out))
     if as_json:
@@ -207,7 +221,9 @@ def bench_cmd(
     model: Model = None,
     sparsity: Annotated[str | None, typer.Option("--sparsity", "-s", help="Comma-separated targets (default 0.25,0.375,0.5).")] = None,
     methods: Annotated[str | None, typer.Option(help="Comma-separated method names, or 'all' (default; includes dense).")] = None,
+    num_prune: Annotated[int | None, typer.Option("--num-prune", help="Targets as whole-block equivalents N/L instead of --sparsity; -2 = 25, 37.5 and 50 %; -1 = every step 1/L up to the largest feasible.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds (default 0).")] = None,
+    preset: Annotated[str | None, typer.Option(help="A paper experiment: main-table, calibration, one-stage, rows-vs-cols, l1-norm, balancing.")] = None,
     profile: Annotated[str | None, typer.Option(help="auto (paper on CUDA, cpu-quick on CPU), paper or cpu-quick.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Results directory (default results/<model>).")] = None,
     executor: Annotated[str | None, typer.Option(help="local (a process per cell), docker or ray.")] = None,
@@ -227,6 +243,7 @@ def bench_cmd(
     file_values = load_bench_file(config) if config else {}
     overrides = {
         "model": model, "sparsities": _split(sparsity, float), "methods": _split(methods), "seeds": _split(seeds, int),
+        "num_prune": num_prune, "preset": preset,
         "profile": profile, "out": out, "executor": executor, "timeout_s": timeout, "dtype": dtype, "device": device,
     }
     cfg = make_config(file_values, overrides)

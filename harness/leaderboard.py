@@ -25,7 +25,8 @@ from harness.results import CellResult, scan_results, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-PER_CELL_KEYS = {"id", "method", "sparsity", "seed", "method_options", "calibration", "cache_pruned", "prunebench_version"}
+PER_CELL_KEYS = {"id", "method", "variant", "sparsity", "seed", "method_options", "calibration", "cache_pruned",
+                 "prunebench_version"}
 
 
 def protocol_key(r: CellResult) -> str:
@@ -80,7 +81,7 @@ def _group(results: list[CellResult]) -> dict[str, list[CellResult]]:
 def _rows(results: list[CellResult]) -> dict[float, list[Row]]:
     by: dict[tuple[str, float], list[CellResult]] = defaultdict(list)
     for r in results:
-        by[(r.cell.method, r.cell.sparsity)].append(r)
+        by[(r.cell.variant, r.cell.sparsity)].append(r)
     table: dict[float, list[Row]] = defaultdict(list)
     for (method, sparsity), rs in by.items():
         table[sparsity].append(Row(method, sparsity, sorted(rs, key=lambda r: r.cell.seed)))
@@ -187,7 +188,8 @@ def csv_rows(results: list[CellResult]) -> tuple[list[str], list[dict[str, Any]]
     rows = []
     for r in results:
         row: dict[str, Any] = {
-            "model": r.cell.model, "method": r.cell.method, "target_sparsity": r.cell.sparsity, "seed": r.cell.seed,
+            "model": r.cell.model, "row": r.cell.variant, "method": r.cell.method, "target_sparsity": r.cell.sparsity,
+            "seed": r.cell.seed,
             "status": r.status, "protocol": protocol_key(r), "config_hash": r.config_hash,
         }
         if r.parameters:
@@ -229,10 +231,13 @@ def plot(results: list[CellResult], path: Path) -> Path | None:
     if not results or not results[0].perplexity:
         return None
     dataset = next(iter(results[0].perplexity))
-    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    by_point: dict[tuple[str, float], list[tuple[float, float]]] = defaultdict(list)
     for r in results:
         if dataset in r.perplexity and r.parameters:
-            series[r.cell.method].append((r.parameters.achieved_sparsity * 100, r.perplexity[dataset].value))
+            by_point[(r.cell.variant, r.cell.sparsity)].append((r.parameters.achieved_sparsity * 100, r.perplexity[dataset].value))
+    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for (row, _), points in by_point.items():  # seeds averaged
+        series[row].append((statistics.fmean(p[0] for p in points), statistics.fmean(p[1] for p in points)))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, points in sorted(series.items()):
         points.sort()
@@ -274,7 +279,67 @@ def publish(directory: Path, name: str = "leaderboard") -> list[Path]:
     written.append(csv_path)
     groups = sorted(_group(ok).values(), key=len, reverse=True)
     if groups:
-        png = plot(groups[0], directory / f"{name}.png")
-        if png:
-            written.append(png)
+        for path in (plot(groups[0], directory / f"{name}.png"), heat_map(groups[0], directory / "balancing.png")):
+            if path:
+                written.append(path)
+    if any(r.samples for r in ok):
+        samples = directory / "samples.md"
+        write_text_atomic(samples, samples_markdown(ok))
+        written.append(samples)
     return written
+
+
+def heat_map(results: list[CellResult], path: Path) -> Path | None:
+    """2SSP perplexity over (sparsity, attention modules removed): the paper's balancing sweep."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import math
+
+    import matplotlib.pyplot as plt
+
+    cells = [r for r in results if r.cell.method == "2ssp" and r.config.get("method_options", {}).get("n_attn") is not None
+             and r.perplexity]
+    counts = sorted({r.config["method_options"]["n_attn"] for r in cells})
+    rates = sorted({r.cell.sparsity for r in cells})
+    if len(counts) < 2 or len(rates) < 2:
+        return None
+    dataset = next(iter(cells[0].perplexity))
+    grid = [[math.nan] * len(counts) for _ in rates]
+    for r in cells:
+        grid[rates.index(r.cell.sparsity)][counts.index(r.config["method_options"]["n_attn"])] = math.log10(
+            r.perplexity[dataset].value)
+    fig, ax = plt.subplots(figsize=(max(6, len(counts) * 0.35), max(4, len(rates) * 0.3)))
+    image = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis_r")
+    ax.set_xticks(range(len(counts)), [str(c) for c in counts], fontsize=7)
+    ax.set_yticks(range(len(rates)), [f"{s:.3f}" for s in rates], fontsize=7)
+    ax.set_xlabel("attention modules removed (N_attn)")
+    ax.set_ylabel("target sparsity")
+    ax.set_title(f"2SSP balance between the stages: log10 perplexity ({dataset}); blank = infeasible")
+    fig.colorbar(image, ax=ax, label="log10 perplexity")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def samples_markdown(results: list[CellResult]) -> str:
+    """Each prompt's continuation by every row, side by side, one table per sparsity."""
+    out = io.StringIO()
+    out.write("# Qualitative samples\n\nGreedy continuations of the same prompts, fixed length, from each result file "
+              "beside this one (seed 0 where there are several).\n")
+    chosen = {}
+    for r in sorted(results, key=lambda r: r.cell.seed, reverse=True):
+        if r.samples:
+            chosen[(r.cell.sparsity, r.cell.variant)] = r
+    prompts = list(dict.fromkeys(s["prompt"] for r in chosen.values() for s in r.samples or []))
+    dense = [r for (sp, _), r in chosen.items() if sp == 0.0]
+    for sparsity in sorted({sp for sp, _ in chosen if sp > 0}):
+        rows = dense + [r for (sp, _), r in sorted(chosen.items()) if sp == sparsity]
+        out.write(f"\n## Target sparsity {sparsity:.1%}\n")
+        for prompt in prompts:
+            out.write(f"\n**{prompt}**\n\n")
+            body = [[r.cell.variant, next((s["completion"] for s in r.samples or [] if s["prompt"] == prompt), "")
+                     .replace("\n", " ").replace("|", "\\|")] for r in rows]
+            out.write(tabulate(body, ["row", "continuation"], tablefmt="github", disable_numparse=True) + "\n")
+    return out.getvalue()

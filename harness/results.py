@@ -31,6 +31,7 @@ class Cell(_Strict):
     id: str
     model: str
     method: str
+    variant: str  # the leaderboard row: the method's name, or an ablation's
     sparsity: float
     seed: int
 

@@ -185,7 +185,7 @@ def run(spec: CellSpec) -> CellResult:
 
     return CellResult(
         status="ok",
-        cell=Cell(id=spec.id, model=spec.model, method=spec.method, sparsity=spec.sparsity, seed=spec.seed),
+        cell=Cell(id=spec.id, model=spec.model, method=spec.method, variant=spec.variant, sparsity=spec.sparsity, seed=spec.seed),
         config=spec.model_dump(mode="json"), config_hash=spec.config_hash(),
         started_at=started, finished_at=now(), wall_seconds=time.perf_counter() - t0,
         parameters=Parameters(total_before=before[0], total_after=after[0], blocks_before=before[1],
@@ -199,7 +199,7 @@ def run(spec: CellSpec) -> CellResult:
 def failed(spec: CellSpec, started: str, seconds: float, kind: str, message: str, log_tail: str = "") -> CellResult:
     return CellResult(
         status="failed",
-        cell=Cell(id=spec.id, model=spec.model, method=spec.method, sparsity=spec.sparsity, seed=spec.seed),
+        cell=Cell(id=spec.id, model=spec.model, method=spec.method, variant=spec.variant, sparsity=spec.sparsity, seed=spec.seed),
         config=spec.model_dump(mode="json"), config_hash=spec.config_hash(), started_at=started, finished_at=now(),
         wall_seconds=seconds, environment=capture(), error=ErrorInfo(kind=kind, message=message, log_tail=log_tail),
     )

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness import __version__
 from harness.errors import PrunebenchError
 from harness.metrics.latency import LatencyConfig
+from harness.metrics.qualitative import DEFAULT_PROMPTS
 
 Profile = Literal["paper", "cpu-quick"]
 PROFILES: tuple[str, ...] = ("paper", "cpu-quick")
@@ -52,8 +53,10 @@ class CalibrationConfig(_Config):
 
 
 class QualitativeConfig(_Config):
-    enabled: bool = False
-    prompts: list[str] = Field(default_factory=list)
+    """Greedy continuations of fixed prompts, stored in each result and shown side by side (samples.md)."""
+
+    enabled: bool = True
+    prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS))
     max_new_tokens: int = Field(48, ge=1)
 
 
@@ -65,6 +68,7 @@ def profile_defaults(profile: str) -> dict[str, Any]:
             "perplexity": PerplexityConfig(datasets=["wikitext2", "c4", "fineweb-edu"], seq_len=2048),
             "downstream": DownstreamConfig(tasks=["winogrande", "arc_easy", "arc_challenge", "hellaswag", "piqa", "mmlu"]),
             "latency": LatencyConfig(seq_len=2048, warmup=10, repeats=10, decode_tokens=128, decode_prompt=128),
+            "qualitative": QualitativeConfig(max_new_tokens=128),  # the authors generate up to 128 tokens
         }
     if profile == "cpu-quick":
         return {
@@ -72,8 +76,20 @@ def profile_defaults(profile: str) -> dict[str, Any]:
             "perplexity": PerplexityConfig(datasets=["enwiki-sample"], seq_len=256, max_windows=24),
             "downstream": DownstreamConfig(tasks=["wiki-cloze", "mmlu-offline"], limit=100, batch_size=16),
             "latency": LatencyConfig(seq_len=256, warmup=2, repeats=5, decode_tokens=16, decode_prompt=32),
+            "qualitative": QualitativeConfig(max_new_tokens=24),
         }
     raise PrunebenchError(f"unknown profile '{profile}'; known: {', '.join(PROFILES)}")
+
+
+class Variant(_Config):
+    """A named row of the leaderboard: a method with its own options or calibration (ablations)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+    method: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    calibration: CalibrationConfig | None = None
+    sparsities: list[float] | None = None  # None: the bench's
+    seeds: list[int] | None = None
 
 
 class BenchConfig(_Config):
@@ -82,7 +98,10 @@ class BenchConfig(_Config):
     model: str = "smollm2-135m"
     methods: list[str] = Field(default_factory=lambda: ["all"])
     sparsities: list[float] = Field(default_factory=lambda: [0.25, 0.375, 0.5])
+    num_prune: int | None = Field(None, description="target as whole-block equivalents N/L; -1 every step, -2 the paper's three")
     seeds: list[int] = Field(default_factory=lambda: [0])
+    variants: list[Variant] = Field(default_factory=list)
+    preset: str | None = None
     profile: Literal["auto", "paper", "cpu-quick"] = "auto"
     out: Path | None = None
     executor: Literal["local", "docker", "ray"] = "local"
@@ -95,7 +114,7 @@ class BenchConfig(_Config):
     perplexity: PerplexityConfig | None = None
     downstream: DownstreamConfig | None = None
     latency: LatencyConfig | None = None
-    qualitative: QualitativeConfig = Field(default_factory=QualitativeConfig)
+    qualitative: QualitativeConfig | None = None
     method_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     executor_options: dict[str, Any] = Field(default_factory=dict)
 
@@ -147,6 +166,7 @@ class CellSpec(_Config):
     id: str
     model: str
     method: str
+    variant: str
     sparsity: float
     seed: int
     profile: str
@@ -174,5 +194,5 @@ class CellSpec(_Config):
         })
 
 
-def cell_id(method: str, sparsity: float, seed: int) -> str:
-    return "dense" if method == "dense" else f"{method}-s{sparsity:g}-seed{seed}"
+def cell_id(variant: str, sparsity: float, seed: int) -> str:
+    return "dense" if variant == "dense" else f"{variant}-s{sparsity:g}-seed{seed}"

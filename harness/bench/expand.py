@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.bench.config import (
     BenchConfig,
     CalibrationConfig,
     CellSpec,
+    Variant,
     cell_id,
     model_slug,
     profile_defaults,
@@ -27,6 +28,8 @@ class ResolvedBench:
     profile: str
     out: Path
     cells: list[CellSpec]
+    sparsities: list[float]
+    notes: list[str] = field(default_factory=list)
 
 
 def resolve_profile(config: BenchConfig) -> str:
@@ -49,44 +52,84 @@ def expand_methods(names: list[str]) -> list[str]:
     return sorted(out, key=lambda n: (n != "dense",))  # the reference row first
 
 
+def num_layers(config: BenchConfig) -> int:
+    from harness.models import check_model, resolve_model
+
+    return check_model(resolve_model(config.model), config.trust_remote_code).num_hidden_layers
+
+
+def sparsities_for(num_prune: int, layers: int) -> list[float]:
+    """The authors' --num_prune: N blocks' worth (N/L); -2 the paper's three rates; -1 every step 1/L."""
+    if num_prune == -2:
+        return [0.25, 0.375, 0.5]
+    if num_prune == -1:
+        return [k / layers for k in range(1, layers)]
+    if not 0 < num_prune < layers:
+        raise PrunebenchError(f"--num-prune {num_prune}: give 1..{layers - 1} blocks (the model has {layers}), -1 or -2")
+    return [num_prune / layers]
+
+
+def with_preset(config: BenchConfig, profile: str) -> BenchConfig:
+    if not config.preset:
+        return config
+    from harness.bench.presets import apply_preset
+
+    return apply_preset(config, profile)
+
+
 def resolve(config: BenchConfig) -> ResolvedBench:
     profile = resolve_profile(config)
+    config = with_preset(config, profile)
     defaults = profile_defaults(profile)
-    methods = expand_methods(config.methods)
-    if not methods:
+    sparsities = sparsities_for(config.num_prune, num_layers(config)) if config.num_prune is not None else config.sparsities
+    unknown = set(config.method_options) - set(method_names())
+    if unknown:
+        raise PrunebenchError(f"method_options for unknown methods: {', '.join(sorted(unknown))}")
+    variants = [Variant(name=m, method=m) for m in expand_methods(config.methods)] + list(config.variants)
+    names = [v.name for v in variants]
+    if not variants:
         raise PrunebenchError("the bench names no method")
-    calibration_source = config.calibration.source if config.calibration.source != "auto" else defaults["calibration_source"]
+    if len(set(names)) != len(names):
+        raise PrunebenchError(f"two bench rows share a name: {sorted({n for n in names if names.count(n) > 1})}")
+    source = config.calibration.source if config.calibration.source != "auto" else defaults["calibration_source"]
     cells: list[CellSpec] = []
-    for name in methods:
-        method = get_method(name)
-        unknown = set(config.method_options) - set(method_names())
-        if unknown:
-            raise PrunebenchError(f"method_options for unknown methods: {', '.join(sorted(unknown))}")
-        options = method.options(config.method_options.get(name), profile).model_dump(mode="json")
-        needs = method.calibration.get(profile)
-        if needs and needs.samples:
-            calibration = CalibrationConfig(source=calibration_source,
-                                            samples=config.calibration.samples or needs.samples,
-                                            seq_len=config.calibration.seq_len or needs.seq_len)
-        else:  # a method without calibration (the dense model)
-            calibration = CalibrationConfig(source="none")
-        grid = [(0.0, 0)] if name == "dense" else [(s, seed) for s in config.sparsities for seed in config.seeds]
+    for v in variants:
+        method = get_method(v.method)
+        options = method.options({**config.method_options.get(v.method, {}), **v.options}, profile).model_dump(mode="json")
+        calibration = _calibration(method, profile, source, v.calibration or config.calibration)
+        if v.method == "dense":
+            grid = [(0.0, 0)]
+        else:
+            grid = [(s, seed) for s in (v.sparsities or sparsities) for seed in (v.seeds or config.seeds)]
         for sparsity, seed in grid:
             cells.append(CellSpec(
-                id=cell_id(name, sparsity, seed), model=config.model, method=name, sparsity=sparsity, seed=seed,
-                profile=profile, method_options=options, calibration=calibration,
+                id=cell_id(v.name, sparsity, seed), model=config.model, method=v.method, variant=v.name,
+                sparsity=sparsity, seed=seed, profile=profile, method_options=options, calibration=calibration,
                 perplexity=config.perplexity or defaults["perplexity"],
                 downstream=config.downstream or defaults["downstream"],
                 latency=config.latency or defaults["latency"],
-                qualitative=config.qualitative, dtype=config.dtype, device=config.device,
+                qualitative=config.qualitative or defaults["qualitative"],
+                dtype=config.dtype, device=config.device,
                 trust_remote_code=config.trust_remote_code, cache_pruned=config.cache_pruned,
             ))
-    out = config.out or Path("results") / model_slug(config.model)
-    return ResolvedBench(config, profile, out, cells)
+    out = config.out or Path("results") / model_slug(config.model) / (config.preset or "")
+    return ResolvedBench(config, profile, out, cells, sparsities)
+
+
+def _calibration(method, profile: str, source: str, asked: CalibrationConfig) -> CalibrationConfig:
+    needs = method.calibration.get(profile)
+    if not (needs and needs.samples):  # a method without calibration (the dense model)
+        return CalibrationConfig(source="none")
+    return CalibrationConfig(source=asked.source if asked.source != "auto" else source,
+                             samples=asked.samples or needs.samples, seq_len=asked.seq_len or needs.seq_len)
 
 
 def validate(bench: ResolvedBench) -> None:
-    """Every check that needs no weights: data sources, tasks, the model's config, each cell's plan."""
+    """Every check that needs no weights: data sources, tasks, the model's config, each cell's plan.
+
+    With ``--num-prune -1`` (every step), cells beyond a method's feasible range are dropped with a
+    note; otherwise an infeasible cell is an error.
+    """
     from harness.data.sources import validate_source
     from harness.metrics.downstream import validate_tasks
     from harness.models import check_model, resolve_model
@@ -102,11 +145,16 @@ def validate(bench: ResolvedBench) -> None:
     ref = resolve_model(bench.config.model)
     config = check_model(ref, bench.config.trust_remote_code)
     skeleton = skeleton_adapter(ref, config, bench.config.trust_remote_code)
+    keep = []
     for cell in bench.cells:
-        if cell.method == "dense":
-            continue
-        method = get_method(cell.method)
-        try:
-            method.plan(skeleton, cell.sparsity, method.Options(**cell.method_options))
-        except MethodError as err:
-            raise PrunebenchError(f"cell {cell.id}: {err}") from None
+        if cell.method != "dense":
+            method = get_method(cell.method)
+            try:
+                method.plan(skeleton, cell.sparsity, method.Options(**cell.method_options))
+            except MethodError as err:
+                if bench.config.num_prune != -1 and not bench.config.preset:
+                    raise PrunebenchError(f"cell {cell.id}: {err}") from None
+                bench.notes.append(f"left out {cell.id}: infeasible ({str(err).split(':')[0]})")
+                continue
+        keep.append(cell)
+    bench.cells = keep

@@ -35,11 +35,13 @@ class BenchOutcome:
 def describe(bench: ResolvedBench) -> list[str]:
     """Every resolved value of the protocol, as printed before the run and kept in bench.json."""
     c = bench.cells[0]
-    methods = sorted({cell.method for cell in bench.cells}, key=lambda m: (m != "dense", m))
+    rows = list(dict.fromkeys(cell.variant for cell in bench.cells))
+    preset = f", preset {bench.config.preset}" if bench.config.preset else ""
     lines = [
-        f"model {bench.config.model}, profile {bench.profile}, executor {bench.config.executor}, out {bench.out}",
-        f"methods {', '.join(methods)}; sparsities {', '.join(f'{s:g}' for s in bench.config.sparsities)}; "
-        f"seeds {', '.join(map(str, bench.config.seeds))}; {len(bench.cells)} cells",
+        f"model {bench.config.model}, profile {bench.profile}{preset}, executor {bench.config.executor}, out {bench.out}",
+        f"rows {', '.join(rows)}; sparsities {', '.join(f'{s:.4g}' for s in bench.sparsities)}"
+        f"{f' (--num-prune {bench.config.num_prune})' if bench.config.num_prune is not None else ''}; "
+        f"seeds {', '.join(sorted({str(cell.seed) for cell in bench.cells}))}; {len(bench.cells)} cells",
         f"perplexity: {', '.join(c.perplexity.datasets)}, windows of {c.perplexity.seq_len} tokens, "
         f"max windows {c.perplexity.max_windows or 'all'}, BOS {c.perplexity.bos}",
         f"downstream: {', '.join(c.downstream.tasks) if c.downstream.enabled else 'off'}, "
@@ -47,11 +49,16 @@ def describe(bench: ResolvedBench) -> list[str]:
         f"latency: prefill 1 x {c.latency.seq_len}, {c.latency.warmup} warm-ups, {c.latency.repeats} repeats; "
         f"decode {c.latency.decode_tokens} tokens after {c.latency.decode_prompt}" if c.latency.enabled else "latency: off",
     ]
+    if c.qualitative.enabled:
+        lines.append(f"samples: {len(c.qualitative.prompts)} prompts, {c.qualitative.max_new_tokens} greedy tokens each")
+    seen = set()
     for cell in bench.cells:
-        if cell.method != "dense" and cell.seed == bench.config.seeds[0] and cell.sparsity == bench.config.sparsities[0]:
+        if cell.method != "dense" and cell.variant not in seen:
+            seen.add(cell.variant)
             cal = cell.calibration
-            lines.append(f"{cell.method}: calibration {cal.source} {cal.samples} x {cal.seq_len}; options {json.dumps(cell.method_options)}")
-    return lines
+            lines.append(f"{cell.variant}: calibration {cal.source} {cal.samples} x {cal.seq_len}; "
+                         f"options {json.dumps(cell.method_options)}")
+    return lines + bench.notes
 
 
 def plan_jobs(bench: ResolvedBench, force: bool) -> tuple[list[CellJob], list[str]]:
@@ -85,7 +92,8 @@ def run_bench(config: BenchConfig, force: bool = False, console: Console | None 
         console.print(line, highlight=False, soft_wrap=True)
     bench.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(bench.out / "bench.json", json.dumps(
-        {"config": config.model_dump(mode="json"), "profile": bench.profile, "protocol": describe(bench)}, indent=2))
+        {"config": config.model_dump(mode="json"), "profile": bench.profile, "sparsities": bench.sparsities,
+         "protocol": describe(bench)}, indent=2))
     jobs, skipped = plan_jobs(bench, force)
     outcome = BenchOutcome(bench.out, skipped=skipped)
     if skipped:
