@@ -265,3 +265,13 @@ def test_leaderboard_never_mixes_protocols(small_bench, tmp_path):
     assert "## Files left out" in md and "garbage.json: not readable JSON" in md
     assert {p.suffix for p in written} == {".md", ".csv", ".png"}
     assert (tmp_path / "a" / "garbage.json").read_text() == "[1, 2"  # reported, never rewritten
+
+
+def test_a_profile_that_needs_the_hub_fails_at_once_without_it(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    result = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "--profile", "paper", "--methods", "2ssp",
+                             "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
+                            env={**env, "HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert result.returncode == 2
+    assert "the Hugging Face hub is unreachable, and profile 'paper' needs it for c4" in result.stderr
+    assert "use --profile cpu-quick" in result.stderr and not (tmp_path / "out" / "cells").exists()

@@ -124,6 +124,20 @@ def _calibration(method, profile: str, source: str, asked: CalibrationConfig) ->
                              samples=asked.samples or needs.samples, seq_len=asked.seq_len or needs.seq_len)
 
 
+def check_hub_needs(profile: str, sources: list[str], tasks: list[str]) -> None:
+    """Hub data and tasks with no hub (and no offline cache asked for) fail now, not in every cell."""
+    from harness.data.sources import hub_source
+    from harness.hub import hub_reachable, offline_mode
+    from harness.metrics.downstream import PAPER_TASKS
+
+    needs = [s for s in sources if hub_source(s)] + [t for t in tasks if t in PAPER_TASKS]
+    if needs and not offline_mode() and not hub_reachable():
+        raise PrunebenchError(
+            f"the Hugging Face hub is unreachable, and profile '{profile}' needs it for {', '.join(needs)}; "
+            "use --profile cpu-quick (offline data and tasks), or set HF_HUB_OFFLINE=1 to use a local hub cache"
+        )
+
+
 def validate(bench: ResolvedBench) -> None:
     """Every check that needs no weights: data sources, tasks, the model's config, each cell's plan.
 
@@ -136,12 +150,12 @@ def validate(bench: ResolvedBench) -> None:
     from harness.pruning import skeleton_adapter
 
     first = bench.cells[0]
-    for dataset in first.perplexity.datasets:
-        validate_source(dataset)
+    sources = set(first.perplexity.datasets) | {c.calibration.source for c in bench.cells if c.calibration.source != "none"}
+    for source in sorted(sources):
+        validate_source(source)
     if first.downstream.enabled:
         validate_tasks(first.downstream.tasks)
-    for source in {c.calibration.source for c in bench.cells if c.calibration.source != "none"}:
-        validate_source(source)
+    check_hub_needs(bench.profile, sorted(sources), first.downstream.tasks if first.downstream.enabled else [])
     ref = resolve_model(bench.config.model)
     config = check_model(ref, bench.config.trust_remote_code)
     skeleton = skeleton_adapter(ref, config, bench.config.trust_remote_code)
