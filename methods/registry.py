@@ -10,6 +10,8 @@ METHODS: dict[str, str] = {
     "2ssp": "methods.twossp:TwoSSP",
     "shortgpt": "methods.shortgpt:ShortGPT",
     "window": "methods.window:Window",
+    "blockpruner": "methods.blockpruner:BlockPruner",
+    "blockpruner-block": "methods.blockpruner:BlockPrunerBlock",
     "evopress": "methods.evopress:EvoPress",
     "evopress-block": "methods.evopress:EvoPressBlock",
     "slicegpt": "methods.slicegpt:SliceGPT",

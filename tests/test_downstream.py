@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from harness.errors import DataUnavailable, PrunebenchError, UnknownName
 from harness.metrics import downstream as ds
@@ -186,6 +187,28 @@ def test_store_reuses_checks_and_regenerates(tmp_path):
     assert not [p for p in (tmp_path / "t").iterdir() if p.name.startswith(".")]  # no temp dirs left
     with pytest.raises(DataUnavailable):
         store.materialise(tmp_path, "e", 1, "test", "ab" * 32, "cd" * 32, lambda: builders.Built([], 0), dict)
+
+
+def test_a_moved_cache_is_read_from_where_it_now_is(tmp_path):
+    """A cache generated on the host and mounted elsewhere (a container's /cache) must not send
+    lm-eval to the host's path: the YAML is re-pointed, the rows are not rebuilt."""
+    calls = []
+
+    def build() -> builders.Built:
+        calls.append(1)
+        return builders.Built(rows=[{"x": 1}], n_skipped=0)
+
+    def config(data: Path) -> dict:
+        return {"dataset_kwargs": {"data_files": {"test": str(data)}}}
+
+    host, mounted = tmp_path / "host", tmp_path / "mounted"
+    first = store.materialise(host, "t", 1, "test", "ab" * 32, "cd" * 32, build, config)
+    host.rename(mounted)
+    moved = store.materialise(mounted, "t", 1, "test", "ab" * 32, "cd" * 32, build, config)
+    assert len(calls) == 1 and moved.sha256 == first.sha256
+    written = yaml.safe_load(moved.yaml_file.read_text())
+    assert written["dataset_kwargs"]["data_files"]["test"] == str(moved.data_file)
+    assert Path(written["dataset_kwargs"]["data_files"]["test"]).is_file()
 
 
 # ------------------------------------------------------------------- lm-eval on in-memory models

@@ -72,6 +72,7 @@ def materialise(
     final = root / name / f"v{version}-{fingerprint[:16]}"
     stored = _read(final, name)
     if stored is not None:
+        _point_yaml_here(stored, task_config)
         return stored
     if final.exists():
         LOG.warning("offline task %s at %s is corrupt; regenerating", name, final)
@@ -81,6 +82,24 @@ def materialise(
     if stored is None:
         raise DataUnavailable(f"offline task {name!r} could not be written to {final}")
     return stored
+
+
+def _point_yaml_here(stored: StoredTask, task_config: Callable[[Path], dict[str, Any]]) -> None:
+    """Rewrite the YAML if it names the data file elsewhere: a cache generated on the host and
+    mounted at another path in a container (or moved) must still be read from where it now is.
+    The replacement is atomic, so a concurrent reader sees the old or the new YAML, never half."""
+    text = _yaml_text(task_config(stored.data_file))
+    if stored.yaml_file.read_text() == text:
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{stored.yaml_file.name}.", dir=stored.directory)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, stored.yaml_file)
+    LOG.info("offline task %s: YAML re-pointed at %s", stored.name, stored.data_file)
+
+
+def _yaml_text(config: dict[str, Any]) -> str:
+    return yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
 
 
 def _read(directory: Path, name: str) -> StoredTask | None:
@@ -126,7 +145,7 @@ def _write(
         (tmp / f"{name}.jsonl").write_bytes(payload)
         # The YAML names the data file by its final path, which is where lm-eval will read it.
         config = task_config(final / f"{name}.jsonl")
-        (tmp / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+        (tmp / f"{name}.yaml").write_text(_yaml_text(config))
         meta = {
             "name": name,
             "version": version,
