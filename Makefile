@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+RAY_STAMP := $(VENV)/.ray-installed-stamp
 
 MODEL ?= smollm2-135m
 SPARSITY ?= 0.25,0.375,0.5
@@ -13,7 +14,7 @@ OUT ?=
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test bench lint image clean-venv help
+.PHONY: install install-ray test bench lint image clean-venv help
 
 help:
 	@echo "make bench   run the bench on MODEL (default: the embedded SmolLM2-135M) and write results/<model>/leaderboard.*"
@@ -31,9 +32,16 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
+# The ray executor's optional extra: the tests exercise it on a local Ray instance, so `make test` installs it.
+$(RAY_STAMP): $(STAMP) requirements-ray.lock
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-ray.lock
+	@touch $(RAY_STAMP)
+
 install: $(STAMP)
 
-test: $(STAMP)
+install-ray: $(RAY_STAMP)
+
+test: $(STAMP) $(RAY_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

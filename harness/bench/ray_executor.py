@@ -200,7 +200,7 @@ def _announce(progress: Any, cell_id: str, node: dict[str, str]) -> None:
     try:
         progress.put_nowait((cell_id, node))
     except Exception as err:  # the progress queue is gone (driver exiting): the cell still runs
-        logging.getLogger(__name__).warning("could not report the start of %s: %s", cell_id, err)
+        log.warning("could not report the start of %s: %s", cell_id, err)
 
 
 def run_cell_task(payload: dict[str, Any]) -> dict[str, Any]:
@@ -331,9 +331,9 @@ def connect_error(address: str | None, err: Exception, core_log: list[str]) -> s
     where = f"the Ray cluster at {address}" if address else "a local Ray instance"
     first = (str(err).strip().splitlines() or [type(err).__name__])[0]
     if any("InvalidAuthToken" in line or "Unauthenticated" in line for line in core_log):
-        return (f"cannot connect to {where}: it wants Ray's authentication token; set RAY_AUTH_MODE=token and give "
-                "this machine the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN), or run on the head node "
-                "with --ray-address auto")
+        return (f"cannot connect to {where}: it refused this machine's Ray authentication token (none, or another); "
+                "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or ~/.ray/auth_token) to the cluster's token, "
+                "or run on the head node with --ray-address auto")
     reasons = [line.split("] ", 1)[-1] for line in core_log if "] " in line]
     return f"cannot connect to {where}: {first}" + (f" ({reasons[-1][:300]})" if reasons else "")
 
@@ -356,6 +356,7 @@ class RayExecutor:
             return
         opts = self.options
         common = {"log_to_driver": False, "runtime_env": opts.runtime_env}
+        core_log: list[str] = []
         try:
             if opts.address:
                 if opts.num_cpus is not None or opts.num_gpus is not None:
@@ -365,7 +366,6 @@ class RayExecutor:
                 with ray_core_stderr() as core_log:
                     self.ray.init(address=opts.address, logging_level=logging.WARNING, **common)
             else:  # sized to the machine unless told otherwise; quiet, no dashboard
-                core_log = []
                 self.ray.init(address="local", num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, include_dashboard=False,
                               object_store_memory=LOCAL_OBJECT_STORE_BYTES, logging_level=logging.ERROR, **common)
         except (ConnectionError, RuntimeError, ValueError, TimeoutError) as err:
@@ -455,6 +455,8 @@ class RayExecutor:
         except KeyboardInterrupt:
             self._cancel(list(pending))
             raise BenchInterrupted from None
+        finally:
+            starts.shutdown(force=True)  # the queue's actor would outlive the run in a caller's own session
 
     def _drain_starts(self, starts: Any, by_id: dict[str, _Pending], progress: _Progress) -> None:
         try:
