@@ -220,7 +220,7 @@ def bench_cmd(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML bench file; flags given here override it.")] = None,
     model: Model = None,
     sparsity: Annotated[str | None, typer.Option("--sparsity", "-s", help="Comma-separated targets (default 0.25,0.375,0.5).")] = None,
-    methods: Annotated[str | None, typer.Option(help="Comma-separated method names, or 'all' (default; includes dense).")] = None,
+    methods: Annotated[str | None, typer.Option(help="Comma-separated method names; 'all' (default): dense, 2SSP and the five baselines; 'every': also the whole-block forms.")] = None,
     num_prune: Annotated[int | None, typer.Option("--num-prune", help="Targets as whole-block equivalents N/L instead of --sparsity; -2 = 25, 37.5 and 50 %; -1 = every step 1/L up to the largest feasible.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds (default 0).")] = None,
     preset: Annotated[str | None, typer.Option(help="A paper experiment: main-table, calibration, one-stage, rows-vs-cols, l1-norm, balancing.")] = None,

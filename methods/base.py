@@ -86,7 +86,7 @@ class PruningMethod(ABC):
     # Calibration the method asks for under each protocol profile (the harness may override).
     calibration: ClassVar[dict[str, CalibrationNeeds]] = {
         "paper": CalibrationNeeds(32, 2048),
-        "cpu-quick": CalibrationNeeds(8, 256),
+        "cpu-quick": CalibrationNeeds(8, 128),
     }
 
     # Option values per protocol profile (e.g. a smaller search for cpu-quick); the user's options win.

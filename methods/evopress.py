@@ -371,7 +371,7 @@ class EvoPress(PruningMethod):
     Options = EvoPressOptions
     blocks: ClassVar[bool] = False  # the genome drops whole blocks
     label: ClassVar[str] = "EvoPress"
-    calibration = {"paper": CalibrationNeeds(64, 2048), "cpu-quick": CalibrationNeeds(8, 256)}
+    calibration = {"paper": CalibrationNeeds(64, 2048), "cpu-quick": CalibrationNeeds(8, 128)}
     # cpu-quick: SmolLM2 (30 layers) at 25-50 % in about a minute or two on 2 CPU cores.
     profile_defaults = {
         "cpu-quick": {

@@ -18,8 +18,23 @@ METHODS: dict[str, str] = {
 }
 
 
+# `--methods all`: the comparison of METHODS.md (and of the paper), each baseline in the form METHODS.md
+# defines. The whole-block forms of BlockPruner and EvoPress (the authors' `blockpruner` / `evopress`
+# flags) are run by name, or with `--methods every`.
+COMPARISON: tuple[str, ...] = ("dense", "2ssp", "shortgpt", "window", "slicegpt", "blockpruner", "evopress")
+
+
 def method_names(include_dense: bool = True) -> list[str]:
     return [n for n in METHODS if include_dense or n != "dense"]
+
+
+def expand_method_name(name: str) -> list[str]:
+    """'all' (the comparison), 'every' (every registered method) or one method's name."""
+    if name == "all":
+        return list(COMPARISON)
+    if name == "every":
+        return method_names()
+    return [name]
 
 
 def get_method(name: str) -> PruningMethod:

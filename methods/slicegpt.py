@@ -456,7 +456,7 @@ class SliceGPT(PruningMethod):
     name = "slicegpt"
     summary = "SliceGPT: rotate the residual stream to its principal components and delete the smallest ones"
     Options = SliceGPTOptions
-    calibration = {"paper": CalibrationNeeds(256, 2048), "cpu-quick": CalibrationNeeds(16, 256)}
+    calibration = {"paper": CalibrationNeeds(256, 2048), "cpu-quick": CalibrationNeeds(16, 128)}
 
     def plan(self, adapter: ModelAdapter, sparsity: float, options: SliceGPTOptions) -> dict[str, Any]:
         c = plan_slicing(adapter, sparsity, options)

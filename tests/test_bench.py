@@ -52,6 +52,16 @@ def test_a_bench_expands_into_cells_with_stable_hashes(tmp_path):
     assert cell.prune_key("m", 1) != bench.cells[2].prune_key("m", 1)  # another seed
 
 
+def test_all_is_the_comparison_and_every_adds_the_whole_block_forms(tmp_path):
+    comparison = ["dense", "2ssp", "shortgpt", "window", "slicegpt", "blockpruner", "evopress"]
+    methods = [c.method for c in resolve(tiny_config(tmp_path, methods=["all"], sparsities=[0.25])).cells]
+    assert methods == comparison
+    every = [c.method for c in resolve(tiny_config(tmp_path, methods=["every"], sparsities=[0.25])).cells]
+    assert set(every) == set(comparison) | {"blockpruner-block", "evopress-block"}
+    both = [c.method for c in resolve(tiny_config(tmp_path, methods=["all", "evopress-block"], sparsities=[0.25])).cells]
+    assert both == [*comparison, "evopress-block"]  # no duplicates, dense first
+
+
 def test_bench_file_and_flags(tmp_path):
     path = tmp_path / "bench.yaml"
     path.write_text(yaml.safe_dump({"methods": ["2ssp"], "sparsities": [0.5], "profile": "cpu-quick", "seeds": [3]}))

@@ -71,12 +71,17 @@ def profile_defaults(profile: str) -> dict[str, Any]:
             "qualitative": QualitativeConfig(max_new_tokens=128),  # the authors generate up to 128 tokens
         }
     if profile == "cpu-quick":
+        # Sized so that `make bench` (7 rows x 3 sparsities on SmolLM2-135M) stays well under half an
+        # hour on 2 CPU cores: forward passes run at a few hundred tokens/s there, so every token
+        # counts. wiki-lastword needs one forward per example (multiple-choice wiki-cloze needs four)
+        # and separates models best (dense ~0.5, chance ~0); MMLU's one-token answers share one
+        # forward per question. Calibration samples are 128 tokens long (see each method).
         return {
             "calibration_source": "enwiki-sample",
-            "perplexity": PerplexityConfig(datasets=["enwiki-sample"], seq_len=256, max_windows=24),
-            "downstream": DownstreamConfig(tasks=["wiki-cloze", "mmlu-offline"], limit=100, batch_size=16),
-            "latency": LatencyConfig(seq_len=256, warmup=2, repeats=5, decode_tokens=16, decode_prompt=32),
-            "qualitative": QualitativeConfig(max_new_tokens=24),
+            "perplexity": PerplexityConfig(datasets=["enwiki-sample"], seq_len=256, max_windows=16),
+            "downstream": DownstreamConfig(tasks=["wiki-lastword", "mmlu-offline"], limit=32, batch_size=16),
+            "latency": LatencyConfig(seq_len=128, warmup=1, repeats=5, decode_tokens=8, decode_prompt=16),
+            "qualitative": QualitativeConfig(max_new_tokens=16),
         }
     raise PrunebenchError(f"unknown profile '{profile}'; known: {', '.join(PROFILES)}")
 

@@ -16,7 +16,7 @@ from harness.bench.config import (
     profile_defaults,
 )
 from harness.errors import PrunebenchError
-from methods import get_method, method_names
+from methods import expand_method_name, get_method, method_names
 from methods.errors import MethodError
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def resolve_profile(config: BenchConfig) -> str:
 def expand_methods(names: list[str]) -> list[str]:
     out: list[str] = []
     for name in names:
-        for n in method_names() if name == "all" else [name]:
+        for n in expand_method_name(name):
             get_method(n)  # unknown names fail here, with the list of known ones
             if n not in out:
                 out.append(n)
