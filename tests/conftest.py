@@ -47,6 +47,30 @@ def tiny_model(arch: str, layers: int = 4, seed: int = 0):
     return model.eval()
 
 
+def meta_adapter(config):
+    """A weightless adapter (meta tensors): what plan() sees in the harness before anything is loaded."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    from methods.arch import adapt
+
+    with init_empty_weights():
+        return adapt(AutoModelForCausalLM.from_config(config))
+
+
+def llama2_7b(layers: int = 32):
+    """Llama-2-7B's shape (the paper's first model), for counting without weights."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=layers, num_attention_heads=32,
+                       num_key_value_heads=32, vocab_size=32000)
+
+
+def random_calibration(samples: int = 3, tokens: int = 24, seed: int = 0) -> torch.Tensor:
+    """Token ids for the tiny models' vocabulary (special tokens 0-2 left out)."""
+    return torch.randint(3, 128, (samples, tokens), generator=torch.Generator().manual_seed(seed))
+
+
 @pytest.fixture(params=ARCHS)
 def arch(request):
     return request.param

@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from conftest import tiny_model, windows_perplexity
+from conftest import llama2_7b, meta_adapter, tiny_model, windows_perplexity
 
 from methods import get_method
 from methods.arch import adapt
@@ -21,21 +21,6 @@ FORMS = {  # name in the tests -> (registry name, options)
     "free": ("blockpruner", {"mode": "free"}),
     "block": ("blockpruner-block", {}),
 }
-
-
-def meta_adapter(config):
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
-
-    with init_empty_weights():
-        return adapt(AutoModelForCausalLM.from_config(config))
-
-
-def llama2_7b():
-    from transformers import LlamaConfig
-
-    return LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                       num_key_value_heads=32, vocab_size=32000)
 
 
 def prune_tiny(form="alternating", arch="llama", sparsity=0.3, seed=0, layers=6, **options):

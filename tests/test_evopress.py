@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_model, windows_perplexity
+from conftest import llama2_7b, meta_adapter, tiny_model, windows_perplexity
 
 from methods import get_method
 from methods.arch import adapt
@@ -20,21 +20,15 @@ from methods.evopress import Evolution, Genome, KLScorer, Minibatch, Space, draw
 TINY = {"offspring": 6, "initially_generated": 6, "initial_tokens": 24, "tokens_per_selection": [24, 48], "generations": 3}
 
 
-def meta_adapter(layers: int = 32):
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    config = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=layers, num_attention_heads=32,
-                         num_key_value_heads=32, vocab_size=32000)
-    with init_empty_weights():
-        return adapt(AutoModelForCausalLM.from_config(config))
+def llama_skeleton(layers: int = 32):
+    return meta_adapter(llama2_7b(layers))
 
 
 @pytest.mark.parametrize("name", ["evopress", "evopress-block"])
 def test_plan_on_a_weightless_7b_skeleton(name):
     """n = ceil(s * L) (8 / 12 / 16 of 32) and the authors' generations int(n * (L - n) / 1.5)."""
     method = get_method(name)
-    adapter = meta_adapter()
+    adapter = llama_skeleton()
     plans = [method.plan(adapter, s, method.options()) for s in (0.25, 0.375, 0.5)]
     assert [p["n"] for p in plans] == [8, 12, 16]
     assert [p["generations"] for p in plans] == [128, 160, 170]
@@ -47,7 +41,7 @@ def test_plan_on_a_weightless_7b_skeleton(name):
 def test_infeasible_sparsity_names_the_feasible_range(sparsity, reason):
     method = get_method("evopress")
     with pytest.raises(MethodError) as err:
-        method.plan(meta_adapter(), sparsity, method.options())
+        method.plan(llama_skeleton(), sparsity, method.options())
     message = str(err.value)
     assert reason in message and "feasible range here: 0 < s <= 0.9688 (1 to 31 of 32 blocks)" in message
     assert "\n" not in message

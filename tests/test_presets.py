@@ -48,6 +48,7 @@ def test_ablation_presets_expand_into_their_rows(preset, rows, sparsities, seeds
 def test_main_table_and_balancing_presets(smollm2_ref, tmp_path):
     main = resolve(BenchConfig(preset="main-table", profile="paper", out=tmp_path / "m"))
     assert main.cells[0].variant == "dense" and {c.sparsity for c in main.cells[1:]} == {0.25, 0.375, 0.5}
+    assert {"blockpruner-block", "evopress-block", "blockpruner", "evopress"} <= {c.method for c in main.cells}
     assert main.cells[0].perplexity.datasets == ["wikitext2", "c4", "fineweb-edu"]
     balancing = resolve(BenchConfig(preset="balancing", profile="paper", out=tmp_path / "b"))
     assert {c.method_options["n_attn"] for c in balancing.cells} == set(range(30))  # SmolLM2: 30 layers

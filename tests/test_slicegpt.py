@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from conftest import tiny_config, windows_perplexity
+from conftest import meta_adapter, tiny_config, windows_perplexity
 
 from methods import get_method
 from methods.arch import adapt
@@ -30,14 +30,6 @@ def tiny(arch: str, layers: int = 3, tied: bool = False, dtype: torch.dtype = to
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     return model.eval()
-
-
-def meta_adapter(config):
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
-
-    with init_empty_weights():
-        return adapt(AutoModelForCausalLM.from_config(config))
 
 
 def calib(n: int = 4, t: int = 32, seed: int = 0) -> torch.Tensor:

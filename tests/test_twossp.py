@@ -6,28 +6,13 @@ import os
 
 import pytest
 import torch
-from conftest import tiny_model, windows_perplexity
+from conftest import llama2_7b, meta_adapter, tiny_model, windows_perplexity
 
 from methods import get_method
 from methods.arch import adapt
 from methods.base import PruneContext
 from methods.errors import MethodError
 from methods.twossp import Shape, balanced_attention_count
-
-
-def meta_adapter(config):
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
-
-    with init_empty_weights():
-        return adapt(AutoModelForCausalLM.from_config(config))
-
-
-def llama2_7b():
-    from transformers import LlamaConfig
-
-    return LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                       num_key_value_heads=32, vocab_size=32000)
 
 
 def mistral_7b():

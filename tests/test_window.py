@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_model, windows_perplexity
+from conftest import meta_adapter, random_calibration, tiny_config, tiny_model, windows_perplexity
 
 from methods import get_method
 from methods.arch import adapt
@@ -19,16 +19,10 @@ from methods.window import best_start
 
 
 def skeleton(layers: int):
-    """A weightless adapter: what plan() sees in the harness before anything is loaded."""
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
-
-    with init_empty_weights():
-        return adapt(AutoModelForCausalLM.from_config(tiny_config("llama", layers)))
+    return meta_adapter(tiny_config("llama", layers))
 
 
-def calibration(samples: int = 3, tokens: int = 24, seed: int = 0) -> torch.Tensor:
-    return torch.randint(3, 128, (samples, tokens), generator=torch.Generator().manual_seed(seed))
+calibration = random_calibration
 
 
 def prune(adapter, sparsity=0.3, calib=None, seed=0, **options):
