@@ -78,10 +78,10 @@ def profile_defaults(profile: str) -> dict[str, Any]:
         # forward per question. Calibration samples are 128 tokens long (see each method).
         return {
             "calibration_source": "enwiki-sample",
-            "perplexity": PerplexityConfig(datasets=["enwiki-sample"], seq_len=256, max_windows=16),
-            "downstream": DownstreamConfig(tasks=["wiki-lastword", "mmlu-offline"], limit=32, batch_size=16),
-            "latency": LatencyConfig(seq_len=128, warmup=1, repeats=5, decode_tokens=8, decode_prompt=16),
-            "qualitative": QualitativeConfig(max_new_tokens=16),
+            "perplexity": PerplexityConfig(datasets=["enwiki-sample"], seq_len=256, max_windows=10),
+            "downstream": DownstreamConfig(tasks=["wiki-lastword", "mmlu-offline"], limit=20, batch_size=16),
+            "latency": LatencyConfig(seq_len=128, warmup=1, repeats=3, decode_tokens=4, decode_prompt=16),
+            "qualitative": QualitativeConfig(max_new_tokens=12),
         }
     raise PrunebenchError(f"unknown profile '{profile}'; known: {', '.join(PROFILES)}")
 
