@@ -80,7 +80,9 @@ def profile_defaults(profile: str) -> dict[str, Any]:
             "calibration_source": "enwiki-sample",
             "perplexity": PerplexityConfig(datasets=["enwiki-sample"], seq_len=256, max_windows=10),
             "downstream": DownstreamConfig(tasks=["wiki-lastword", "mmlu-offline"], limit=20, batch_size=16),
-            "latency": LatencyConfig(seq_len=128, warmup=1, repeats=3, decode_tokens=4, decode_prompt=16),
+            # 3 warm-ups: the dense model is timed first, right after loading; with fewer, its first
+            # calls (allocator, thread pool) run cold and inflate every speed-up.
+            "latency": LatencyConfig(seq_len=128, warmup=3, repeats=5, decode_tokens=4, decode_prompt=16),
             "qualitative": QualitativeConfig(max_new_tokens=12),
         }
     raise PrunebenchError(f"unknown profile '{profile}'; known: {', '.join(PROFILES)}")
