@@ -324,12 +324,24 @@ def repro_cmd(
 
 
 @app.command("methods")
-def methods_cmd() -> None:
-    """List the registered pruning methods."""
+@user_errors
+def methods_cmd(
+    name: Annotated[str | None, typer.Argument(help="Show this method's options (--option KEY=VALUE).")] = None,
+) -> None:
+    """List the registered pruning methods, or one method's options with their defaults."""
+    from tabulate import tabulate
+
     from methods import get_method, method_names
 
-    for name in method_names():
-        typer.echo(f"{name:14s} {get_method(name).summary}")
+    if name is None:
+        width = max(map(len, method_names()))
+        for n in method_names():
+            typer.echo(f"{n:{width}s}  {get_method(n).summary}")
+        return
+    method = get_method(name)
+    typer.echo(f"{name}: {method.summary}")
+    rows = [[key, repr(field.default), field.description or ""] for key, field in type(method.options()).model_fields.items()]
+    typer.echo(tabulate(rows, ["option", "default", "meaning"], tablefmt="github") if rows else "(no options)")
 
 
 def main() -> None:

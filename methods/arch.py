@@ -110,9 +110,12 @@ class ModelAdapter:
     def lm_head(self) -> nn.Linear:
         return self.model.lm_head
 
-    def logits(self, normed_hidden: torch.Tensor) -> torch.Tensor:
-        """Logits from the output of the final norm, as the model's own forward computes them."""
-        logits = self.lm_head()(normed_hidden)
+    def logits(self, normed_hidden: torch.Tensor, head: nn.Module | None = None) -> torch.Tensor:
+        """Logits from the output of the final norm, as the model's own forward computes them.
+
+        ``head``: a linear map onto some rows of the LM head (a part of the vocabulary) instead of it.
+        """
+        logits = (head or self.lm_head())(normed_hidden)
         cap = getattr(self.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap

@@ -16,8 +16,9 @@ layer index, then attention before FFN). Three forms:
   ffn=True)``: with both branches gone it computes exactly the identity the deleted layer would.
 
 The search goes through :class:`methods.search.PerplexityProbe` (prefix caching and batching, same
-perplexities bit for bit as one-by-one evaluation); ``cached_search=False`` runs every candidate from
-the embeddings instead (same decisions, slower; kept for the benchmark).
+perplexities bit for bit as one-by-one evaluation; the full LM head only for candidates that a lower
+bound does not already prove worse, ``screen_vocab``); ``cached_search=False`` runs every candidate
+from the embeddings instead (same decisions, slower; kept for the benchmark).
 """
 
 from __future__ import annotations
@@ -55,18 +56,28 @@ class BlockPrunerOptions(MethodOptions):
     search_samples: int = Field(1, ge=1, description="calibration samples the perplexity is measured on (paper: 1)")
     cached_search: bool = Field(True, description="resume candidates from cached layer inputs (same decisions, faster)")
     search_batch: int = Field(8, ge=1, description="candidates run through the layers together")
+    screen_vocab: float = Field(
+        0.125, ge=0, le=1, description="vocabulary share of a lower bound that skips the full LM head of "
+        "provably worse candidates (same decisions; float32 only; 0 = off)"
+    )
 
 
 class BlockPrunerBlockOptions(MethodOptions):
     search_samples: int = Field(1, ge=1, description="calibration samples the perplexity is measured on (paper: 1)")
     cached_search: bool = Field(True, description="resume candidates from cached layer inputs (same decisions, faster)")
     search_batch: int = Field(8, ge=1, description="candidates run through the layers together")
+    screen_vocab: float = Field(
+        0.125, ge=0, le=1, description="vocabulary share of a lower bound that skips the full LM head of "
+        "provably worse candidates (same decisions; float32 only; 0 = off)"
+    )
 
 
 class Scorer(Protocol):
     """What the search needs from a perplexity evaluator (``PerplexityProbe``, or a benchmark's own)."""
 
-    def perplexities(self, candidates: list[Candidate]) -> list[float]: ...
+    def best(self, candidates: list[Candidate], rank: Callable[[int, float], tuple]) -> tuple[int, float]:
+        """The candidate with the smallest ``rank(index, perplexity)``, and its perplexity."""
+        ...
 
     def committed(self, layer: int) -> None: ...
 
@@ -208,11 +219,10 @@ class GreedySearch:
     def step(self) -> Step:
         candidates = self.candidates()
         with self.timer.stage("search"):
-            scores = self.scorer.perplexities(candidates)
-        k = min(range(len(candidates)), key=lambda k: _rank(candidates[k], scores[k], self.form))
+            k, perplexity = self.scorer.best(candidates, lambda k, p: _rank(candidates[k], p, self.form))
         best = candidates[k]
         with self.timer.stage("surgery"):
-            step = self._remove(best, scores[k])
+            step = self._remove(best, perplexity)
         with self.timer.stage("search"):
             if self.form == "block":
                 self.scorer.layer_deleted()
@@ -258,7 +268,9 @@ def _probe(adapter: ModelAdapter, options: Any, ctx: PruneContext) -> tuple[Perp
     if samples.ndim != 2 or len(samples) < count or samples.shape[1] < 2:
         raise MethodError(f"BlockPruner measures perplexity on {count} calibration sample(s); got {tuple(ctx.calibration.shape)}")
     with ctx.timer.stage("search"):  # the probe's first trace is part of the search, as in 2SSP stage 2
-        probe = PerplexityProbe(adapter, samples, cached=options.cached_search, batch=options.search_batch)
+        probe = PerplexityProbe(
+            adapter, samples, cached=options.cached_search, batch=options.search_batch, screen=options.screen_vocab
+        )
     return probe, samples
 
 

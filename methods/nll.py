@@ -27,3 +27,47 @@ def summed_nll(
         targets = input_ids[:, start + 1 : stop + 1].to(logits.device)
         total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum").double()
     return float(total), (last - first) * input_ids.shape[0]
+
+
+class VocabularyScreen:
+    """A lower bound on the summed NLL from the logits of part of the vocabulary only.
+
+    For any subset S of the vocabulary that holds the target, log-sum-exp over S is at most the one
+    over the whole vocabulary, so ``LSE_S(z) - z_target`` can only underestimate the cross entropy.
+    A greedy search uses it to skip the full head for candidates the bound already proves worse than
+    the best one found (see :meth:`methods.search.PerplexityProbe.best`). S is the targets plus the
+    tokens to which ``reference`` (the unpruned-so-far model's final states) gives the most
+    probability mass over the sample, ``fraction`` of the vocabulary in all: candidates' predictions
+    stay close to the reference's, so S holds most of their mass and the bound is tight.
+    """
+
+    def __init__(self, adapter: ModelAdapter, reference: torch.Tensor, input_ids: torch.Tensor, fraction: float, chunk: int = 512):
+        head = adapter.lm_head()
+        last = input_ids.shape[1] - 1
+        mass = torch.zeros(head.out_features, dtype=torch.float32, device=reference.device)
+        for start in range(0, last, chunk):
+            logits = adapter.logits(reference[:, start : min(start + chunk, last)]).float()
+            mass += logits.softmax(-1).sum(dim=(0, 1))
+        targets = input_ids[:, 1:].to(reference.device)
+        top = mass.topk(max(1, int(fraction * head.out_features))).indices
+        rows = torch.unique(torch.cat([top, targets.flatten()]))  # sorted
+        self.head = torch.nn.Linear(head.in_features, len(rows), bias=head.bias is not None)
+        self.head.to(device=head.weight.device, dtype=head.weight.dtype)
+        with torch.no_grad():
+            self.head.weight.copy_(head.weight[rows])
+            if head.bias is not None:
+                self.head.bias.copy_(head.bias[rows])
+        self.targets = torch.searchsorted(rows, targets)  # where each target sits in the subset
+        self.size, self.chunk = len(rows), chunk
+
+    @torch.no_grad()
+    def lower_bound(self, adapter: ModelAdapter, normed_hidden: torch.Tensor) -> float:
+        """At most ``summed_nll(adapter, normed_hidden, input_ids)[0]`` (up to float rounding)."""
+        total = torch.zeros((), dtype=torch.float64, device=normed_hidden.device)
+        last = self.targets.shape[1]
+        for start in range(0, last, self.chunk):
+            stop = min(start + self.chunk, last)
+            logits = adapter.logits(normed_hidden[:, start:stop], head=self.head).float()
+            target = logits.gather(-1, self.targets[:, start:stop, None])[..., 0]
+            total += (torch.logsumexp(logits, -1) - target).sum().double()
+        return float(total)

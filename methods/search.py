@@ -8,17 +8,26 @@ together, as one batch (up to ``batch`` at a time): rows of a batched matrix pro
 exactly as alone, so every perplexity is bit-for-bit the one of a one-by-one evaluation.
 ``cached=False`` runs every candidate from the embeddings, one at a time (the straightforward way;
 kept so that a benchmark can show that both make the same decisions).
+
+A greedy search needs only the best candidate, and on a small model the LM head is a large share of
+each evaluation (SmolLM2-135M: 49k x 576, as much as a dozen pruned layers). :meth:`best` therefore
+first bounds every candidate's NLL from below on a slice of the vocabulary
+(:class:`methods.nll.VocabularyScreen`), then computes the full head in bound order and stops as soon
+as the next bound exceeds the best exact NLL by more than float rounding could explain: the skipped
+candidates are provably worse, and the chosen candidate and its perplexity are those of the full
+evaluation, bit for bit.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
 
 from methods.arch import ModelAdapter
-from methods.nll import summed_nll
+from methods.nll import VocabularyScreen, summed_nll
 from methods.runner import LayerRunner
 
 
@@ -34,11 +43,19 @@ class Candidate(NamedTuple):
 
 
 class PerplexityProbe:
-    def __init__(self, adapter: ModelAdapter, samples: torch.Tensor, cached: bool = True, batch: int = 8):
+    # Bounds within this many nats per predicted token of the best exact NLL are not trusted to rule a
+    # candidate out. Float32 rounding of a logit is ~1e-6 here; the margin is 100 times that.
+    MARGIN_PER_TOKEN = 1e-4
+
+    def __init__(self, adapter: ModelAdapter, samples: torch.Tensor, cached: bool = True, batch: int = 8, screen: float = 0.0):
         self.adapter = adapter
         self.samples = [s[None] for s in samples]  # batch 1 per sample, as the reference does
         self.cached = cached
         self.batch = max(1, batch)
+        # The screen needs the reference states (cached) and float32 logits: in half precision the full
+        # head's own rounding (~0.4 % of a logit) is larger than the gaps the bound has to resolve.
+        self.screen = screen if cached and adapter.lm_head().weight.dtype in (torch.float32, torch.float64) else 0.0
+        self.exact_evaluations = 0  # full-head evaluations made by best() (for the logs and benchmarks)
         self.runner = LayerRunner(adapter)
         self.traces: list[list[torch.Tensor]] = [self.runner.trace(s) for s in self.samples] if cached else []
 
@@ -60,8 +77,14 @@ class PerplexityProbe:
             return summed_nll(self.adapter, hidden, ids)
 
     def _cached(self, sample: int, candidates: list[Candidate]) -> list[tuple[float, int]]:
-        trace, ids = self.traces[sample], self.samples[sample]
         results: list[tuple[float, int]] = [(0.0, 0)] * len(candidates)
+        for k, last in self._last_states(sample, candidates):
+            results[k] = self.runner.nll(last, self.samples[sample])
+        return results
+
+    def _last_states(self, sample: int, candidates: list[Candidate]) -> Iterator[tuple[int, torch.Tensor]]:
+        """(candidate index, last layer's output) for each candidate, a batch of candidates at a time."""
+        trace = self.traces[sample]
         order = sorted(range(len(candidates)), key=lambda k: candidates[k].layer)
         for g in range(0, len(order), self.batch):
             group = order[g : g + self.batch]
@@ -78,8 +101,42 @@ class PerplexityProbe:
                 if fresh:
                     states = torch.cat([states, *fresh] if states is not None else fresh)
             for row, k in enumerate(members):
-                results[k] = self.runner.nll(states[row : row + 1], ids)
-        return results
+                yield k, states[row : row + 1]
+
+    @torch.no_grad()
+    def best(self, candidates: list[Candidate], rank: Callable[[int, float], tuple]) -> tuple[int, float]:
+        """The candidate ``k`` with the smallest ``rank(k, perplexity)``, and its perplexity.
+
+        Same answer as ranking :meth:`perplexities`, computing the full head only where needed.
+        """
+        if not self.screen:
+            scores = self.perplexities(candidates)
+            self.exact_evaluations += len(candidates)
+            k = min(range(len(candidates)), key=lambda k: rank(k, scores[k]))
+            return k, scores[k]
+        norm, n = self.adapter.final_norm(), len(candidates)
+        normed: list[list[torch.Tensor]] = [[] for _ in candidates]  # per candidate, per sample
+        bounds = [0.0] * n
+        for i, ids in enumerate(self.samples):
+            screen = VocabularyScreen(self.adapter, norm(self.traces[i][-1]), ids, self.screen)
+            states = dict(self._last_states(i, candidates))
+            for k in range(n):
+                normed[k].append(norm(states.pop(k)))
+                bounds[k] += screen.lower_bound(self.adapter, normed[k][-1])
+        margin = self.MARGIN_PER_TOKEN * sum(ids.shape[1] - 1 for ids in self.samples)
+        # A NaN bound (a diverged run) sorts first: it is then evaluated, and rank() decides about it.
+        order = sorted(range(n), key=lambda k: (-math.inf if math.isnan(bounds[k]) else bounds[k], k))
+        chosen, chosen_nll, chosen_ppl = -1, math.inf, math.nan
+        for k in order:
+            if chosen >= 0 and bounds[k] > chosen_nll + margin:
+                break  # this bound and every later one: worse than the chosen candidate's exact NLL
+            parts = [summed_nll(self.adapter, h, ids) for h, ids in zip(normed[k], self.samples, strict=True)]
+            self.exact_evaluations += 1
+            nll, count = sum(p[0] for p in parts), sum(p[1] for p in parts)
+            ppl = math.exp(nll / count)
+            if chosen < 0 or rank(k, ppl) < rank(chosen, chosen_ppl):
+                chosen, chosen_nll, chosen_ppl = k, (math.inf if math.isnan(nll) else nll), ppl
+        return chosen, chosen_ppl
 
     @torch.no_grad()
     def committed(self, layer: int) -> None:

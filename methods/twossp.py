@@ -16,7 +16,10 @@ Ablations of the paper: ``stages`` (width only / depth only), ``norm`` (L1), ``s
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -35,6 +38,8 @@ from methods.base import (
 from methods.errors import MethodError
 from methods.search import Candidate, PerplexityProbe
 
+logger = logging.getLogger(__name__)
+
 
 class TwoSSPOptions(MethodOptions):
     alpha: float = Field(1.5, gt=0, description="balance between the stages (paper: 1.5)")
@@ -45,6 +50,10 @@ class TwoSSPOptions(MethodOptions):
     scoring: Literal["neurons", "channels"] = Field("neurons", description="ablation 'rows vs columns'")
     cached_search: bool = Field(True, description="reuse layer inputs in stage 2 (same decisions, faster)")
     search_batch: int = Field(8, ge=1, description="stage-2 candidates run through the layers together")
+    screen_vocab: float = Field(
+        0.125, ge=0, le=1, description="stage 2: vocabulary share of a lower bound that skips the full LM head "
+        "of provably worse candidates (same decisions; float32 only; 0 = off)"
+    )
 
 
 @dataclass(frozen=True)
@@ -267,35 +276,47 @@ class TwoSSP(PruningMethod):
         if len(samples) < options.stage2_samples:
             raise MethodError(f"stage 2 asks for {options.stage2_samples} samples, calibration has {len(samples)}")
         order, perplexities = greedy_attention_removal(
-            adapter, samples, n, ctx, cached=options.cached_search, batch=options.search_batch
+            adapter, samples, n, ctx, cached=options.cached_search, batch=options.search_batch, screen=options.screen_vocab
         )
         return {"removed_attention": order, "stage2_perplexity": perplexities}
 
 
 def greedy_attention_removal(
-    adapter: ModelAdapter, samples: torch.Tensor, n: int, ctx: PruneContext, cached: bool = True, batch: int = 8
+    adapter: ModelAdapter,
+    samples: torch.Tensor,
+    n: int,
+    ctx: PruneContext,
+    cached: bool = True,
+    batch: int = 8,
+    screen: float = 0.0,
 ) -> tuple[list[int], list[float]]:
     """Remove n attention modules one at a time, each time the one whose absence hurts perplexity least.
 
-    Ties go to the lower layer index. Returns the removal order and the perplexity after each removal.
+    Ties go to the lower layer index; a NaN perplexity (a diverged half-precision run) counts as the
+    worst. Returns the removal order and the perplexity after each removal.
     """
     L = adapter.num_layers
     order: list[int] = []
     best_ppl: list[float] = []
     with ctx.timer.stage("stage2.search"):
-        probe = PerplexityProbe(adapter, samples, cached=cached, batch=batch)
+        probe = PerplexityProbe(adapter, samples, cached=cached, batch=batch, screen=screen)
     with ctx.progress("2SSP stage 2: attention search", n * L - n * (n - 1) // 2) as advance:
         for _ in range(n):
             with ctx.timer.stage("stage2.search"):
                 candidates = [Candidate(i, attention=True) for i in range(L) if adapter.has_attention(i)]
-                scores = probe.perplexities(candidates)
+                k, ppl = probe.best(candidates, partial(_rank, candidates))
                 advance(len(candidates))
-                k = min(range(len(candidates)), key=lambda k: (scores[k], candidates[k].layer))
                 best = candidates[k].layer
             with ctx.timer.stage("stage2.surgery"):
                 adapter.remove_attention(best)
             with ctx.timer.stage("stage2.search"):
                 probe.committed(best)
             order.append(best)
-            best_ppl.append(scores[k])
+            best_ppl.append(ppl)
+    logger.debug("2SSP stage 2: full LM head for %d of %d candidates", probe.exact_evaluations, n * L - n * (n - 1) // 2)
     return order, best_ppl
+
+
+def _rank(candidates: list[Candidate], k: int, perplexity: float) -> tuple[float, int]:
+    """Lowest perplexity first, NaN (a diverged half-precision run) last; ties: the lower layer."""
+    return (math.inf if math.isnan(perplexity) else perplexity), candidates[k].layer

@@ -57,12 +57,25 @@ def test_gemma_gets_bos_per_window_and_it_is_recorded(tmp_path, smollm2_ref):
     (["prune", "--method", "2ssp", "--sparsity", "1.2"], "sparsity must be strictly between 0 and 1"),
     (["prune", "--method", "2ssp", "--sparsity", "0.3", "--option", "alpha=-2"], "option 'alpha'"),
     (["prune", "--method", "shortgpt", "--sparsity", "0.3", "--alpha", "2"], "--alpha applies to 2ssp only"),
+    (["methods", "nosuch"], "unknown method 'nosuch'"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, message):
     result = cli(*args, env={"HF_HUB_OFFLINE": "1"}, timeout=300)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_methods_lists_every_method_and_one_methods_options():
+    listing = cli("methods", timeout=300)
+    assert listing.returncode == 0
+    from methods import method_names
+
+    assert [line.split()[0] for line in listing.stdout.splitlines()] == list(method_names())
+    options = cli("methods", "2ssp", timeout=300)
+    assert options.returncode == 0
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in options.stdout.splitlines()[3:]}
+    assert rows["alpha"] == "1.5" and rows["screen_vocab"] == "0.125" and rows["n_attn"] == "None"
 
 
 def test_an_unknown_hub_id_without_the_hub_is_one_line():
