@@ -66,6 +66,29 @@ def llama2_7b(layers: int = 32):
                        num_key_value_heads=32, vocab_size=32000)
 
 
+def skeleton(layers: int):
+    """A weightless Llama adapter with this many layers (plans and counts only)."""
+    return meta_adapter(tiny_config("llama", layers))
+
+
+def prune_with(method_name: str, adapter, sparsity: float = 0.3, calib=None, seed: int = 0, **options):
+    """Prune ``adapter`` in place with a registered method; random calibration unless given."""
+    from methods import get_method
+    from methods.base import PruneContext
+
+    method = get_method(method_name)
+    calib = random_calibration() if calib is None else calib
+    return method.prune(adapter, method.options(options), PruneContext(calib, sparsity, seed))
+
+
+def make_identity(adapter, layers) -> None:
+    """Zero the branch outputs of these layers: each then returns its input exactly."""
+    with torch.no_grad():
+        for i in layers:
+            adapter.attn_output(i).weight.zero_()
+            adapter.ffn_down(i).weight.zero_()
+
+
 def random_calibration(samples: int = 3, tokens: int = 24, seed: int = 0) -> torch.Tensor:
     """Token ids for the tiny models' vocabulary (special tokens 0-2 left out)."""
     return torch.randint(3, 128, (samples, tokens), generator=torch.Generator().manual_seed(seed))

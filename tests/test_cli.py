@@ -66,6 +66,25 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--method", "2ssp", "--sparsity", "0.1", "--n-attn", "30"], "2SSP cannot reach sparsity 0.1"),
+    (["--method", "blockpruner-block", "--sparsity", "0.99"], "BlockPruner (whole blocks) cannot reach sparsity 0.99"),
+    (["--method", "evopress-block", "--sparsity", "0.99"], "EvoPress-block cannot reach sparsity 0.99"),
+    (["--method", "slicegpt", "--sparsity", "0.05"], "SliceGPT: slicing fraction 0.05 keeps width 544 of 576"),
+])
+def test_an_infeasible_target_is_refused_before_loading_anything(args, message, tmp_path):
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    result = CliRunner().invoke(app, ["prune", *args], env={**os.environ, "PRUNEBENCH_CACHE": str(tmp_path)})
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert "slicing" in message or "feasible range here: " in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "models").exists()  # the embedded model was not converted, let alone loaded
+
+
 def test_methods_lists_every_method_and_one_methods_options():
     listing = cli("methods", timeout=300)
     assert listing.returncode == 0

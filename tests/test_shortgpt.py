@@ -3,35 +3,19 @@ determinism, real removal and reload, and quality against random layers on SmolL
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
-from conftest import meta_adapter, random_calibration, tiny_config, tiny_model, windows_perplexity
+from conftest import make_identity, prune_with, random_calibration, skeleton, tiny_model, windows_perplexity
 
 from methods import get_method
 from methods.arch import adapt
-from methods.base import PruneContext
 from methods.errors import MethodError
 from methods.runner import LayerRunner
 
-
-def skeleton(layers: int):
-    return meta_adapter(tiny_config("llama", layers))
-
-
 calibration = random_calibration
-
-
-def prune(adapter, sparsity=0.3, calib=None, seed=0, **options):
-    method = get_method("shortgpt")
-    calib = calibration() if calib is None else calib
-    return method.prune(adapter, method.options(options), PruneContext(calib, sparsity, seed))
-
-
-def make_identity(adapter, i: int) -> None:
-    """Zero the branch outputs of layer i: it then returns its input exactly (BI = 0)."""
-    with torch.no_grad():
-        adapter.attn_output(i).weight.zero_()
-        adapter.ffn_down(i).weight.zero_()
+prune = partial(prune_with, "shortgpt")
 
 
 @pytest.mark.parametrize(("layers", "sparsity", "n"), [(32, 0.25, 8), (32, 0.375, 12), (32, 0.5, 16), (30, 0.25, 8), (28, 0.375, 11)])
@@ -97,7 +81,7 @@ def test_one_forward_per_calibration_sample():
 ])
 def test_layer_0_protection_follows_the_variant(options, removes_layer_0):
     adapter = adapt(tiny_model("llama", layers=4))
-    make_identity(adapter, 0)  # the lowest BI of all: only the protection keeps it
+    make_identity(adapter, [0])  # the lowest BI of all: only the protection keeps it
     decisions = prune(adapter, 0.25, **options)
     assert decisions["block_influence"][0] == pytest.approx(0.0, abs=1e-6)
     assert (0 in decisions["removed_layers"]) is removes_layer_0

@@ -5,38 +5,20 @@ against random windows on SmolLM2."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
-from conftest import meta_adapter, random_calibration, tiny_config, tiny_model, windows_perplexity
+from conftest import make_identity, prune_with, random_calibration, skeleton, tiny_model, windows_perplexity
 
 from methods import get_method
 from methods.arch import adapt
-from methods.base import PruneContext
 from methods.errors import MethodError
 from methods.runner import LayerRunner
 from methods.window import best_start
 
-
-def skeleton(layers: int):
-    return meta_adapter(tiny_config("llama", layers))
-
-
 calibration = random_calibration
-
-
-def prune(adapter, sparsity=0.3, calib=None, seed=0, **options):
-    method = get_method("window")
-    calib = calibration() if calib is None else calib
-    return method.prune(adapter, method.options(options), PruneContext(calib, sparsity, seed))
-
-
-def make_identity(adapter, layers) -> None:
-    """Zero the branch outputs of these layers: each then returns its input exactly."""
-    with torch.no_grad():
-        for i in layers:
-            adapter.attn_output(i).weight.zero_()
-            adapter.ffn_down(i).weight.zero_()
+prune = partial(prune_with, "window")
 
 
 @pytest.mark.parametrize(("layers", "sparsity", "n"), [(32, 0.25, 8), (32, 0.375, 12), (32, 0.5, 16), (30, 0.25, 8)])
