@@ -53,7 +53,7 @@ def main() -> int:
     ap.add_argument("--calib-samples", type=int, default=8)
     ap.add_argument("--batch", type=int, default=8, help="candidates per batch in the batched search")
     ap.add_argument("--min-ratio", type=float, default=1.8)
-    ap.add_argument("--screen", type=float, default=method_defaults().screen_vocab, help="vocabulary part of the bound")
+    ap.add_argument("--screen", type=float, default=get_method("2ssp").options().screen_vocab, help="vocabulary part of the bound")
     ap.add_argument("--all-modes", action="store_true", help="also time the uncached and batch-1 searches")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -125,12 +125,6 @@ def main() -> int:
     ratio = seconds["straightforward"] / seconds["prunebench"]
     print(f"prunebench's stage 2 over the straightforward one: {ratio:.2f}x (target >= {args.min_ratio}x)")
     return 0 if same and same_ppl and ratio >= args.min_ratio else 1
-
-
-def method_defaults():
-    from methods import get_method
-
-    return get_method("2ssp").options()
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from methods.base import (
     module_parameters,
 )
 from methods.errors import MethodError
-from methods.search import Candidate, PerplexityProbe
+from methods.search import Candidate, PerplexityProbe, screen_vocab_field
 
 Kind = Literal["attention", "ffn", "block"]
 KIND_ORDER: dict[str, int] = {"attention": 0, "ffn": 1, "block": 0}  # tie-break after the layer index
@@ -56,20 +56,14 @@ class BlockPrunerOptions(MethodOptions):
     search_samples: int = Field(1, ge=1, description="calibration samples the perplexity is measured on (paper: 1)")
     cached_search: bool = Field(True, description="resume candidates from cached layer inputs (same decisions, faster)")
     search_batch: int = Field(8, ge=1, description="candidates run through the layers together")
-    screen_vocab: float = Field(
-        0.125, ge=0, le=1, description="vocabulary share of a lower bound that skips the full LM head of "
-        "provably worse candidates (same decisions; float32 only; 0 = off)"
-    )
+    screen_vocab: float = screen_vocab_field()
 
 
 class BlockPrunerBlockOptions(MethodOptions):
     search_samples: int = Field(1, ge=1, description="calibration samples the perplexity is measured on (paper: 1)")
     cached_search: bool = Field(True, description="resume candidates from cached layer inputs (same decisions, faster)")
     search_batch: int = Field(8, ge=1, description="candidates run through the layers together")
-    screen_vocab: float = Field(
-        0.125, ge=0, le=1, description="vocabulary share of a lower bound that skips the full LM head of "
-        "provably worse candidates (same decisions; float32 only; 0 = off)"
-    )
+    screen_vocab: float = screen_vocab_field()
 
 
 class Scorer(Protocol):

@@ -58,16 +58,16 @@ class VocabularyScreen:
             if head.bias is not None:
                 self.head.bias.copy_(head.bias[rows])
         self.targets = torch.searchsorted(rows, targets)  # where each target sits in the subset
-        self.size, self.chunk = len(rows), chunk
+        self.adapter, self.size, self.chunk = adapter, len(rows), chunk
 
     @torch.no_grad()
-    def lower_bound(self, adapter: ModelAdapter, normed_hidden: torch.Tensor) -> float:
+    def lower_bound(self, normed_hidden: torch.Tensor) -> float:
         """At most ``summed_nll(adapter, normed_hidden, input_ids)[0]`` (up to float rounding)."""
         total = torch.zeros((), dtype=torch.float64, device=normed_hidden.device)
         last = self.targets.shape[1]
         for start in range(0, last, self.chunk):
             stop = min(start + self.chunk, last)
-            logits = adapter.logits(normed_hidden[:, start:stop], head=self.head).float()
+            logits = self.adapter.logits(normed_hidden[:, start:stop], head=self.head).float()
             target = logits.gather(-1, self.targets[:, start:stop, None])[..., 0]
             total += (torch.logsumexp(logits, -1) - target).sum().double()
         return float(total)

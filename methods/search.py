@@ -25,10 +25,19 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
+from pydantic import Field
 
 from methods.arch import ModelAdapter
 from methods.nll import VocabularyScreen, summed_nll
 from methods.runner import LayerRunner
+
+
+def screen_vocab_field():
+    """The ``screen_vocab`` option of the methods whose searches go through :meth:`PerplexityProbe.best`."""
+    return Field(
+        0.125, ge=0, le=1, description="vocabulary share of a lower bound that skips the full LM head of "
+        "provably worse candidates (same decisions; float32 only; 0 = off)"
+    )
 
 
 class Candidate(NamedTuple):
@@ -122,7 +131,7 @@ class PerplexityProbe:
             states = dict(self._last_states(i, candidates))
             for k in range(n):
                 normed[k].append(norm(states.pop(k)))
-                bounds[k] += screen.lower_bound(self.adapter, normed[k][-1])
+                bounds[k] += screen.lower_bound(normed[k][-1])
         margin = self.MARGIN_PER_TOKEN * sum(ids.shape[1] - 1 for ids in self.samples)
         # A NaN bound (a diverged run) sorts first: it is then evaluated, and rank() decides about it.
         order = sorted(range(n), key=lambda k: (-math.inf if math.isnan(bounds[k]) else bounds[k], k))

@@ -36,7 +36,7 @@ from methods.base import (
     module_parameters,
 )
 from methods.errors import MethodError
-from methods.search import Candidate, PerplexityProbe
+from methods.search import Candidate, PerplexityProbe, screen_vocab_field
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +50,7 @@ class TwoSSPOptions(MethodOptions):
     scoring: Literal["neurons", "channels"] = Field("neurons", description="ablation 'rows vs columns'")
     cached_search: bool = Field(True, description="reuse layer inputs in stage 2 (same decisions, faster)")
     search_batch: int = Field(8, ge=1, description="stage-2 candidates run through the layers together")
-    screen_vocab: float = Field(
-        0.125, ge=0, le=1, description="stage 2: vocabulary share of a lower bound that skips the full LM head "
-        "of provably worse candidates (same decisions; float32 only; 0 = off)"
-    )
+    screen_vocab: float = screen_vocab_field()
 
 
 @dataclass(frozen=True)

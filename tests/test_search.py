@@ -31,12 +31,12 @@ def test_the_vocabulary_bound_never_exceeds_the_nll(arch, softcap):
             for seed in range(1, 4):
                 h = _normed_states(adapter, ids, seed)
                 exact, _ = summed_nll(adapter, h, ids)
-                assert screen.lower_bound(adapter, h) <= exact + 1e-6 * abs(exact)
+                assert screen.lower_bound(h) <= exact + 1e-6 * abs(exact)
         # The whole vocabulary: the bound is the NLL itself.
         h = _normed_states(adapter, ids, 9)
         full = VocabularyScreen(adapter, h, ids, 1.0)
         assert full.size == adapter.config.vocab_size
-        assert math.isclose(full.lower_bound(adapter, h), summed_nll(adapter, h, ids)[0], rel_tol=1e-6)
+        assert math.isclose(full.lower_bound(h), summed_nll(adapter, h, ids)[0], rel_tol=1e-6)
 
 
 def _rank_of(candidates):
