@@ -106,16 +106,16 @@ def eval_cmd(
     with progress(f"perplexity on {dataset}", max_windows or 0) as advance:
         result = perplexity(adapt(loaded.model), loaded.tokenizer, corpus, seq_len, max_windows, bos,
                             on_window=lambda done, total: advance(1))
-    report = {"perplexity": result.perplexity, "model": ref.name, "dtype": str(loaded.dtype).removeprefix("torch."),
-              "device": str(loaded.device), "seconds": result.seconds, "protocol": result.protocol}
     if as_json:
-        _emit_json(report)
+        _emit_json({"perplexity": result.value, "interval": result.interval.model_dump(), "model": ref.name,
+                    "dtype": str(loaded.dtype).removeprefix("torch."), "device": str(loaded.device),
+                    "seconds": result.seconds, "protocol": result.protocol.model_dump()})
         return
     p = result.protocol
-    where = p.get("revision") or p.get("sha256") or p.get("file_sha256", "")
-    typer.echo(f"perplexity {result.perplexity:.4f}  model {ref.name}  dataset {dataset} ({p['role']} part, {where})")
-    typer.echo(f"  protocol: join '\\n\\n', {p['windows']} windows x {seq_len} tokens (stride {seq_len}, batch 1), "
-               f"BOS {p['bos']}, {p['targets']} scored tokens of {p['corpus_tokens']}")
+    typer.echo(f"perplexity {result.value:.4f} (95 % interval {result.interval.low:.4f} - {result.interval.high:.4f})  "
+               f"model {ref.name}  dataset {dataset} ({p.role} part, {p.text_id()})")
+    typer.echo(f"  protocol: join '\\n\\n', {p.windows} windows x {seq_len} tokens (stride {seq_len}, batch 1), "
+               f"BOS {p.bos}, {p.targets} scored tokens of {p.corpus_tokens}; interval: {p.interval}")
 
 
 def _parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -187,22 +187,18 @@ def prune_cmd(
     prepared = pruning.prepare(job)
     outcome = pruning.execute(prepared, RichProgress(err_console))
     report = outcome.report
-    if num_prune is not None:
-        report["num_prune"] = num_prune
-    if out is not None:
-        report["checkpoint"] = str(pruning.save(outcome, out))
+    checkpoint = str(pruning.save(outcome, out)) if out is not None else None
     if as_json:
-        _emit_json(report)
+        _emit_json({**report.model_dump(mode="json"), "num_prune": num_prune, "checkpoint": checkpoint})
         return
-    t = report["timing"]
-    typer.echo(f"{report['method']} at {sparsity:.2%}: achieved {report['achieved_sparsity']:.2%} of block parameters "
-               f"({report['parameters']['before']['total']:,} -> {report['parameters']['after']['total']:,} in total), "
-               f"pruned in {t['prune_seconds']:.1f} s")
-    for stage, sec in t["stages"].items():
+    typer.echo(f"{report.method} at {sparsity:.2%}: achieved {report.achieved_sparsity:.2%} of block parameters "
+               f"({report.parameters_before['total']:,} -> {report.parameters_after['total']:,} in total), "
+               f"pruned in {report.seconds:.1f} s")
+    for stage, sec in report.stages.items():
         typer.echo(f"  {stage}: {sec:.2f} s")
-    typer.echo(f"  decisions: {json.dumps(report['decisions'])}")
-    if out is not None:
-        typer.echo(f"  saved to {report['checkpoint']}  (reload: from harness import load_pruned; m = load_pruned('{out}'))")
+    typer.echo(f"  decisions: {json.dumps(report.decisions)}")
+    if checkpoint is not None:
+        typer.echo(f"  saved to {checkpoint}  (reload: from harness import load_pruned; m = load_pruned('{out}'))")
 
 
 def _split(text: str | None, cast=str) -> list | None:
@@ -251,14 +247,12 @@ def bench_cmd(
         cfg = cfg.model_copy(update={"executor_options": {**cfg.executor_options, "image": image}})
     if ray_address:
         cfg = cfg.model_copy(update={"executor_options": {**cfg.executor_options, "address": ray_address}})
-    if no_downstream or no_latency:
-        from harness.bench.expand import resolve_profile
+    for name, off in (("downstream", no_downstream), ("latency", no_latency)):
+        if off:
+            from harness.bench.expand import resolve_profile
 
-        defaults = profile_defaults(resolve_profile(cfg))
-        if no_downstream:
-            cfg = cfg.model_copy(update={"downstream": (cfg.downstream or defaults["downstream"]).model_copy(update={"enabled": False})})
-        if no_latency:
-            cfg = cfg.model_copy(update={"latency": (cfg.latency or defaults["latency"]).model_copy(update={"enabled": False})})
+            current = getattr(cfg, name) or profile_defaults(resolve_profile(cfg))[name]
+            cfg = cfg.model_copy(update={name: current.model_copy(update={"enabled": False})})
     outcome = run_bench(cfg, force=force, console=err_console)
     raise typer.Exit(outcome.exit_code)
 

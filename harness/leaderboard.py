@@ -1,8 +1,13 @@
 """Leaderboards from result files: Markdown and CSV tables per sparsity, and a plot.
 
 Only results measured under the same protocol share a table: the protocol key covers the model, the
-evaluation data (by content hash or revision), the downstream tasks and limits, the latency settings
-and the hardware. Invalid files are reported by path and left out, never rewritten.
+evaluation data (by content hash or revision), the metrics' settings and the hardware. Invalid files are
+reported by path and left out, never rewritten.
+
+Every number is printed with its uncertainty (a 95 % interval, or mean ± standard deviation over seeds).
+A rank is printed only where a paired test supports it: the rows are compared on the same perplexity
+windows and the same downstream examples (``harness.stats.rank_by_paired_tests``), and rows that the
+test does not separate from their group's leader share its rank ("1=").
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ import io
 import logging
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,18 +25,21 @@ from tabulate import tabulate
 
 from harness.bench.config import canonical_hash
 from harness.env import fingerprint
+from harness.metrics.base import Metric, Scalar
+from harness.metrics.registry import METRICS
 from harness.results import CellResult, scan_results, write_text_atomic
+from harness.stats import rank_by_paired_tests
 
 log = logging.getLogger(__name__)
 
+ALPHA = 0.05
 PER_CELL_KEYS = {"id", "method", "variant", "sparsity", "seed", "method_options", "calibration", "cache_pruned",
-                 "prunebench_version"}
+                 "prunebench_version", "reprune"}
 
 
 def protocol_key(r: CellResult) -> str:
     config = {k: v for k, v in r.config.items() if k not in PER_CELL_KEYS}
-    data = {name: (p.protocol.get("text_sha256") or p.protocol.get("revision"), p.protocol.get("targets"))
-            for name, p in r.perplexity.items()}
+    data = {name: (p.protocol.text_id(), p.protocol.targets) for name, p in (r.perplexity or {}).items()}
     return canonical_hash({"config": config, "data": data, "hardware": fingerprint(r.environment)}, 10)
 
 
@@ -42,33 +49,16 @@ class Row:
     sparsity: float
     results: list[CellResult]
 
-    def mean(self, values: Iterable[float | None]) -> float | None:
-        vals = [v for v in values if v is not None]
-        return statistics.fmean(vals) if vals else None
-
-    def spread(self, values: Iterable[float | None]) -> float | None:
-        vals = [v for v in values if v is not None]
-        return statistics.stdev(vals) if len(vals) > 1 else None
-
-    def ppl(self, dataset: str) -> list[float | None]:
-        return [r.perplexity[dataset].value if dataset in r.perplexity else None for r in self.results]
-
-    def acc(self, task: str | None = None) -> list[float | None]:
-        out = []
-        for r in self.results:
-            d = r.downstream or {}
-            out.append(d.get("mean_acc") if task is None else (d.get("scores", {}).get(task) or {}).get("acc"))
-        return out
-
-    def latency(self, field: str) -> list[float | None]:
-        return [getattr(r.latency, field) if r.latency else None for r in self.results]
+    def metric(self, name: str) -> list[Any] | None:
+        """The metric's result of every seed, or None if a seed lacks it."""
+        values = [r.metric(name) for r in self.results]
+        return values if all(v is not None for v in values) else None
 
 
-def _fmt(value: float | None, spread: float | None = None, digits: int = 2, scale: float = 1.0) -> str:
-    if value is None:
-        return "-"
-    text = f"{value * scale:.{digits}f}"
-    return f"{text} ± {spread * scale:.{digits}f}" if spread is not None else text
+@dataclass(frozen=True)
+class Ranking:
+    label: str  # "1", "1=", "3"
+    p_value: float | None  # against the leader of the row's group
 
 
 def _group(results: list[CellResult]) -> dict[str, list[CellResult]]:
@@ -88,42 +78,80 @@ def _rows(results: list[CellResult]) -> dict[float, list[Row]]:
     return dict(table)
 
 
-def _tasks(results: list[CellResult]) -> list[str]:
-    for r in results:
-        if r.downstream:
-            return list(r.downstream.get("scores", {}))
-    return []
+def rankings(rows: list[Row], metric: Metric) -> dict[str, Ranking] | None:
+    """Ranks of the rows by one metric that the metric's paired test supports (None: it does not rank)."""
+    values = {row.method: metric.rank_value(row.metric(metric.name)) for row in rows if row.metric(metric.name)}
+    values = {k: v for k, v in values.items() if v is not None}
+    if not values:
+        return None
+    by_name = {row.method: row for row in rows}
+    order = sorted(values, key=values.get)
+
+    def p_value(leader: str, other: str) -> float:
+        p = metric.paired_p(by_name[leader].metric(metric.name), by_name[other].metric(metric.name))
+        return 1.0 if p is None else p  # rows that cannot be paired are never called different
+
+    ranked = rank_by_paired_tests(order, p_value, alpha=ALPHA)
+    return {r.key: Ranking(f"{r.rank}{'=' if r.shared else ''}", r.p_value) for r in ranked}
 
 
-def sparsity_table(rows: list[Row], datasets: list[str], tasks: list[str], dense: Row | None) -> tuple[list[str], list[list[str]]]:
-    """One table: methods ranked by perplexity on the first dataset."""
-    dense_acc = dense.mean(dense.acc()) if dense else None
-    key = datasets[0] if datasets else None
+def _prune_time(row: Row, notes: dict[str, str]) -> str:
+    reports = [r.pruning for r in row.results if r.pruning]
+    if not reports:
+        return "-"
+    text = f"{statistics.fmean(p.seconds for p in reports):.1f}"
+    borrowed = [(r, p) for r, p in zip(row.results, reports, strict=False) if p.from_cache]
+    if borrowed:
+        mark = "†" * (len(notes) + 1) if len(notes) < 3 else f"[{len(notes) + 1}]"
+        for r, p in borrowed:
+            by = p.pruned_by
+            who = (f"cell {by.cell} on {by.finished_at}, commit {str((by.git or {}).get('commit', '?'))[:10]}"
+                   f"{' (dirty)' if (by.git or {}).get('dirty') else ''}, {by.hardware}") if by else "an unrecorded run"
+            notes[mark] = f"{r.cell.id}: pruned model reused from the cache; its prune time was measured by {who}"
+        text += f" {mark}"
+    return text
 
-    def rank_key(row: Row) -> float:
-        v = row.mean(row.ppl(key)) if key else None
-        return v if v is not None else float("inf")
 
-    header = ["#", "method", "achieved sparsity", "params (M)"] + [f"PPL {d}" for d in datasets]
-    header += (["acc mean (%)", "recovery (%)"] + [f"{t} (%)" for t in tasks]) if tasks else []
-    header += ["prune time (s)", "prefill speed-up", "decode speed-up"]
+def sparsity_table(rows: list[Row], dense: Row | None, notes: dict[str, str]) -> tuple[list[str], list[list[str]]]:
+    """One table: rows ordered by the first ranking metric, with a rank column per ranking metric."""
+    shown = [m for m in METRICS.values() if any(row.metric(m.name) for row in rows)]
+    ranking_metrics = [m for m in shown if m.rank_basis(_first(rows, m)) is not None]
+    ranks = {m.name: rankings([r for r in rows if r.method != "dense"], m) or {} for m in ranking_metrics}
+    header = [f"# {_short(m)}" for m in ranking_metrics] + ["method", "achieved sparsity", "params (M)"]
+    for m in shown:
+        header += m.headers(_first(rows, m))
+    header += ["prune time (s)"]
+    primary = ranking_metrics[0] if ranking_metrics else None
+
+    def order(row: Row) -> tuple[int, float]:
+        if row.method == "dense" or primary is None:
+            return (0, 0.0)
+        v = primary.rank_value(row.metric(primary.name)) if row.metric(primary.name) else None
+        return (1, v if v is not None else float("inf"))
+
     body = []
-    ordered = sorted(rows, key=rank_key)
-    for rank, row in enumerate(ordered, 1):
-        acc = row.mean(row.acc())
-        line = [str(rank) if row.method != "dense" else "ref", row.method,
-                _fmt(row.mean(r.parameters.achieved_sparsity for r in row.results if r.parameters), scale=100, digits=1) + " %",
-                _fmt(row.mean(r.parameters.total_after for r in row.results if r.parameters), scale=1e-6, digits=1)]
-        line += [_fmt(row.mean(row.ppl(d)), row.spread(row.ppl(d))) for d in datasets]
-        if tasks:
-            recovery = acc / dense_acc if acc is not None and dense_acc else None
-            line += [_fmt(acc, row.spread(row.acc()), scale=100, digits=1), _fmt(recovery, scale=100, digits=1)]
-            line += [_fmt(row.mean(row.acc(t)), scale=100, digits=1) for t in tasks]
-        line += [_fmt(row.mean(r.pruning.seconds if r.pruning else None for r in row.results), digits=1),
-                 _fmt(row.mean(row.latency("prefill_speedup")), digits=2) + "x",
-                 _fmt(row.mean(row.latency("decode_speedup")), digits=2) + "x"]
+    for row in sorted(rows, key=order):
+        line = [("ref" if row.method == "dense" else ranks[m.name].get(row.method, Ranking("-", None)).label)
+                for m in ranking_metrics]
+        params = [r.parameters for r in row.results if r.parameters]
+        line += [row.method,
+                 f"{100 * statistics.fmean(p.achieved_sparsity for p in params):.1f} %" if params else "-",
+                 f"{1e-6 * statistics.fmean(p.total_after for p in params):.1f}" if params else "-"]
+        for m in shown:
+            seeds = row.metric(m.name)
+            dense_seeds = dense.metric(m.name) if dense else None
+            line += m.cells(seeds, dense_seeds) if seeds else ["-"] * len(m.headers(_first(rows, m)))
+        line.append(_prune_time(row, notes))
         body.append(line)
     return header, body
+
+
+def _first(rows: list[Row], metric: Metric) -> Any:
+    return next(r.metric(metric.name)[0] for r in rows if r.metric(metric.name))
+
+
+def _short(metric: Metric) -> str:
+    return {"perplexity": "PPL", "downstream": "acc"}.get(metric.name, metric.name)
 
 
 def describe_protocol(r: CellResult) -> list[str]:
@@ -132,49 +160,72 @@ def describe_protocol(r: CellResult) -> list[str]:
     runtime = env.get("runtime") or {}
     lines = [f"- model: `{r.cell.model}`, profile `{c.get('profile')}`, dtype {runtime.get('dtype', c.get('dtype'))}, "
              f"device {runtime.get('device', c.get('device'))}"]
-    for name, p in r.perplexity.items():
-        ident = p.protocol.get("revision") or (p.protocol.get("text_sha256") or "")[:12]
-        lines.append(f"- perplexity `{name}` ({p.protocol.get('role')} part, {ident}): {p.protocol.get('windows')} windows x "
-                     f"{p.protocol.get('seq_len')} tokens, {p.protocol.get('targets')} scored tokens, BOS {p.protocol.get('bos')}")
-    if r.downstream:
-        proto = r.downstream.get("protocol", {})
-        lines.append(f"- downstream (lm-eval {proto.get('lm_eval_version', '?')}, {proto.get('num_fewshot', 0)}-shot, "
-                     f"limit {proto.get('limit')}): {', '.join(r.downstream.get('scores', {}))}")
-    if r.latency:
-        lp = r.latency.protocol
-        lines.append(f"- latency: prefill 1 x {lp.get('seq_len')} ({lp.get('warmup')} warm-ups, {lp.get('repeats')} repeats, "
-                     f"{lp.get('clock')}), decode {lp.get('decode_tokens')} tokens; speed-ups against the dense model "
-                     f"measured in the same process")
-    git = (env.get("prunebench") or {}).get("git") or {}
+    for name, metric in METRICS.items():
+        if r.metric(name) is not None:
+            lines += metric.protocol_lines(r.metric(name))
     gpu = ", ".join(g["name"] for g in env.get("gpus", [])) or "no GPU"
     lines.append(f"- hardware: {env.get('cpu', {}).get('model')} ({env.get('cpu', {}).get('cores')} cores), {gpu}; "
-                 f"torch {env.get('torch', {}).get('version')}, transformers {env.get('packages', {}).get('transformers')}; "
-                 f"prunebench {(git.get('commit') or '?')[:10]}{' (dirty)' if git.get('dirty') else ''}")
+                 f"torch {env.get('torch', {}).get('version')}, transformers {env.get('packages', {}).get('transformers')}")
+    return lines
+
+
+def provenance_lines(results: list[CellResult]) -> list[str]:
+    """Which code measured the results; a loud warning for any result of a modified (dirty) tree."""
+    commits: dict[str, list[str]] = defaultdict(list)
+    dirty, unknown = [], []
+    for r in results:
+        git = r.git
+        if not git:
+            unknown.append(r.cell.id)
+            continue
+        commits[str(git.get("commit"))[:10]].append(r.cell.id)
+        if git.get("dirty"):
+            dirty.append(r.cell.id)
+    lines = []
+    if dirty:
+        lines.append(f"**Warning: {len(dirty)} of {len(results)} results were measured from a modified (dirty) "
+                     f"working tree, so no commit holds the code that made them:** {', '.join(sorted(dirty))}.")
+    if unknown:
+        lines.append(f"**Warning: {len(unknown)} results record no prunebench commit:** {', '.join(sorted(unknown))}.")
+    made_by = "; ".join(f"`{c}` ({len(ids)} results)" for c, ids in sorted(commits.items()))
+    if made_by:
+        lines.append(f"Measured by prunebench commit {made_by}.")
     return lines
 
 
 def markdown(results: list[CellResult], failed: list[CellResult], problems: list[str]) -> str:
     out = io.StringIO()
     out.write("# prunebench leaderboard\n\n")
-    out.write("Generated by `prunebench leaderboard` from the result files beside it; every number comes from those files.\n")
+    out.write("Generated by `prunebench leaderboard` from the result files beside it; every number comes from those "
+              "files.\n")
+    for line in provenance_lines(results + failed):
+        out.write(f"\n{line}\n")
     for key, group in sorted(_group(results).items(), key=lambda kv: -len(kv[1])):
         latest = max(group, key=lambda r: r.finished_at)
         out.write(f"\n## {latest.cell.model} — protocol `{key}`\n\n")
         out.write("\n".join(describe_protocol(latest)) + "\n")
-        datasets = list(latest.perplexity)
-        tasks = _tasks(group)
         rows = _rows(group)
         dense = next(iter(rows.pop(0.0, [])), None)
+        notes: dict[str, str] = {}
         if dense:
             out.write("\n### Dense model\n\n")
-            header, body = sparsity_table([dense], datasets, tasks, dense)
+            header, body = sparsity_table([dense], dense, notes)
             out.write(tabulate(body, header, tablefmt="github", disable_numparse=True) + "\n")
         for sparsity in sorted(rows):
             out.write(f"\n### Target sparsity {sparsity:.1%}\n\n")
-            header, body = sparsity_table(rows[sparsity], datasets, tasks, dense)
+            header, body = sparsity_table(rows[sparsity], dense, notes)
             out.write(tabulate(body, header, tablefmt="github", disable_numparse=True) + "\n")
-        out.write("\nRanked by perplexity on the first dataset. Recovery = mean accuracy / dense mean accuracy. "
-                  "Mean ± standard deviation over seeds where there are several.\n")
+        out.write("\nRows are ordered by perplexity on the first dataset. `# PPL` and `# acc` are ranks by perplexity "
+                  "and by mean accuracy that a paired test supports: the best remaining row leads a group, every "
+                  "other row is compared with it on the same perplexity windows (sign-flip permutation test on the "
+                  "per-window mean NLL) or the same downstream examples (sign-flip test on the per-example outcomes, "
+                  f"weighted to the mean over tasks), Holm-corrected at {ALPHA:g}; rows not separated from the "
+                  "leader share its rank (`1=`). Intervals are 95 %: perplexity by bootstrap over windows, accuracy "
+                  "Wilson (mean over tasks: normal), speed-ups by bootstrap over the repeats of both models. Recovery "
+                  "= mean accuracy / dense mean accuracy. With several seeds: mean ± standard deviation over "
+                  "seeds.\n")
+        if notes:
+            out.write("\n" + "".join(f"- {mark} {text}\n" for mark, text in notes.items()))
     if failed:
         out.write("\n## Failed cells\n\n")
         out.write(tabulate([[r.cell.id, r.error.kind if r.error else "?", (r.error.message if r.error else "")[:200]]
@@ -184,45 +235,48 @@ def markdown(results: list[CellResult], failed: list[CellResult], problems: list
     return out.getvalue()
 
 
-def csv_rows(results: list[CellResult]) -> tuple[list[str], list[dict[str, Any]]]:
-    rows = []
+def csv_rows(results: list[CellResult]) -> tuple[list[str], list[dict[str, Scalar]]]:
+    ranks: dict[tuple[str, str], dict[str, Ranking]] = {}
+    for key, group in _group([r for r in results if r.status == "ok"]).items():
+        for sparsity, rows in _rows(group).items():
+            for m in METRICS.values():
+                for method, ranking in (rankings([r for r in rows if r.method != "dense"], m) or {}).items():
+                    ranks.setdefault((key, f"{sparsity}|{method}"), {})[m.name] = ranking
+    out = []
     for r in results:
-        row: dict[str, Any] = {
+        row: dict[str, Scalar] = {
             "model": r.cell.model, "row": r.cell.variant, "method": r.cell.method, "target_sparsity": r.cell.sparsity,
-            "seed": r.cell.seed,
-            "status": r.status, "protocol": protocol_key(r), "config_hash": r.config_hash,
+            "seed": r.cell.seed, "status": r.status, "protocol": protocol_key(r), "config_hash": r.config_hash,
         }
+        for name, ranking in ranks.get((protocol_key(r), f"{r.cell.sparsity}|{r.cell.variant}"), {}).items():
+            row[f"rank_{name}"] = ranking.label
+            row[f"rank_{name}_p"] = ranking.p_value
         if r.parameters:
             row.update(achieved_sparsity=r.parameters.achieved_sparsity, params_before=r.parameters.total_before,
                        params_after=r.parameters.total_after, block_params_before=r.parameters.blocks_before,
                        block_params_after=r.parameters.blocks_after)
-        for name, p in r.perplexity.items():
-            row[f"ppl_{name}"] = p.value
-        if r.downstream:
-            row["acc_mean"] = r.downstream.get("mean_acc")
-            row["acc_norm_mean"] = r.downstream.get("mean_acc_norm")
-            for task, s in r.downstream.get("scores", {}).items():
-                row[f"acc_{task}"] = s.get("acc")
-                row[f"acc_stderr_{task}"] = s.get("acc_stderr")
-                row[f"acc_norm_{task}"] = s.get("acc_norm")
+        for name, metric in METRICS.items():
+            if r.metric(name) is not None:
+                row.update(metric.csv(r.metric(name)))
         if r.pruning:
             row["prune_seconds"] = r.pruning.seconds
             row["prune_from_cache"] = r.pruning.from_cache
-        if r.latency:
-            row.update(prefill_ms=r.latency.prefill_ms.median, decode_tokens_per_s=r.latency.decode_tokens_per_s.median,
-                       prefill_speedup=r.latency.prefill_speedup, decode_speedup=r.latency.decode_speedup)
+            row["prune_measured_by"] = r.pruning.pruned_by.cell if r.pruning.pruned_by else r.cell.id
         row["peak_rss_bytes"] = r.memory.get("peak_rss_bytes")
         row["peak_cuda_bytes"] = r.memory.get("peak_cuda_bytes")
+        git = r.git or {}
+        row["commit"] = git.get("commit")
+        row["dirty"] = git.get("dirty")
         row["error"] = r.error.message if r.error else ""
-        rows.append(row)
+        out.append(row)
     header: list[str] = []
-    for row in rows:
+    for row in out:
         header += [k for k in row if k not in header]
-    return header, rows
+    return header, out
 
 
 def plot(results: list[CellResult], path: Path) -> Path | None:
-    """Perplexity on the first dataset against achieved sparsity, one line per method."""
+    """Perplexity on the first dataset against achieved sparsity, one line per method, with 95 % intervals."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,24 +285,34 @@ def plot(results: list[CellResult], path: Path) -> Path | None:
     if not results or not results[0].perplexity:
         return None
     dataset = next(iter(results[0].perplexity))
-    by_point: dict[tuple[str, float], list[tuple[float, float]]] = defaultdict(list)
+    by_point: dict[tuple[str, float], list[CellResult]] = defaultdict(list)
     for r in results:
-        if dataset in r.perplexity and r.parameters:
-            by_point[(r.cell.variant, r.cell.sparsity)].append((r.parameters.achieved_sparsity * 100, r.perplexity[dataset].value))
-    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for (row, _), points in by_point.items():  # seeds averaged
-        series[row].append((statistics.fmean(p[0] for p in points), statistics.fmean(p[1] for p in points)))
+        if r.perplexity and dataset in r.perplexity and r.parameters:
+            by_point[(r.cell.variant, r.cell.sparsity)].append(r)
+    series: dict[str, list[tuple[float, float, float, float]]] = defaultdict(list)
+    for (row, _), rs in by_point.items():
+        x = statistics.fmean(r.parameters.achieved_sparsity * 100 for r in rs)
+        values = [r.perplexity[dataset].value for r in rs]
+        if len(rs) == 1:  # one seed: its bootstrap interval; several: the spread over seeds
+            lo, hi = rs[0].perplexity[dataset].interval.low, rs[0].perplexity[dataset].interval.high
+        else:
+            lo, hi = min(values), max(values)
+        y = statistics.fmean(values)
+        series[row].append((x, y, y - lo, hi - y))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, points in sorted(series.items()):
         points.sort()
         if method == "dense":
-            ax.axhline(points[0][1], color="black", linestyle="--", linewidth=1, label="dense")
+            x, y, lo, hi = points[0]
+            ax.axhline(y, color="black", linestyle="--", linewidth=1, label="dense")
+            ax.axhspan(y - lo, y + hi, color="black", alpha=0.08)
             continue
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+        ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[[p[2] for p in points], [p[3] for p in points]],
+                    marker="o", capsize=3, label=method)
     ax.set_yscale("log")
     ax.set_xlabel("achieved sparsity of the transformer blocks (%)")
     ax.set_ylabel(f"perplexity ({dataset}, log scale)")
-    ax.set_title(f"{results[0].cell.model}: perplexity vs sparsity")
+    ax.set_title(f"{results[0].cell.model}: perplexity vs sparsity (95 % intervals)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -282,7 +346,7 @@ def publish(directory: Path, name: str = "leaderboard") -> list[Path]:
         for path in (plot(groups[0], directory / f"{name}.png"), heat_map(groups[0], directory / "balancing.png")):
             if path:
                 written.append(path)
-    if any(r.samples for r in ok):
+    if any(r.qualitative for r in ok):
         samples = directory / "samples.md"
         write_text_atomic(samples, samples_markdown(ok))
         written.append(samples)
@@ -330,16 +394,16 @@ def samples_markdown(results: list[CellResult]) -> str:
               "beside this one (seed 0 where there are several).\n")
     chosen = {}
     for r in sorted(results, key=lambda r: r.cell.seed, reverse=True):
-        if r.samples:
+        if r.qualitative:
             chosen[(r.cell.sparsity, r.cell.variant)] = r
-    prompts = list(dict.fromkeys(s["prompt"] for r in chosen.values() for s in r.samples or []))
+    prompts = list(dict.fromkeys(s.prompt for r in chosen.values() for s in r.qualitative or []))
     dense = [r for (sp, _), r in chosen.items() if sp == 0.0]
     for sparsity in sorted({sp for sp, _ in chosen if sp > 0}):
         rows = dense + [r for (sp, _), r in sorted(chosen.items()) if sp == sparsity]
         out.write(f"\n## Target sparsity {sparsity:.1%}\n")
         for prompt in prompts:
             out.write(f"\n**{prompt}**\n\n")
-            body = [[r.cell.variant, next((s["completion"] for s in r.samples or [] if s["prompt"] == prompt), "")
+            body = [[r.cell.variant, next((s.completion for s in r.qualitative or [] if s.prompt == prompt), "")
                      .replace("\n", " ").replace("|", "\\|")] for r in rows]
             out.write(tabulate(body, ["row", "continuation"], tablefmt="github", disable_numparse=True) + "\n")
     return out.getvalue()

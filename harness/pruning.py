@@ -18,7 +18,9 @@ from harness.data.sources import load_corpus, validate_source
 from harness.data.tokens import calibration_samples, tokenize
 from harness.errors import PrunebenchError
 from harness.hub import hub_reachable
+from harness.metrics.base import Scalar, as_scalars
 from harness.models import LoadedModel, ModelRef, check_model, load_model, resolve_model
+from harness.results import PruningReport
 from methods import get_method
 from methods.arch import ModelAdapter, adapt
 from methods.base import MethodOptions, Progress, PruneContext, PruningMethod, StageTimer, no_progress
@@ -66,7 +68,7 @@ class Prepared:
 class PruneOutcome:
     loaded: LoadedModel
     adapter: ModelAdapter
-    report: dict[str, Any]
+    report: PruningReport
 
 
 def resolve_calibration_source(source: str) -> str:
@@ -115,14 +117,14 @@ def prepare(job: PruneJob) -> Prepared:
     return Prepared(job, method, options, ref, calib, plan)
 
 
-def calibration_tokens(prepared: Prepared, tokenizer: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+def calibration_tokens(prepared: Prepared, tokenizer: Any) -> tuple[torch.Tensor, dict[str, Scalar]]:
     spec = prepared.calibration
     if not prepared.method.calibration.get(prepared.job.profile, None) or not spec.samples:
         return torch.empty(0, 0, dtype=torch.long), {}
     corpus = load_corpus(spec.source, "calibration")
     tokens = tokenize(tokenizer, corpus)
     samples = calibration_samples(tokens, spec.samples, spec.seq_len, spec.seed)
-    protocol = {**corpus.protocol, "source": spec.source, "samples": spec.samples, "seq_len": spec.seq_len,
+    protocol = {**as_scalars(corpus.protocol), "source": spec.source, "samples": spec.samples, "seq_len": spec.seq_len,
                 "seed": spec.seed, "selection": "first consecutive chunks" if spec.seed == 0 else "seeded random chunks"}
     return samples, protocol
 
@@ -143,24 +145,26 @@ def execute(prepared: Prepared, progress: Progress = no_progress, loaded: Loaded
         torch.cuda.synchronize(loaded.device)
     seconds = time.perf_counter() - start
     after = {"total": adapter.total_parameters(), "blocks": adapter.block_parameters()}
-    report = {
-        "method": prepared.method.name,
-        "target_sparsity": job.sparsity,
-        "achieved_sparsity": (before["blocks"] - after["blocks"]) / before["blocks"],
-        "parameters": {"before": before, "after": after},
-        "decisions": decisions,
-        "plan": prepared.plan,
-        "options": prepared.options.model_dump(),
-        "timing": {"prune_seconds": seconds, "stages": dict(timer.stages)},
-        "calibration": calib_protocol,
-        "model": {"name": prepared.ref.name, "kind": prepared.ref.kind, "dtype": str(loaded.dtype).removeprefix("torch."),
-                  "device": str(loaded.device)},
-    }
+    report = PruningReport(
+        method=prepared.method.name,
+        target_sparsity=job.sparsity,
+        achieved_sparsity=(before["blocks"] - after["blocks"]) / before["blocks"],
+        parameters_before=before,
+        parameters_after=after,
+        seconds=seconds,
+        stages=dict(timer.stages),
+        decisions=decisions,
+        plan=prepared.plan,
+        options=prepared.options.model_dump(mode="json"),
+        calibration=calib_protocol,
+        model={"name": prepared.ref.name, "kind": prepared.ref.kind, "dtype": str(loaded.dtype).removeprefix("torch."),
+               "device": str(loaded.device)},
+    )
     return PruneOutcome(loaded, adapter, report)
 
 
 def save(outcome: PruneOutcome, out: Path) -> Path:
     from harness.checkpoint import save_pruned
 
-    info = {k: outcome.report[k] for k in ("method", "target_sparsity", "achieved_sparsity", "decisions", "options")}
-    return save_pruned(outcome.adapter, outcome.loaded.tokenizer, out, info={"prune": info})
+    return save_pruned(outcome.adapter, outcome.loaded.tokenizer, out,
+                       info={"prune_report": outcome.report.model_dump(mode="json")})

@@ -8,28 +8,15 @@ tolerance and downstream accuracies within an absolute one; timings are reported
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.bench.config import CellSpec
 from harness.bench.executors import CellJob, Event, make_executor
 from harness.errors import PrunebenchError
+from harness.metrics.base import Check, Tolerances
+from harness.metrics.registry import METRICS
 from harness.results import CellResult, InvalidResult, read_result, write_text_atomic
-
-
-@dataclass
-class Check:
-    metric: str
-    recorded: Any
-    new: Any
-    difference: str
-    tolerance: str
-    ok: bool | None  # None: reported, not judged
-
-
-def _rel(a: float, b: float) -> float:
-    return abs(b - a) / abs(a) if a else abs(b - a)
 
 
 def compare(old: CellResult, new: CellResult, rtol: float, atol: float) -> list[Check]:
@@ -45,28 +32,18 @@ def compare(old: CellResult, new: CellResult, rtol: float, atol: float) -> list[
         for field in ("total_after", "blocks_after", "achieved_sparsity"):
             a, b = getattr(old.parameters, field), getattr(new.parameters, field)
             checks.append(Check(f"parameters.{field}", a, b, f"{b - a:+g}", "identical", a == b))
-    for name, score in old.perplexity.items():
-        if name not in new.perplexity:
-            checks.append(Check(f"perplexity.{name}", score.value, None, "", "present", False))
+    tolerances = Tolerances(perplexity_rtol=rtol, accuracy_atol=atol)
+    for name, metric in METRICS.items():
+        recorded, again = old.metric(name), new.metric(name)
+        if recorded is None:
             continue
-        a, b = score.value, new.perplexity[name].value
-        checks.append(Check(f"perplexity.{name}", a, b, f"{_rel(a, b):.2e} rel", f"<= {rtol:g} rel", _rel(a, b) <= rtol))
-    old_scores = (old.downstream or {}).get("scores", {})
-    new_scores = (new.downstream or {}).get("scores", {})
-    for task, s in old_scores.items():
-        a, b = s.get("acc"), (new_scores.get(task) or {}).get("acc")
-        if a is None:
+        if again is None:
+            checks.append(Check(name, "recorded", None, "", "present", False))
             continue
-        ok = b is not None and abs(b - a) <= atol
-        checks.append(Check(f"downstream.{task}.acc", a, b, f"{(b or 0) - a:+.4f}", f"<= {atol:g} abs", ok))
+        checks += metric.compare(recorded, again, tolerances)
     if old.pruning and new.pruning:
         checks.append(Check("pruning.seconds", round(old.pruning.seconds, 3), round(new.pruning.seconds, 3),
                             f"{new.pruning.seconds / max(old.pruning.seconds, 1e-9):.2f}x", "reported", None))
-    if old.latency and new.latency:
-        a, b = old.latency.prefill_ms.median, new.latency.prefill_ms.median
-        checks.append(Check("latency.prefill_ms", round(a, 3), round(b, 3), f"{b / a:.2f}x", "reported", None))
-        a, b = old.latency.decode_tokens_per_s.median, new.latency.decode_tokens_per_s.median
-        checks.append(Check("latency.decode_tokens_per_s", round(a, 2), round(b, 2), f"{b / a:.2f}x", "reported", None))
     return checks
 
 

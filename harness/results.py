@@ -14,11 +14,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, create_model
+
+from harness.metrics.base import Scalar
+from harness.metrics.registry import METRICS
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class _Strict(BaseModel):
@@ -36,39 +39,38 @@ class Cell(_Strict):
     seed: int
 
 
-class PerplexityScore(_Strict):
-    value: float
-    seconds: float
-    protocol: dict[str, Any]
+class Provenance(_Strict):
+    """Who measured a number that a result shows but did not measure itself (a cached pruned model's timing)."""
 
-
-class Timing(_Strict):
-    median: float
-    p25: float
-    p75: float
-    min: float
-    max: float
-    repeats: int
-
-
-class LatencyScore(_Strict):
-    prefill_ms: Timing
-    decode_tokens_per_s: Timing
-    dense_prefill_ms: Timing | None = None  # the dense model, same process, same protocol
-    dense_decode_tokens_per_s: Timing | None = None
-    prefill_speedup: float | None = None
-    decode_speedup: float | None = None
-    protocol: dict[str, Any]
+    cell: str
+    finished_at: str
+    git: dict[str, str | bool] | None  # commit and dirty flag of the code that ran
+    hardware: str  # harness.env.fingerprint of the machine
 
 
 class PruningReport(_Strict):
+    """One pruning run: its timing by stage, the method's decisions and plan, its options and calibration.
+
+    The same model is returned by ``harness.pruning.execute``, printed by ``prunebench prune``, stored in the
+    pruned checkpoint's manifest and in a cell's result. ``decisions``, ``plan`` and ``options`` are the
+    method's own JSON data. When a cell reuses a cached pruned model, ``from_cache`` is true and the timings
+    are those of the run named by ``pruned_by``, never the cell's own.
+    """
+
+    method: str
+    target_sparsity: float | None
+    achieved_sparsity: float
+    parameters_before: dict[str, int]  # total, blocks
+    parameters_after: dict[str, int]
     seconds: float
     stages: dict[str, float]
-    decisions: dict[str, Any]
-    plan: dict[str, Any]
-    options: dict[str, Any]
-    calibration: dict[str, Any]
-    from_cache: bool = False  # the pruned model came from the cache: timings are those of the original run
+    decisions: dict[str, JsonValue]
+    plan: dict[str, JsonValue]
+    options: dict[str, JsonValue]
+    calibration: dict[str, Scalar]
+    model: dict[str, str]  # name, kind, dtype, device
+    pruned_by: Provenance | None = None
+    from_cache: bool = False
     cache_key: str | None = None
 
 
@@ -86,11 +88,13 @@ class ErrorInfo(_Strict):
     log_tail: str = ""
 
 
-class CellResult(_Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+class _CellResult(_Strict):
+    """A cell's result; each registered metric adds a field of its own name (None: not measured), below."""
+
+    schema_version: Literal[2] = SCHEMA_VERSION
     status: Literal["ok", "failed"]
     cell: Cell
-    config: dict[str, Any]  # the full resolved cell configuration
+    config: dict[str, JsonValue]  # the full resolved cell configuration (a CellSpec, as JSON)
     config_hash: str
     started_at: str
     finished_at: str
@@ -98,12 +102,21 @@ class CellResult(_Strict):
     parameters: Parameters | None = None
     pruning: PruningReport | None = None
     memory: dict[str, int | None] = Field(default_factory=dict)
-    perplexity: dict[str, PerplexityScore] = Field(default_factory=dict)
-    downstream: dict[str, Any] | None = None
-    latency: LatencyScore | None = None
-    samples: list[dict[str, str]] | None = None  # qualitative generations
-    environment: dict[str, Any] = Field(default_factory=dict)
+    environment: dict[str, JsonValue] = Field(default_factory=dict)
     error: ErrorInfo | None = None
+
+    def metric(self, name: str) -> Any:
+        return getattr(self, name)
+
+    @property
+    def git(self) -> dict[str, Any] | None:
+        return (self.environment.get("prunebench") or {}).get("git")  # type: ignore[union-attr]
+
+
+CellResult = create_model(
+    "CellResult", __base__=_CellResult, __module__=__name__,
+    **{name: (metric.result_type | None, None) for name, metric in METRICS.items()},
+)
 
 
 class InvalidResult(Exception):
@@ -135,6 +148,10 @@ def read_result(path: Path) -> CellResult:
         data = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InvalidResult(f"{path}: not readable JSON ({err})") from err
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version != SCHEMA_VERSION:
+        raise InvalidResult(f"{path}: result schema version {version}, this prunebench reads version {SCHEMA_VERSION} "
+                            "(made by another prunebench version: run its cell again)")
     try:
         return CellResult.model_validate(data)
     except ValidationError as err:

@@ -233,9 +233,14 @@ def test_every_metric_is_recorded_with_its_protocol_and_environment(small_bench)
     assert set(r.pruning.stages) >= {"stage1.calibration_forward", "stage2.search"} and r.pruning.seconds > 0
     assert r.pruning.decisions["n_attn"] == 2 and len(r.pruning.decisions["removed_attention"]) == 2
     ppl = r.perplexity["enwiki-sample"]
-    assert ppl.value > 1 and ppl.protocol["windows"] == 3 and ppl.protocol["seq_len"] == 128 and ppl.protocol["text_sha256"]
-    assert 0 <= r.downstream["scores"]["wiki-cloze"]["acc"] <= 1 and r.downstream["protocol"]
-    assert r.latency.prefill_ms.repeats == 2 and r.latency.dense_prefill_ms is not None and r.latency.prefill_speedup > 0
+    assert ppl.value > 1 and ppl.protocol.windows == 3 and ppl.protocol.seq_len == 128 and ppl.protocol.data["text_sha256"]
+    assert ppl.interval.low < ppl.value < ppl.interval.high and len(ppl.window_nll) == 3
+    score = r.downstream.scores["wiki-cloze"]
+    assert 0 <= score.acc <= 1 and score.acc_interval.low <= score.acc <= score.acc_interval.high
+    assert len(score.outcomes["acc"]) == score.n == 8 and score.outcomes["acc"].count("1") == round(score.acc * 8)
+    assert r.latency.prefill_ms.repeats == 2 and len(r.latency.prefill_ms.samples) == 2
+    speedup = r.latency.prefill_speedup
+    assert speedup.value > 0 and speedup.interval.low <= speedup.value <= speedup.interval.high
     assert r.memory["process_peak_rss_bytes"] > 0
     if not r.pruning.from_cache:  # the pruning phase's own peak exists only where this cell pruned
         assert 0 < r.memory["peak_rss_bytes"] <= r.memory["process_peak_rss_bytes"]
@@ -254,7 +259,7 @@ def test_a_metric_change_reuses_the_cached_pruned_model(small_bench, tmp_path):
     second = read_result(tmp_path / "out" / "cells" / "2ssp-s0.25-seed0.json")
     assert second.pruning.from_cache and second.pruning.cache_key == first.pruning.cache_key
     assert second.pruning.decisions == first.pruning.decisions
-    assert second.perplexity["enwiki-sample"].protocol["windows"] == 2
+    assert second.perplexity["enwiki-sample"].protocol.windows == 2
 
 
 @pytest.mark.real_model

@@ -25,7 +25,8 @@ def test_eval_prints_perplexity_with_its_protocol(smollm2_ref):
     assert 10 < report["perplexity"] < 60  # dense SmolLM2 on Wikipedia text
     p = report["protocol"]
     assert (p["windows"], p["seq_len"], p["targets"], p["bos"], p["join"]) == (4, 256, 4 * 255, "none", "\n\n")
-    assert p["role"] == "evaluation" and p["text_sha256"] and p["corpus_tokens"] > 100_000
+    assert p["role"] == "evaluation" and p["data"]["text_sha256"] and p["corpus_tokens"] > 100_000
+    assert report["interval"]["low"] < report["perplexity"] < report["interval"]["high"]
     text = cli("eval", "--dataset", "enwiki-sample", "--seq-len", "256", "--max-windows", "2")
     assert text.returncode == 0 and text.stdout.startswith("perplexity ") and "BOS none" in text.stdout
 
@@ -132,7 +133,7 @@ def test_prune_saves_a_checkpoint_that_prunebench_and_one_line_python_reload(tmp
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert abs(report["achieved_sparsity"] - 0.25) < 0.005 and report["checkpoint"] == str(out)
-    assert set(report["timing"]["stages"]) >= {"stage1.calibration_forward", "stage2.search", "stage2.surgery"}
+    assert set(report["stages"]) >= {"stage1.calibration_forward", "stage2.search", "stage2.surgery"}
     size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     assert size < 0.85 * 4 * smollm2.model.num_parameters()  # float32 bytes of the dense model
     from harness import load_pruned

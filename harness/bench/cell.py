@@ -26,15 +26,7 @@ import torch
 from harness.bench.config import CellSpec
 from harness.env import capture
 from harness.errors import PrunebenchError
-from harness.results import (
-    Cell,
-    CellResult,
-    ErrorInfo,
-    Parameters,
-    PerplexityScore,
-    PruningReport,
-    write_result,
-)
+from harness.results import Cell, CellResult, ErrorInfo, Parameters, PruningReport, write_result
 from methods.errors import MethodError
 
 log = logging.getLogger("prunebench.cell")
@@ -100,10 +92,10 @@ def prune_or_reuse(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, Pru
     cached = cache_dir() / "pruned" / key
     if spec.cache_pruned and (cached / "prunebench.json").exists():
         log.info("pruned model found in the cache (%s): not pruning again", cached)
-        report = read_manifest(cached)["prune_report"]
+        report = PruningReport.model_validate(read_manifest(cached)["prune_report"])
         _free(loaded.model)
         model = load_pruned(cached, dtype=loaded.dtype, device=loaded.device)
-        return model, PruningReport(**report, from_cache=True, cache_key=key), {}
+        return model, report.model_copy(update={"from_cache": True, "cache_key": key}), {}
     job = pruning.PruneJob(
         method=spec.method, sparsity=spec.sparsity, model=spec.model, options=spec.method_options,
         calibration=pruning.CalibrationSpec(spec.calibration.source, spec.calibration.samples,
@@ -114,19 +106,22 @@ def prune_or_reuse(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, Pru
     memory.reset()
     outcome = pruning.execute(prepared, loaded=loaded)
     peak = memory.read()
-    r = outcome.report
-    report = {"seconds": r["timing"]["prune_seconds"], "stages": r["timing"]["stages"], "decisions": r["decisions"],
-              "plan": r["plan"], "options": r["options"], "calibration": r["calibration"]}
+    report = outcome.report
     if spec.cache_pruned:
         save_pruned(outcome.adapter, loaded.tokenizer, cached,
-                    info={"prune_report": report, "cell": spec.id})
-    return outcome.loaded.model, PruningReport(**report, cache_key=key if spec.cache_pruned else None), peak
+                    info={"prune_report": report.model_dump(mode="json"), "cell": spec.id})
+    return outcome.loaded.model, report.model_copy(update={"cache_key": key if spec.cache_pruned else None}), peak
+
+
+def cell_of(spec: CellSpec) -> Cell:
+    return Cell(id=spec.id, model=spec.model, method=spec.method, variant=spec.variant, sparsity=spec.sparsity,
+                seed=spec.seed)
 
 
 def run(spec: CellSpec) -> CellResult:
-    from harness.data.sources import load_corpus
-    from harness.metrics import latency
-    from harness.metrics.perplexity import perplexity
+    """Load, measure on the dense model what needs it, prune (or reuse), then run every enabled metric."""
+    from harness.metrics.base import MeasureContext
+    from harness.metrics.registry import METRICS
     from harness.models import load_model, resolve_model
     from methods.arch import adapt
 
@@ -136,70 +131,37 @@ def run(spec: CellSpec) -> CellResult:
     loaded = load_model(ref, dtype=spec.dtype, device=spec.device, trust_remote_code=spec.trust_remote_code)
     dense = adapt(loaded.model)
     before = (dense.total_parameters(), dense.block_parameters())
-    dense_latency = None
-    if spec.latency.enabled:
-        log.info("latency of the dense model")
-        dense_latency = latency.measure(loaded.model, spec.latency, seed=spec.seed)
+    enabled = {name: m for name, m in METRICS.items() if getattr(spec, name).enabled}
+    is_dense = spec.method == "dense"
+    dense_ctx = MeasureContext(loaded.model, dense, loaded.tokenizer, spec.seed, is_dense)
+    measured_before = {name: m.before_pruning(getattr(spec, name), dense_ctx) for name, m in enabled.items()}
+    del dense_ctx, dense
     pruning_report, peak = None, {}
     model = loaded.model
-    if spec.method != "dense":
+    if not is_dense:
         log.info("pruning with %s at %.4g", spec.method, spec.sparsity)
         model, pruning_report, peak = prune_or_reuse(spec, loaded, memory)
         model.eval()
     adapter = adapt(model)
     after = (adapter.total_parameters(), adapter.block_parameters())
-
-    lat = None
-    if spec.latency.enabled:
-        pruned = dense_latency if spec.method == "dense" else latency.measure(model, spec.latency, seed=spec.seed)
-        lat = {
-            **pruned,
-            "dense_prefill_ms": dense_latency["prefill_ms"],
-            "dense_decode_tokens_per_s": dense_latency["decode_tokens_per_s"],
-            "prefill_speedup": dense_latency["prefill_ms"]["median"] / pruned["prefill_ms"]["median"],
-            "decode_speedup": pruned["decode_tokens_per_s"]["median"] / dense_latency["decode_tokens_per_s"]["median"],
-        }
-
-    ppl: dict[str, PerplexityScore] = {}
-    for dataset in spec.perplexity.datasets:
-        log.info("perplexity on %s", dataset)
-        res = perplexity(adapter, loaded.tokenizer, load_corpus(dataset, "evaluation"), spec.perplexity.seq_len,
-                         spec.perplexity.max_windows, spec.perplexity.bos)
-        log.info("perplexity on %s: %.4f", dataset, res.perplexity)
-        ppl[dataset] = PerplexityScore(value=res.perplexity, seconds=res.seconds, protocol=res.protocol)
-
-    downstream = None
-    if spec.downstream.enabled and spec.downstream.tasks:
-        from harness.metrics.downstream import run_downstream
-
-        log.info("downstream tasks: %s", ", ".join(spec.downstream.tasks))
-        downstream = run_downstream(model, loaded.tokenizer, spec.downstream.tasks, limit=spec.downstream.limit,
-                                    batch_size=spec.downstream.batch_size, seed=spec.seed,
-                                    num_fewshot=spec.downstream.num_fewshot).model_dump(mode="json")
-
-    samples = None
-    if spec.qualitative.enabled and spec.qualitative.prompts:
-        from harness.metrics.qualitative import generate_samples
-
-        samples = generate_samples(model, loaded.tokenizer, spec.qualitative.prompts, spec.qualitative.max_new_tokens)
-
+    ctx = MeasureContext(model, adapter, loaded.tokenizer, spec.seed, is_dense)
+    results = {name: m.measure(getattr(spec, name), ctx, measured_before[name]) for name, m in enabled.items()}
     return CellResult(
-        status="ok",
-        cell=Cell(id=spec.id, model=spec.model, method=spec.method, variant=spec.variant, sparsity=spec.sparsity, seed=spec.seed),
-        config=spec.model_dump(mode="json"), config_hash=spec.config_hash(),
+        status="ok", cell=cell_of(spec), config=spec.model_dump(mode="json"), config_hash=spec.config_hash(),
         started_at=started, finished_at=now(), wall_seconds=time.perf_counter() - t0,
         parameters=Parameters(total_before=before[0], total_after=after[0], blocks_before=before[1],
                               blocks_after=after[1], achieved_sparsity=(before[1] - after[1]) / before[1]),
         pruning=pruning_report, memory={**peak, **{f"process_{k}": v for k, v in memory.read().items()}},
-        perplexity=ppl, downstream=downstream, latency=lat, samples=samples,
-        environment={**capture(), "runtime": {"dtype": str(loaded.dtype).removeprefix("torch."), "device": str(loaded.device)}},
+        environment={**capture(), "runtime": {"dtype": str(loaded.dtype).removeprefix("torch."),
+                                              "device": str(loaded.device)}},
+        **results,
     )
 
 
 def failed(spec: CellSpec, started: str, seconds: float, kind: str, message: str, log_tail: str = "") -> CellResult:
     return CellResult(
         status="failed",
-        cell=Cell(id=spec.id, model=spec.model, method=spec.method, variant=spec.variant, sparsity=spec.sparsity, seed=spec.seed),
+        cell=cell_of(spec),
         config=spec.model_dump(mode="json"), config_hash=spec.config_hash(), started_at=started, finished_at=now(),
         wall_seconds=seconds, environment=capture(), error=ErrorInfo(kind=kind, message=message, log_tail=log_tail),
     )

@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from harness import __version__
 from harness.errors import PrunebenchError
-from harness.metrics.latency import LatencyConfig
-from harness.metrics.qualitative import DEFAULT_PROMPTS
+from harness.metrics.registry import METRICS
 
 Profile = Literal["paper", "cpu-quick"]
 PROFILES: tuple[str, ...] = ("paper", "cpu-quick")
@@ -31,61 +30,31 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class PerplexityConfig(_Config):
-    datasets: list[str]
-    seq_len: int = Field(2048, ge=2)
-    max_windows: int | None = Field(None, ge=1)
-    bos: Literal["auto", "always", "never"] = "auto"
-
-
-class DownstreamConfig(_Config):
-    enabled: bool = True
-    tasks: list[str]
-    limit: int | None = Field(None, ge=1)
-    batch_size: int = Field(8, ge=1)
-    num_fewshot: int = Field(0, ge=0)
-
-
 class CalibrationConfig(_Config):
     source: str = "auto"  # auto = the profile's source
     samples: int | None = Field(None, ge=1)  # None = the method's default for the profile
     seq_len: int | None = Field(None, ge=2)
 
 
-class QualitativeConfig(_Config):
-    """Greedy continuations of fixed prompts, stored in each result and shown side by side (samples.md)."""
+CALIBRATION_SOURCE = {"paper": "c4", "cpu-quick": "enwiki-sample"}
 
-    enabled: bool = True
-    prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS))
-    max_new_tokens: int = Field(48, ge=1)
+
+def check_profile(profile: str) -> str:
+    if profile not in PROFILES:
+        raise PrunebenchError(f"unknown profile '{profile}'; known: {', '.join(PROFILES)}")
+    return profile
 
 
 def profile_defaults(profile: str) -> dict[str, Any]:
-    """The protocol each profile stands for."""
-    if profile == "paper":
-        return {
-            "calibration_source": "c4",
-            "perplexity": PerplexityConfig(datasets=["wikitext2", "c4", "fineweb-edu"], seq_len=2048),
-            "downstream": DownstreamConfig(tasks=["winogrande", "arc_easy", "arc_challenge", "hellaswag", "piqa", "mmlu"]),
-            "latency": LatencyConfig(seq_len=2048, warmup=10, repeats=10, decode_tokens=128, decode_prompt=128),
-            "qualitative": QualitativeConfig(max_new_tokens=128),  # the authors generate up to 128 tokens
-        }
-    if profile == "cpu-quick":
-        # Sized so that `make bench` (7 rows x 3 sparsities on SmolLM2-135M) stays well under half an
-        # hour on 2 CPU cores: forward passes run at a few hundred tokens/s there, so every token
-        # counts. wiki-lastword needs one forward per example (multiple-choice wiki-cloze needs four)
-        # and separates models best (dense ~0.5, chance ~0); MMLU's one-token answers share one
-        # forward per question. Calibration samples are 128 tokens long (see each method).
-        return {
-            "calibration_source": "enwiki-sample",
-            "perplexity": PerplexityConfig(datasets=["enwiki-sample"], seq_len=256, max_windows=10),
-            "downstream": DownstreamConfig(tasks=["wiki-lastword", "mmlu-offline"], limit=20, batch_size=16),
-            # 3 warm-ups: the dense model is timed first, right after loading; with fewer, its first
-            # calls (allocator, thread pool) run cold and inflate every speed-up.
-            "latency": LatencyConfig(seq_len=128, warmup=3, repeats=5, decode_tokens=4, decode_prompt=16),
-            "qualitative": QualitativeConfig(max_new_tokens=12),
-        }
-    raise PrunebenchError(f"unknown profile '{profile}'; known: {', '.join(PROFILES)}")
+    """The protocol each profile stands for: its calibration source and every metric's config.
+
+    ``paper`` is the protocol of docs/protocol.md. ``cpu-quick`` is sized so that `make bench` (7 rows x 3
+    sparsities on SmolLM2-135M) stays under half an hour on 2 CPU cores while the paired tests of its
+    leaderboard still separate the methods; each metric's module says how.
+    """
+    check_profile(profile)
+    return {"calibration_source": CALIBRATION_SOURCE[profile],
+            **{name: metric.default_config(profile) for name, metric in METRICS.items()}}
 
 
 class Variant(_Config):
@@ -99,8 +68,11 @@ class Variant(_Config):
     seeds: list[int] | None = None
 
 
-class BenchConfig(_Config):
-    """What a user asks for (YAML file and CLI flags); ``resolve`` fills in the profile."""
+class _BenchConfig(_Config):
+    """What a user asks for (YAML file and CLI flags); ``resolve`` fills in the profile.
+
+    Each registered metric adds a field of its own name and config type (None = the profile's), below.
+    """
 
     model: str = "smollm2-135m"
     methods: list[str] = Field(default_factory=lambda: ["all"])
@@ -118,10 +90,6 @@ class BenchConfig(_Config):
     timeout_s: float | None = Field(None, gt=0, description="per cell")
     cache_pruned: bool = True
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
-    perplexity: PerplexityConfig | None = None
-    downstream: DownstreamConfig | None = None
-    latency: LatencyConfig | None = None
-    qualitative: QualitativeConfig | None = None
     method_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     executor_options: dict[str, Any] = Field(default_factory=dict)
 
@@ -132,6 +100,12 @@ class BenchConfig(_Config):
             if not 0.0 < s < 1.0:
                 raise ValueError(f"sparsity {s} is not strictly between 0 and 1")
         return values
+
+
+BenchConfig = create_model(
+    "BenchConfig", __base__=_BenchConfig, __module__=__name__,
+    **{name: (metric.config_type | None, None) for name, metric in METRICS.items()},
+)
 
 
 def load_bench_file(path: Path) -> dict[str, Any]:
@@ -167,8 +141,11 @@ def canonical_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-class CellSpec(_Config):
-    """Everything one cell needs, fully resolved; what its result records as ``config``."""
+class _CellSpec(_Config):
+    """Everything one cell needs, fully resolved; what its result records as ``config``.
+
+    Each registered metric adds a field of its own name holding its resolved config, below.
+    """
 
     id: str
     model: str
@@ -179,10 +156,6 @@ class CellSpec(_Config):
     profile: str
     method_options: dict[str, Any]
     calibration: CalibrationConfig
-    perplexity: PerplexityConfig
-    downstream: DownstreamConfig
-    latency: LatencyConfig
-    qualitative: QualitativeConfig
     dtype: str
     device: str
     trust_remote_code: bool
@@ -199,6 +172,12 @@ class CellSpec(_Config):
             "sparsity": self.sparsity, "seed": self.seed, "options": self.method_options,
             "calibration": self.calibration.model_dump(mode="json"), "dtype": self.dtype, "device": self.device,
         })
+
+
+CellSpec = create_model(
+    "CellSpec", __base__=_CellSpec, __module__=__name__,
+    **{name: (metric.config_type, ...) for name, metric in METRICS.items()},
+)
 
 
 def cell_id(variant: str, sparsity: float, seed: int) -> str:

@@ -16,6 +16,7 @@ from harness.bench.config import (
     profile_defaults,
 )
 from harness.errors import PrunebenchError
+from harness.metrics.registry import METRICS
 from methods import expand_method_name, get_method, method_names
 from methods.errors import MethodError
 
@@ -105,10 +106,7 @@ def resolve(config: BenchConfig) -> ResolvedBench:
             cells.append(CellSpec(
                 id=cell_id(v.name, sparsity, seed), model=config.model, method=v.method, variant=v.name,
                 sparsity=sparsity, seed=seed, profile=profile, method_options=options, calibration=calibration,
-                perplexity=config.perplexity or defaults["perplexity"],
-                downstream=config.downstream or defaults["downstream"],
-                latency=config.latency or defaults["latency"],
-                qualitative=config.qualitative or defaults["qualitative"],
+                **{name: getattr(config, name) or defaults[name] for name in METRICS},
                 dtype=config.dtype, device=config.device,
                 trust_remote_code=config.trust_remote_code, cache_pruned=config.cache_pruned,
             ))
@@ -124,13 +122,10 @@ def _calibration(method, profile: str, source: str, asked: CalibrationConfig) ->
                              samples=asked.samples or needs.samples, seq_len=asked.seq_len or needs.seq_len)
 
 
-def check_hub_needs(profile: str, sources: list[str], tasks: list[str]) -> None:
+def check_hub_needs(profile: str, needs: list[str]) -> None:
     """Hub data and tasks with no hub (and no offline cache asked for) fail now, not in every cell."""
-    from harness.data.sources import hub_source
     from harness.hub import hub_reachable, offline_mode
-    from harness.metrics.downstream import PAPER_TASKS
 
-    needs = [s for s in sources if hub_source(s)] + [t for t in tasks if t in PAPER_TASKS]
     if needs and not offline_mode() and not hub_reachable():
         raise PrunebenchError(
             f"the Hugging Face hub is unreachable, and profile '{profile}' needs it for {', '.join(needs)}; "
@@ -139,23 +134,23 @@ def check_hub_needs(profile: str, sources: list[str], tasks: list[str]) -> None:
 
 
 def validate(bench: ResolvedBench) -> None:
-    """Every check that needs no weights: data sources, tasks, the model's config, each cell's plan.
+    """Every check that needs no weights: data sources, metrics, the model's config, each cell's plan.
 
     With ``--num-prune -1`` (every step), cells beyond a method's feasible range are dropped with a
     note; otherwise an infeasible cell is an error.
     """
-    from harness.data.sources import validate_source
-    from harness.metrics.downstream import validate_tasks
+    from harness.data.sources import hub_source, validate_source
     from harness.models import check_model, resolve_model
     from harness.pruning import skeleton_adapter
 
     first = bench.cells[0]
-    sources = set(first.perplexity.datasets) | {c.calibration.source for c in bench.cells if c.calibration.source != "none"}
-    for source in sorted(sources):
+    calibration = sorted({c.calibration.source for c in bench.cells if c.calibration.source != "none"})
+    for source in calibration:
         validate_source(source)
-    if first.downstream.enabled:
-        validate_tasks(first.downstream.tasks)
-    check_hub_needs(bench.profile, sorted(sources), first.downstream.tasks if first.downstream.enabled else [])
+    needs = [s for s in calibration if hub_source(s)]
+    for name, metric in METRICS.items():
+        needs += [n for n in metric.validate(getattr(first, name)) if n not in needs]
+    check_hub_needs(bench.profile, needs)
     ref = resolve_model(bench.config.model)
     config = check_model(ref, bench.config.trust_remote_code)
     skeleton = skeleton_adapter(ref, config, bench.config.trust_remote_code)

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from harness.bench.config import BenchConfig
 from harness.bench.executors import BenchInterrupted, CellJob, Event, make_executor
 from harness.bench.expand import ResolvedBench, resolve, validate
+from harness.metrics.registry import METRICS
 from harness.results import InvalidResult, read_result, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -42,15 +43,8 @@ def describe(bench: ResolvedBench) -> list[str]:
         f"rows {', '.join(rows)}; sparsities {', '.join(f'{s:.4g}' for s in bench.sparsities)}"
         f"{f' (--num-prune {bench.config.num_prune})' if bench.config.num_prune is not None else ''}; "
         f"seeds {', '.join(sorted({str(cell.seed) for cell in bench.cells}))}; {len(bench.cells)} cells",
-        f"perplexity: {', '.join(c.perplexity.datasets)}, windows of {c.perplexity.seq_len} tokens, "
-        f"max windows {c.perplexity.max_windows or 'all'}, BOS {c.perplexity.bos}",
-        f"downstream: {', '.join(c.downstream.tasks) if c.downstream.enabled else 'off'}, "
-        f"limit {c.downstream.limit or 'none'}, {c.downstream.num_fewshot}-shot",
-        f"latency: prefill 1 x {c.latency.seq_len}, {c.latency.warmup} warm-ups, {c.latency.repeats} repeats; "
-        f"decode {c.latency.decode_tokens} tokens after {c.latency.decode_prompt}" if c.latency.enabled else "latency: off",
+        *(metric.describe(getattr(c, name)) for name, metric in METRICS.items()),
     ]
-    if c.qualitative.enabled:
-        lines.append(f"samples: {len(c.qualitative.prompts)} prompts, {c.qualitative.max_new_tokens} greedy tokens each")
     seen = set()
     for cell in bench.cells:
         if cell.method != "dense" and cell.variant not in seen:

@@ -27,12 +27,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from harness.errors import DataUnavailable, PrunebenchError, UnknownName
+from harness.metrics.base import (
+    Check,
+    Interval,
+    MeasureContext,
+    Metric,
+    MetricConfig,
+    Scalar,
+    Tolerances,
+    mean_spread,
+    over_seeds,
+)
 from harness.metrics.tasks import builders
 from harness.metrics.tasks.store import StoredTask, materialise, sha256_file
 from harness.paths import cache_dir
+from harness.stats import paired_permutation_test, proportion_interval
 
 LOG = logging.getLogger(__name__)
 
@@ -60,7 +72,7 @@ BOOTSTRAP_ITERS = 1000
 class TaskProtocol(BaseModel):
     """What a score was measured on: enough to tell whether two scores are comparable."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     source: str  # "hub:<dataset>[/<subset>][@<revision>][ (<n> subtasks)]" or "file:<generated JSONL>"
     dataset_sha256: str | None  # sha256 of the generated JSONL (offline tasks)
@@ -72,24 +84,36 @@ class TaskProtocol(BaseModel):
 
 
 class TaskScore(BaseModel):
-    """Zero-shot accuracy on one task; acc_norm is None where the task defines none."""
+    """Zero-shot accuracy on one task; acc_norm is None where the task defines none.
 
-    model_config = ConfigDict(frozen=True)
+    ``outcomes`` holds every example's 0/1 result per metric ("acc", "acc_norm"), as a string of digits
+    in the order of ``examples_sha256`` (a digest of the ordered example ids): two models scored on the
+    same examples can be compared example by example (McNemar's test).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     task: str
     acc: float
     acc_stderr: float | None
+    acc_interval: Interval
     acc_norm: float | None
     acc_norm_stderr: float | None
+    acc_norm_interval: Interval | None
     n: int  # examples scored
     seconds: float  # wall time of the evaluation of this task
+    outcomes: dict[str, str]
+    examples_sha256: str
     protocol: TaskProtocol
+
+    def outcome_list(self, metric: str) -> list[int]:
+        return [int(c) for c in self.outcomes[metric]]
 
 
 class DownstreamProtocol(BaseModel):
     """Run-level settings of an lm-eval evaluation, and the per-task protocols."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     lm_eval_version: str
     transformers_version: str
@@ -103,13 +127,19 @@ class DownstreamProtocol(BaseModel):
 
 
 class DownstreamResult(BaseModel):
-    """Scores per task and their unweighted means (acc_norm: over the tasks that have it)."""
+    """Scores per task and their unweighted means (acc_norm: over the tasks that have it).
 
-    model_config = ConfigDict(frozen=True)
+    The interval of a mean treats the tasks as independent samples: its standard error is
+    sqrt(sum of the tasks' squared standard errors) / number of tasks, normal approximation.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     scores: dict[str, TaskScore]
     mean_acc: float
+    mean_acc_interval: Interval | None
     mean_acc_norm: float | None
+    mean_acc_norm_interval: Interval | None
     protocol: DownstreamProtocol
 
 
@@ -413,7 +443,7 @@ def _evaluate_task(
         num_fewshot=num_fewshot,
         limit=per_subtask,
         bootstrap_iters=BOOTSTRAP_ITERS,
-        log_samples=False,
+        log_samples=True,  # per-example outcomes: the leaderboard's paired test needs them
         random_seed=seed,
         numpy_random_seed=seed,
         torch_random_seed=seed,
@@ -432,16 +462,53 @@ def _score(
     row = out["results"][name]
     counts = out["n-samples"]
     leaves = [t for t in counts if t != name] or [name]
+    ids, outcomes = _outcomes(out.get("samples") or {}, leaves)
+    n = sum(int(counts[t]["effective"]) for t in leaves)
+    if len(ids) != n:
+        raise PrunebenchError(f"downstream task {name!r}: lm-eval logged {len(ids)} examples for {n} scored")
+    acc_norm = _number(row.get("acc_norm,none"))
     return TaskScore(
         task=name,
         acc=float(row["acc,none"]),
         acc_stderr=_number(row.get("acc_stderr,none")),
-        acc_norm=_number(row.get("acc_norm,none")),
+        acc_interval=_wilson(outcomes["acc"]),
+        acc_norm=acc_norm,
         acc_norm_stderr=_number(row.get("acc_norm_stderr,none")),
-        n=sum(int(counts[t]["effective"]) for t in leaves),
+        acc_norm_interval=_wilson(outcomes["acc_norm"]) if acc_norm is not None and "acc_norm" in outcomes else None,
+        n=n,
         seconds=round(seconds, 2),
+        outcomes=outcomes,
+        examples_sha256=hashlib.sha256(json.dumps(ids).encode()).hexdigest(),
         protocol=_task_protocol(name, out, stored, leaves, per_subtask),
     )
+
+
+def _outcomes(samples: dict[str, list[dict[str, Any]]], leaves: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Ordered example ids ("subtask:doc_id") and each metric's 0/1 outcomes as a string of digits."""
+    ids: list[str] = []
+    digits: dict[str, list[str]] = {}
+    for leaf in sorted(leaves):
+        for example in sorted(samples.get(leaf, []), key=lambda e: int(e["doc_id"])):
+            ids.append(f"{leaf}:{example['doc_id']}")
+            for metric in ("acc", "acc_norm"):
+                if metric in example:
+                    digits.setdefault(metric, []).append("1" if float(example[metric]) > 0.5 else "0")
+    return ids, {metric: "".join(d) for metric, d in digits.items()}
+
+
+def _wilson(outcomes: str) -> Interval:
+    ci = proportion_interval(outcomes.count("1"), len(outcomes), level=0.95)
+    return Interval(low=ci.low, high=ci.high, level=ci.level, method="Wilson score")
+
+
+def _mean_interval(values: list[float], stderrs: list[float | None]) -> Interval | None:
+    """Normal interval of an unweighted mean of independent task scores."""
+    if not values or any(s is None for s in stderrs):
+        return None
+    mean = float(np.mean(values))
+    half = 1.959963984540054 * math.sqrt(sum(s * s for s in stderrs)) / len(values)
+    return Interval(low=mean - half, high=mean + half, level=0.95,
+                    method="normal, tasks independent: sqrt(sum stderr^2) / tasks")
 
 
 def _task_protocol(
@@ -491,11 +558,14 @@ def _number(value: Any) -> float | None:
 def _result(
     scores: dict[str, TaskScore], limit: int | None, batch_size: int, seed: int, num_fewshot: int
 ) -> DownstreamResult:
-    norms = [s.acc_norm for s in scores.values() if s.acc_norm is not None]
+    normed = [s for s in scores.values() if s.acc_norm is not None]
+    accs = [s.acc for s in scores.values()]
     return DownstreamResult(
         scores=scores,
-        mean_acc=float(np.mean([s.acc for s in scores.values()])),
-        mean_acc_norm=float(np.mean(norms)) if norms else None,
+        mean_acc=float(np.mean(accs)),
+        mean_acc_interval=_mean_interval(accs, [s.acc_stderr for s in scores.values()]),
+        mean_acc_norm=float(np.mean([s.acc_norm for s in normed])) if normed else None,
+        mean_acc_norm_interval=_mean_interval([s.acc_norm for s in normed], [s.acc_norm_stderr for s in normed]),
         protocol=DownstreamProtocol(
             lm_eval_version=importlib.metadata.version("lm_eval"),
             transformers_version=importlib.metadata.version("transformers"),
@@ -508,3 +578,120 @@ def _result(
             tasks={name: s.protocol for name, s in scores.items()},
         ),
     )
+
+
+# ------------------------------------------------------------------------------------------ metric
+
+
+class DownstreamConfig(MetricConfig):
+    tasks: list[str]
+    limit: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1)
+    num_fewshot: int = Field(0, ge=0)
+
+
+def examples_comparable(a: DownstreamResult, b: DownstreamResult) -> bool:
+    """Both results scored the same examples of the same tasks, so they can be paired."""
+    return {t: s.examples_sha256 for t, s in a.scores.items()} == {t: s.examples_sha256 for t, s in b.scores.items()}
+
+
+def paired_mean_acc_p_value(a: DownstreamResult, b: DownstreamResult) -> float | None:
+    """Sign-flip test of the mean accuracy over tasks, example by example.
+
+    Each example's difference is weighted by 1 / (tasks x examples of its task), so the differences sum to
+    the difference of the two unweighted means; flipping the sign of a pair is what H0 (the two models are
+    exchangeable on every example) allows. Examples on which both models agree contribute nothing.
+    """
+    if not examples_comparable(a, b):
+        return None
+    diffs = []
+    for task, sa in a.scores.items():
+        oa, ob = sa.outcome_list("acc"), b.scores[task].outcome_list("acc")
+        weight = 1.0 / (len(a.scores) * len(oa))
+        diffs += [(x - y) * weight for x, y in zip(oa, ob, strict=True) if x != y]
+    if not diffs:
+        return 1.0
+    return paired_permutation_test(diffs, [0.0] * len(diffs))
+
+
+class DownstreamMetric(Metric[DownstreamConfig, DownstreamResult]):
+    name = "downstream"
+    config_type = DownstreamConfig
+    result_type = DownstreamResult
+
+    def default_config(self, profile: str) -> DownstreamConfig:
+        if profile == "paper":
+            return DownstreamConfig(tasks=list(PAPER_TASKS))
+        # cpu-quick: wiki-lastword needs one forward per example and separates models best (dense ~0.5,
+        # chance ~0); MMLU's one-token answers share one forward per question but a 135M model is near
+        # chance on it (reported with its interval, it separates nothing).
+        return DownstreamConfig(tasks=["wiki-lastword", "mmlu-offline"], limit=100, batch_size=16)
+
+    def validate(self, config: DownstreamConfig) -> list[str]:
+        if not config.enabled:
+            return []
+        validate_tasks(config.tasks)
+        return [t for t in config.tasks if t in PAPER_TASKS]
+
+    def describe(self, config: DownstreamConfig) -> str:
+        if not config.enabled:
+            return "downstream: off"
+        return (f"downstream: {', '.join(config.tasks)}, limit {config.limit or 'none'}, {config.num_fewshot}-shot; "
+                "Wilson intervals, per-example outcomes kept for paired tests")
+
+    def measure(self, config: DownstreamConfig, ctx: MeasureContext, before: Any) -> DownstreamResult | None:
+        if not config.tasks:
+            return None
+        LOG.info("downstream tasks: %s", ", ".join(config.tasks))
+        return run_downstream(ctx.model, ctx.tokenizer, config.tasks, limit=config.limit,
+                              batch_size=config.batch_size, seed=ctx.seed, num_fewshot=config.num_fewshot)
+
+    def protocol_lines(self, result: DownstreamResult) -> list[str]:
+        p = result.protocol
+        sizes = ", ".join(f"{t} ({s.n} examples)" for t, s in result.scores.items())
+        return [f"- downstream (lm-eval {p.lm_eval_version}, {p.num_fewshot}-shot, limit {p.limit}): {sizes}; "
+                "95 % Wilson intervals"]
+
+    def csv(self, result: DownstreamResult) -> dict[str, Scalar]:
+        out: dict[str, Scalar] = {"acc_mean": result.mean_acc, "acc_norm_mean": result.mean_acc_norm}
+        for task, s in result.scores.items():
+            out.update({f"acc_{task}": s.acc, f"acc_stderr_{task}": s.acc_stderr, f"acc_low_{task}": s.acc_interval.low,
+                        f"acc_high_{task}": s.acc_interval.high, f"acc_norm_{task}": s.acc_norm,
+                        f"acc_norm_stderr_{task}": s.acc_norm_stderr, f"n_{task}": s.n})
+        return out
+
+    def headers(self, sample: DownstreamResult) -> list[str]:
+        return ["acc mean (%) [95 % CI]", "recovery (%)"] + [f"{t} (%) [95 % CI]" for t in sample.scores]
+
+    def cells(self, seeds: list[DownstreamResult], dense: list[DownstreamResult] | None) -> list[str]:
+        means = [d.mean_acc for d in seeds]
+        out = [over_seeds(means, [d.mean_acc_interval for d in seeds], digits=1, scale=100)]
+        dense_mean = mean_spread([d.mean_acc for d in dense])[0] if dense else None
+        out.append(f"{100 * mean_spread(means)[0] / dense_mean:.1f}" if dense_mean else "-")
+        for task in seeds[0].scores:
+            if not all(task in d.scores for d in seeds):
+                out.append("-")
+                continue
+            scores = [d.scores[task] for d in seeds]
+            out.append(over_seeds([s.acc for s in scores], [s.acc_interval for s in scores], digits=1, scale=100))
+        return out
+
+    def rank_basis(self, sample: DownstreamResult) -> str | None:
+        return "mean accuracy"
+
+    def rank_value(self, seeds: list[DownstreamResult]) -> float | None:
+        return -mean_spread([d.mean_acc for d in seeds])[0]  # higher accuracy ranks first
+
+    def paired_p(self, a: list[DownstreamResult], b: list[DownstreamResult]) -> float | None:
+        if len(a) != 1 or len(b) != 1:  # several seeds: no single set of example pairs
+            return None
+        return paired_mean_acc_p_value(a[0], b[0])
+
+    def compare(self, old: DownstreamResult, new: DownstreamResult, tol: Tolerances) -> list[Check]:
+        checks = []
+        for task, s in old.scores.items():
+            b = new.scores[task].acc if task in new.scores else None
+            ok = b is not None and abs(b - s.acc) <= tol.accuracy_atol
+            checks.append(Check(f"downstream.{task}.acc", s.acc, b, f"{(b or 0) - s.acc:+.4f}",
+                                f"<= {tol.accuracy_atol:g} abs", ok))
+        return checks

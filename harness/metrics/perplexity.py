@@ -1,9 +1,13 @@
-"""Perplexity with the paper's protocol (METHODS.md, "Evaluation protocol").
+"""Perplexity with the paper's protocol (docs/protocol.md, "Perplexity"), with a confidence interval.
 
 Join the documents with "\\n\\n", tokenize once without special tokens, cut non-overlapping windows of
 ``seq_len`` tokens (the remainder is dropped), batch 1, sum the next-token cross entropy over every
 window, divide by the number of predicted tokens, exp. Models that need BOS (Gemma) get it prepended to
 every window as context only, so the same tokens are scored with or without it.
+
+Each window's summed NLL is kept in the result: it gives the interval (a bootstrap over windows) and
+lets the leaderboard compare two models window by window (a paired test), since every method is
+scored on the same windows.
 """
 
 from __future__ import annotations
@@ -11,28 +15,76 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from pydantic import Field
 
 from harness.data.sources import Corpus
 from harness.data.tokens import eval_windows, tokenize
 from harness.errors import PrunebenchError
+from harness.metrics.base import (
+    Check,
+    Interval,
+    MeasureContext,
+    Metric,
+    MetricConfig,
+    Scalar,
+    Strict,
+    Tolerances,
+    as_scalars,
+    mean_spread,
+    over_seeds,
+)
+from harness.stats import paired_permutation_test, perplexity_interval
 from methods.arch import ModelAdapter
 from methods.nll import summed_nll
 
 BosPolicy = Literal["auto", "always", "never"]
+BOOTSTRAP_RESAMPLES = 2000
 
 
-@dataclass
-class PerplexityResult:
-    perplexity: float
-    nll_sum: float
-    targets: int
+class PerplexityConfig(MetricConfig):
+    datasets: list[str]
+    seq_len: int = Field(2048, ge=2)
+    max_windows: int | None = Field(None, ge=1)
+    bos: BosPolicy = "auto"
+
+
+class PerplexityProtocol(Strict):
+    """How a perplexity was measured; ``data`` describes the text (source-specific, scalars only)."""
+
+    source: str
+    role: str
+    data: dict[str, Scalar]
+    join: str = "\n\n"
+    tokenized: str = "once, without special tokens"
+    corpus_tokens: int
+    seq_len: int
+    stride: int
     windows: int
+    max_windows: int | None
+    batch_size: int = 1
+    bos: str
+    targets: int
+    reduction: str = "exp(sum of token NLL / targets)"
+    interval: str
+
+    def text_id(self) -> str:
+        """What identifies the scored text: a revision or a content digest."""
+        return str(self.data.get("revision") or self.data.get("text_sha256") or self.data.get("sha256") or "")
+
+
+class PerplexityScore(Strict):
+    value: float
+    interval: Interval
     seconds: float
-    protocol: dict[str, Any] = field(default_factory=dict)
+    window_nll: list[float]  # summed NLL of each window, in order
+    window_targets: list[int]  # tokens scored in each window
+    protocol: PerplexityProtocol
+
+    def window_mean_nll(self) -> list[float]:
+        return [n / t for n, t in zip(self.window_nll, self.window_targets, strict=True)]
 
 
 def use_bos(adapter: ModelAdapter, tokenizer: Any, policy: BosPolicy) -> bool:
@@ -45,28 +97,36 @@ def use_bos(adapter: ModelAdapter, tokenizer: Any, policy: BosPolicy) -> bool:
 
 
 @torch.inference_mode()
-def score_windows(
+def window_scores(
     adapter: ModelAdapter,
     windows: torch.Tensor,
     bos_id: int | None = None,
     on_window: Callable[[int, int], None] | None = None,
-) -> tuple[float, int]:
-    """Summed next-token NLL over windows [n, seq_len] (batch 1 each) and the number of scored tokens.
+) -> tuple[list[float], list[int]]:
+    """Summed next-token NLL of each window [n, seq_len] (batch 1 each) and the tokens scored in each.
 
     With ``bos_id``, BOS is prepended to each window as context and the same tokens are scored.
     """
     device = adapter.embedding().weight.device
     prefix = torch.tensor([[bos_id]]) if bos_id is not None else None
-    nll, targets = 0.0, 0
+    nll, targets = [], []
     for n, window in enumerate(windows, 1):
         ids = window[None] if prefix is None else torch.cat([prefix, window[None]], dim=1)
         ids = ids.to(device)
         hidden = adapter.model.model(input_ids=ids, use_cache=False).last_hidden_state
         s, t = summed_nll(adapter, hidden, ids, first=0 if prefix is None else 1)
-        nll, targets = nll + s, targets + t
+        nll.append(float(s))
+        targets.append(int(t))
         if on_window:
             on_window(n, len(windows))
     return nll, targets
+
+
+def score_windows(adapter: ModelAdapter, windows: torch.Tensor, bos_id: int | None = None,
+                  on_window: Callable[[int, int], None] | None = None) -> tuple[float, int]:
+    """Summed NLL over all windows and the number of scored tokens."""
+    nll, targets = window_scores(adapter, windows, bos_id, on_window)
+    return math.fsum(nll), sum(targets)
 
 
 def perplexity(
@@ -77,28 +137,141 @@ def perplexity(
     max_windows: int | None = None,
     bos: BosPolicy = "auto",
     on_window: Callable[[int, int], None] | None = None,
-) -> PerplexityResult:
-    """Perplexity of ``adapter.model`` on ``corpus``; ``on_window(done, total)`` reports progress."""
+    seed: int = 0,
+) -> PerplexityScore:
+    """Perplexity of ``adapter.model`` on ``corpus`` with its interval; ``on_window(done, total)`` reports progress."""
     with_bos = use_bos(adapter, tokenizer, bos)
     tokens = tokenize(tokenizer, corpus)
     windows = eval_windows(tokens, seq_len, max_windows)
     start = time.perf_counter()
-    nll, targets = score_windows(adapter, windows, tokenizer.bos_token_id if with_bos else None, on_window)
+    nll, targets = window_scores(adapter, windows, tokenizer.bos_token_id if with_bos else None, on_window)
     seconds = time.perf_counter() - start
-    protocol = {
-        **corpus.protocol,
-        "source": corpus.source,
-        "role": corpus.role,
-        "join": "\n\n",
-        "tokenized": "once, without special tokens",
-        "corpus_tokens": int(tokens.numel()),
-        "seq_len": seq_len,
-        "stride": seq_len,
-        "windows": len(windows),
-        "max_windows": max_windows,
-        "batch_size": 1,
-        "bos": "prepended to every window, context only" if with_bos else "none",
-        "targets": targets,
-        "reduction": "exp(sum of token NLL / targets)",
-    }
-    return PerplexityResult(math.exp(nll / targets), nll, targets, len(windows), seconds, protocol)
+    value = math.exp(math.fsum(nll) / sum(targets))
+    interval = _interval(nll, targets, seed)
+    protocol = PerplexityProtocol(
+        source=corpus.source, role=corpus.role, data=as_scalars(corpus.protocol, set(PerplexityProtocol.model_fields)), corpus_tokens=int(tokens.numel()),
+        seq_len=seq_len, stride=seq_len, windows=len(windows), max_windows=max_windows,
+        bos="prepended to every window, context only" if with_bos else "none", targets=sum(targets),
+        interval=interval.method,
+    )
+    return PerplexityScore(value=value, interval=interval, seconds=seconds, window_nll=nll, window_targets=targets,
+                           protocol=protocol)
+
+
+def _interval(nll: list[float], targets: list[int], seed: int) -> Interval:
+    if len(nll) < 2:  # one window has no spread to resample: say so instead of a zero-width interval
+        value = math.exp(nll[0] / targets[0])
+        return Interval(low=value, high=value, level=0.95, method="none (a single window has no spread)")
+    ci = perplexity_interval(nll, targets, level=0.95, resamples=BOOTSTRAP_RESAMPLES, seed=seed)
+    return Interval(low=ci.low, high=ci.high, level=ci.level, method=ci.method)
+
+
+def windows_comparable(a: PerplexityScore, b: PerplexityScore) -> bool:
+    """Two scores were computed on the same windows of the same text, so they can be paired."""
+    pa, pb = a.protocol, b.protocol
+    return (pa.text_id(), pa.seq_len, pa.bos, a.window_targets) == (pb.text_id(), pb.seq_len, pb.bos, b.window_targets)
+
+
+def paired_p_value(a: list[PerplexityScore], b: list[PerplexityScore]) -> float | None:
+    """Sign-flip test on the per-window mean NLL of two rows (each row's seeds averaged per window)."""
+    if not a or not b or not all(windows_comparable(a[0], s) for s in a[1:] + b):
+        return None
+    return paired_permutation_test(_seed_mean(a), _seed_mean(b))
+
+
+def _seed_mean(scores: list[PerplexityScore]) -> list[float]:
+    per_window = [s.window_mean_nll() for s in scores]
+    return [math.fsum(values) / len(values) for values in zip(*per_window, strict=True)]
+
+
+Scores = dict[str, PerplexityScore]
+
+
+class PerplexityMetric(Metric[PerplexityConfig, Scores]):
+    name = "perplexity"
+    config_type = PerplexityConfig
+    result_type = Scores
+
+    def default_config(self, profile: str) -> PerplexityConfig:
+        if profile == "paper":
+            return PerplexityConfig(datasets=["wikitext2", "c4", "fineweb-edu"], seq_len=2048)
+        # cpu-quick: 256-token windows of the offline Wikipedia evaluation articles; enough of them
+        # that the paired test separates the methods of the default leaderboard (see docs/protocol.md).
+        return PerplexityConfig(datasets=["enwiki-sample"], seq_len=256, max_windows=40)
+
+    def validate(self, config: PerplexityConfig) -> list[str]:
+        from harness.data.sources import hub_source, validate_source
+
+        if config.enabled and not config.datasets:
+            raise PrunebenchError("perplexity is enabled but names no dataset")
+        for dataset in config.datasets:
+            validate_source(dataset)
+        return [d for d in config.datasets if hub_source(d)] if config.enabled else []
+
+    def describe(self, config: PerplexityConfig) -> str:
+        if not config.enabled:
+            return "perplexity: off"
+        return (f"perplexity: {', '.join(config.datasets)}, windows of {config.seq_len} tokens, "
+                f"max windows {config.max_windows or 'all'}, BOS {config.bos}; 95 % interval by bootstrap over windows")
+
+    def measure(self, config: PerplexityConfig, ctx: MeasureContext, before: Any) -> Scores:
+        import logging
+
+        from harness.data.sources import load_corpus
+
+        log = logging.getLogger(__name__)
+        scores: Scores = {}
+        for dataset in config.datasets:
+            log.info("perplexity on %s", dataset)
+            score = perplexity(ctx.adapter, ctx.tokenizer, load_corpus(dataset, "evaluation"), config.seq_len,
+                               config.max_windows, config.bos, seed=ctx.seed)
+            log.info("perplexity on %s: %.4f [%.4f, %.4f]", dataset, score.value, score.interval.low,
+                     score.interval.high)
+            scores[dataset] = score
+        return scores
+
+    def protocol_lines(self, result: Scores) -> list[str]:
+        return [f"- perplexity `{name}` ({p.protocol.role} part, {p.protocol.text_id()[:12]}): {p.protocol.windows} "
+                f"windows x {p.protocol.seq_len} tokens, {p.protocol.targets} scored tokens, BOS {p.protocol.bos}; "
+                f"interval: {p.interval.method}" for name, p in result.items()]
+
+    def csv(self, result: Scores) -> dict[str, Scalar]:
+        out: dict[str, Scalar] = {}
+        for name, p in result.items():
+            out.update({f"ppl_{name}": p.value, f"ppl_{name}_low": p.interval.low, f"ppl_{name}_high": p.interval.high,
+                        f"ppl_{name}_tokens": p.protocol.targets})
+        return out
+
+    def headers(self, sample: Scores) -> list[str]:
+        return [f"PPL {name} [95 % CI]" for name in sample]
+
+    def cells(self, seeds: list[Scores], dense: list[Scores] | None) -> list[str]:
+        names = list(seeds[0])
+        return [over_seeds([s[n].value for s in seeds if n in s], [s[n].interval for s in seeds if n in s])
+                if all(n in s for s in seeds) else "-" for n in names]
+
+    def rank_basis(self, sample: Scores) -> str | None:
+        return f"perplexity on {next(iter(sample))}" if sample else None
+
+    def rank_value(self, seeds: list[Scores]) -> float | None:
+        name = next(iter(seeds[0]), None)
+        values = [s[name].value for s in seeds if name in s]
+        return mean_spread(values)[0] if name and len(values) == len(seeds) else None
+
+    def paired_p(self, a: list[Scores], b: list[Scores]) -> float | None:
+        name = next(iter(a[0]), None)
+        if name is None or not all(name in s for s in a + b):
+            return None
+        return paired_p_value([s[name] for s in a], [s[name] for s in b])
+
+    def compare(self, old: Scores, new: Scores, tol: Tolerances) -> list[Check]:
+        checks = []
+        for name, score in old.items():
+            if name not in new:
+                checks.append(Check(f"perplexity.{name}", score.value, None, "", "present", False))
+                continue
+            a, b = score.value, new[name].value
+            rel = abs(b - a) / abs(a) if a else abs(b - a)
+            checks.append(Check(f"perplexity.{name}", a, b, f"{rel:.2e} rel", f"<= {tol.perplexity_rtol:g} rel",
+                                rel <= tol.perplexity_rtol))
+        return checks

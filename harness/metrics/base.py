@@ -1,0 +1,160 @@
+"""The metric protocol: what one measurement of a bench cell is, from its config to its leaderboard columns.
+
+A metric is one module: a frozen config (with the defaults of each protocol profile), a typed result,
+how it runs on a model, how its result shows in the leaderboard and CSV, and how ``repro`` compares two
+results. ``harness.metrics.registry`` lists the metrics; the cell, the bench configuration, the result
+schema, the leaderboard and ``repro`` iterate over that list and never name a metric themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from methods.arch import ModelAdapter
+
+Scalar = str | int | float | bool | None
+
+
+def as_scalars(mapping: dict[str, Any], leave_out: set[str] | frozenset[str] = frozenset()) -> dict[str, Scalar]:
+    """A protocol description with scalar values only (anything else is written as its text)."""
+    return {k: v if isinstance(v, str | int | float | bool) or v is None else str(v)
+            for k, v in mapping.items() if k not in leave_out}
+
+
+class Strict(BaseModel):
+    """Results and configs reject unknown keys: a misspelt field is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class MetricConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+
+
+class Interval(Strict):
+    """A confidence interval and how it was obtained."""
+
+    low: float
+    high: float
+    level: float
+    method: str
+
+
+@dataclass
+class MeasureContext:
+    """What a metric measures on: the model in memory (dense or pruned) and what comes with it."""
+
+    model: torch.nn.Module
+    adapter: ModelAdapter
+    tokenizer: Any
+    seed: int
+    is_dense_cell: bool  # the cell's own model is the dense one (nothing was pruned)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of a ``repro`` comparison; ``ok`` None means reported, not judged."""
+
+    metric: str
+    recorded: Any
+    new: Any
+    difference: str
+    tolerance: str
+    ok: bool | None
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    perplexity_rtol: float = 1e-3
+    accuracy_atol: float = 0.02
+
+
+C = TypeVar("C", bound=MetricConfig)
+R = TypeVar("R")
+
+
+class Metric(Generic[C, R]):
+    """Base of every metric. ``name`` is the key of its config in a bench/cell and of its result."""
+
+    name: ClassVar[str]
+    config_type: ClassVar[type[MetricConfig]]
+    result_type: ClassVar[Any]  # a pydantic-compatible type: a model, or e.g. dict[str, Model]
+
+    def default_config(self, profile: str) -> C:
+        raise NotImplementedError
+
+    def validate(self, config: C) -> list[str]:
+        """Refuse bad input before any model loads; return the hub resources the config needs."""
+        return []
+
+    def describe(self, config: C) -> str:
+        """One line of the protocol, printed before a bench runs."""
+        return f"{self.name}: {'on' if config.enabled else 'off'}"
+
+    def before_pruning(self, config: C, ctx: MeasureContext) -> Any:
+        """What must be measured on the dense model, in the cell's process, before it is pruned."""
+        return None
+
+    def measure(self, config: C, ctx: MeasureContext, before: Any) -> R:
+        raise NotImplementedError
+
+    def protocol_lines(self, result: R) -> list[str]:
+        """Markdown lines of the leaderboard's protocol header."""
+        return []
+
+    def csv(self, result: R) -> dict[str, Scalar]:
+        return {}
+
+    # ---- leaderboard: a row is one method at one sparsity, with one result per seed
+
+    def headers(self, sample: R) -> list[str]:
+        """Column headers of this metric, given one result of the table."""
+        return []
+
+    def cells(self, seeds: list[R], dense: list[R] | None) -> list[str]:
+        """This row's cells under ``headers``; ``dense`` is the dense model's row where there is one."""
+        return []
+
+    def rank_basis(self, sample: R) -> str | None:
+        """What rows are ranked by when this metric ranks them (None: it does not)."""
+        return None
+
+    def rank_value(self, seeds: list[R]) -> float | None:
+        """The row's point estimate, lower is better (None: not ranked)."""
+        return None
+
+    def paired_p(self, a: list[R], b: list[R]) -> float | None:
+        """Two-sided p-value of the paired test of two rows (None: they cannot be paired)."""
+        return None
+
+    def compare(self, old: R, new: R, tol: Tolerances) -> list[Check]:
+        return []
+
+
+def mean_spread(values: list[float]) -> tuple[float, float | None]:
+    """Mean over seeds, and their standard deviation where there are several."""
+    import statistics
+
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def estimate(value: float, interval: Interval | None, digits: int = 2, scale: float = 1.0) -> str:
+    """``value [low, high]`` as printed in a leaderboard cell."""
+    text = f"{value * scale:.{digits}f}"
+    if interval is None:
+        return text
+    return f"{text} [{interval.low * scale:.{digits}f}, {interval.high * scale:.{digits}f}]"
+
+
+def over_seeds(values: list[float], intervals: list[Interval | None], digits: int = 2, scale: float = 1.0) -> str:
+    """One seed: the value with its interval; several: mean ± standard deviation over the seeds."""
+    if len(values) == 1:
+        return estimate(values[0], intervals[0], digits, scale)
+    mean, sd = mean_spread(values)
+    return f"{mean * scale:.{digits}f} ± {(sd or 0.0) * scale:.{digits}f} ({len(values)} seeds)"
