@@ -26,7 +26,7 @@ from harness.results import CellResult, scan_results, write_text_atomic
 log = logging.getLogger(__name__)
 
 PER_CELL_KEYS = {"id", "method", "variant", "sparsity", "seed", "method_options", "calibration", "cache_pruned",
-                 "prunebench_version"}
+                 "prunebench_version", "reprune"}
 
 
 def protocol_key(r: CellResult) -> str:

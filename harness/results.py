@@ -70,6 +70,8 @@ class PruningReport(_Strict):
     calibration: dict[str, Any]
     from_cache: bool = False  # the pruned model came from the cache: timings are those of the original run
     cache_key: str | None = None
+    # The run that pruned it (cell, finished_at, git, hardware): the original one when from_cache
+    pruned_by: dict[str, Any] | None = None
 
 
 class Parameters(_Strict):
