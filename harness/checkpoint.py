@@ -2,14 +2,17 @@
 
 Layout: the weights as safetensors and config.json (``save_pretrained``), the tokenizer files, and
 ``prunebench.json``: the dense configuration plus the list of structural edits (the adapter's op log),
-the method, its decisions and parameter counts. Reloading builds the dense skeleton without
-allocating weights, replays the edits, then assigns the saved tensors, so the logits are identical.
+the method, its decisions and parameter counts, and the size and sha256 of every other file
+(``files``), so that a truncated or altered checkpoint is detected (:func:`verify_checkpoint`) rather
+than loaded or half-loaded. Reloading builds the dense skeleton without allocating weights, replays
+the edits, then assigns the saved tensors, so the logits are identical.
 
     from harness import load_pruned; model = load_pruned("out/2ssp-25")
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -23,11 +26,32 @@ from methods.arch import ModelAdapter, adapt
 
 MANIFEST_NAME = "prunebench.json"
 FORMAT = "prunebench-pruned-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # ``files`` was added later, optionally: checkpoints without it still load
+UNRECORDED = f"no file list in its {MANIFEST_NAME} (written before checkpoints recorded their files)"
+
+
+def _sha256(file: Path, sync: bool = False) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+        if sync:
+            os.fsync(f.fileno())  # on disk before the rename publishes it
+    return digest.hexdigest()
+
+
+def file_records(directory: Path) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file under ``directory`` except the manifest (flushed to disk on the way)."""
+    return {f.relative_to(directory).as_posix(): {"size": f.stat().st_size, "sha256": _sha256(f, sync=True)}
+            for f in sorted(directory.rglob("*")) if f.is_file() and f.name != MANIFEST_NAME}
 
 
 def save_pruned(adapter: ModelAdapter, tokenizer: Any, out_dir: str | Path, info: dict[str, Any] | None = None) -> Path:
-    """Write the pruned model to ``out_dir`` atomically (a temporary sibling directory, then a rename)."""
+    """Write the pruned model to ``out_dir`` atomically (a temporary sibling directory, then a rename).
+
+    The manifest records the size and digest of each file as written in the temporary directory, so a
+    reader can tell a sound checkpoint from one cut short or altered after the rename.
+    """
     out = Path(out_dir)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -42,6 +66,7 @@ def save_pruned(adapter: ModelAdapter, tokenizer: Any, out_dir: str | Path, info
         "ops": adapter.ops,
         "parameters": {"total": adapter.total_parameters(), "blocks": adapter.block_parameters()},
         **(info or {}),
+        "files": file_records(tmp),
     }
     (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str))
     if out.exists():
@@ -66,6 +91,42 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise PrunebenchError(f"{file} is not a version-{FORMAT_VERSION} {FORMAT} manifest")
     return manifest
+
+
+def verify_checkpoint(path: str | Path, digests: bool = True) -> str | None:
+    """None when every file the manifest lists is there with its size and sha256; else a short reason.
+
+    A checkpoint written before manifests listed their files cannot be verified: that is a reason too
+    (``UNRECORDED``), though :func:`load_pruned` still loads it. ``digests=False`` checks sizes only.
+    """
+    path = Path(path)
+    file = path / MANIFEST_NAME
+    if not file.is_file():
+        return f"no {MANIFEST_NAME}"
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        return f"{MANIFEST_NAME} is unreadable ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:80]})"
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return f"{MANIFEST_NAME} is not a {FORMAT} manifest"
+    files = manifest.get("files")
+    if not files:
+        return UNRECORDED
+    try:
+        records = {name: (int(r["size"]), str(r["sha256"])) for name, r in files.items()}
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return f"the file list in {MANIFEST_NAME} is malformed"
+    for name, (size, _) in records.items():  # every size first: cheap, and what a cut file fails
+        target = path / name
+        if not target.is_file():
+            return f"{name} is missing"
+        if (actual := target.stat().st_size) != size:
+            return f"{name}: {actual} bytes, expected {size}"
+    if digests:
+        for name, (_, sha) in records.items():
+            if _sha256(path / name) != sha:
+                return f"{name}: sha256 differs from the one recorded"
+    return None
 
 
 def base_config(manifest: dict[str, Any]):

@@ -48,8 +48,13 @@ def test_a_bench_expands_into_cells_with_stable_hashes(tmp_path):
     longer = resolve(tiny_config(tmp_path, methods=["2ssp"], sparsities=[0.25],
                                  perplexity={"datasets": ["enwiki-sample"], "seq_len": 256}))
     assert longer.cells[0].config_hash() != cell.config_hash()
-    assert longer.cells[0].prune_key("m", 1) == cell.prune_key("m", 1)
-    assert cell.prune_key("m", 1) != bench.cells[2].prune_key("m", 1)  # another seed
+    code = {"code": "0123456789abcdef", "torch": "2.13.0", "transformers": "5.23.0"}
+    assert longer.cells[0].prune_key("m", code) == cell.prune_key("m", code)
+    assert cell.prune_key("m", code) != bench.cells[2].prune_key("m", code)  # another seed
+    # Neither hash covers how to run (--force), and the pruning hash covers the code that prunes.
+    forced = cell.model_copy(update={"reprune": True})
+    assert (forced.config_hash(), forced.prune_key("m", code)) == (cell.config_hash(), cell.prune_key("m", code))
+    assert cell.prune_key("m", {**code, "code": "fedcba9876543210"}) != cell.prune_key("m", code)
 
 
 def test_all_is_the_comparison_and_every_adds_the_whole_block_forms(tmp_path):

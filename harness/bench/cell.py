@@ -26,7 +26,7 @@ import torch
 from harness.bench.config import CellSpec
 from harness.env import capture
 from harness.errors import PrunebenchError
-from harness.results import Cell, CellResult, ErrorInfo, Parameters, PruningReport, write_result
+from harness.results import Cell, CellResult, ErrorInfo, Parameters, Provenance, PruningReport, write_result
 from methods.errors import MethodError
 
 log = logging.getLogger("prunebench.cell")
@@ -37,16 +37,27 @@ def now() -> str:
 
 
 def model_identity(ref) -> str:
-    """A stable name of the weights a model reference points at (for the pruned-model cache key)."""
+    """A stable name of the weights a model reference points at (for the pruned-model cache key).
+
+    A local directory is named by its path, its config and manifest, and each weight file's name, size
+    and modification time: weights saved over the same directory (a fine-tune) give a new name.
+    """
+    from harness.checkpoint import MANIFEST_NAME
     from harness.models import EMBEDDED_MODELS
 
     if ref.kind == "embedded":
         spec = EMBEDDED_MODELS[ref.name]
         return f"{ref.name}@{spec.package}=={spec.package_version}"
     if ref.kind in ("local", "pruned"):
-        config = Path(ref.location) / "config.json"
-        digest = hashlib.sha256(config.read_bytes()).hexdigest()[:16] if config.exists() else "?"
-        return f"{ref.location}#{digest}"
+        root = Path(ref.location)
+        digest = hashlib.sha256()
+        for name in ("config.json", MANIFEST_NAME):
+            file = root / name
+            digest.update(name.encode() + b"\0" + (file.read_bytes() if file.exists() else b"?"))
+        for file in sorted([*root.glob("*.safetensors"), *root.glob("*.bin")]):
+            stat = file.stat()
+            digest.update(f"\0{file.name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+        return f"{ref.location}#{digest.hexdigest()[:16]}"
     return ref.location
 
 
@@ -80,22 +91,11 @@ def _free(model: Any) -> None:
         torch.cuda.empty_cache()
 
 
-def prune_or_reuse(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, PruningReport, dict[str, int | None]]:
-    """The pruned model of this cell: from the pruned-model cache when the same pruning ran before."""
+def _prune(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, PruningReport, dict[str, Any]]:
+    """Prune ``loaded`` in place: the outcome, the report to store and return, the peak memory."""
     from harness import pruning
-    from harness.checkpoint import load_pruned, read_manifest, save_pruned
-    from harness.paths import cache_dir
-    from methods import get_method
+    from harness.env import fingerprint
 
-    method = get_method(spec.method)
-    key = spec.prune_key(model_identity(loaded.ref), getattr(method, "version", 1))
-    cached = cache_dir() / "pruned" / key
-    if spec.cache_pruned and (cached / "prunebench.json").exists():
-        log.info("pruned model found in the cache (%s): not pruning again", cached)
-        report = PruningReport.model_validate(read_manifest(cached)["prune_report"])
-        _free(loaded.model)
-        model = load_pruned(cached, dtype=loaded.dtype, device=loaded.device)
-        return model, report.model_copy(update={"from_cache": True, "cache_key": key}), {}
     job = pruning.PruneJob(
         method=spec.method, sparsity=spec.sparsity, model=spec.model, options=spec.method_options,
         calibration=pruning.CalibrationSpec(spec.calibration.source, spec.calibration.samples,
@@ -106,11 +106,53 @@ def prune_or_reuse(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, Pru
     memory.reset()
     outcome = pruning.execute(prepared, loaded=loaded)
     peak = memory.read()
-    report = outcome.report
-    if spec.cache_pruned:
-        save_pruned(outcome.adapter, loaded.tokenizer, cached,
-                    info={"prune_report": report.model_dump(mode="json"), "cell": spec.id})
-    return outcome.loaded.model, report.model_copy(update={"cache_key": key if spec.cache_pruned else None}), peak
+    env = capture()
+    # who pruned it: a cell served from the cache reports the run its model comes from
+    by = Provenance(cell=spec.id, finished_at=now(), git=env["prunebench"]["git"], hardware=fingerprint(env))
+    return outcome, outcome.report.model_copy(update={"pruned_by": by}), peak
+
+
+def prune_or_reuse(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, PruningReport, dict[str, int | None]]:
+    """The pruned model of this cell: from the pruned-model cache when the same pruning ran before.
+
+    The cache (harness.prune_cache) is keyed by what determines the model, code included; it serves only
+    entries that verify, and ``spec.reprune`` (bench --force) prunes again. An entry that verifies but
+    does not load is pruned again once, in this cell.
+    """
+    from harness.checkpoint import load_pruned, read_manifest, save_pruned
+    from harness.paths import cache_dir
+    from harness.prune_cache import PrunedModelCache, code_fingerprint
+
+    if not spec.cache_pruned:
+        outcome, report, peak = _prune(spec, loaded, memory)
+        return outcome.loaded.model, report, peak
+    fingerprint = code_fingerprint()
+    key = spec.prune_key(model_identity(loaded.ref), fingerprint)
+    cache = PrunedModelCache(cache_dir() / "pruned")
+    fresh: dict[str, Any] = {}
+
+    def create(entry: Path) -> None:
+        outcome, report, peak = _prune(spec, loaded, memory)
+        info = {"prune_report": report.model_dump(mode="json"), "cell": spec.id, "cache_key": key,
+                "fingerprint": fingerprint}
+        save_pruned(outcome.adapter, loaded.tokenizer, entry, info=info)
+        fresh.update(model=outcome.loaded.model, report=report, peak=peak)
+
+    entry, created = cache.obtain(key, create, spec.reprune)
+    if not created:
+        log.info("pruned model found in the cache (%s): not pruning again", entry)
+        try:
+            stored = PruningReport.model_validate(read_manifest(entry)["prune_report"])
+            report = stored.model_copy(update={"from_cache": True, "cache_key": key})
+            _free(loaded.model)
+            return load_pruned(entry, dtype=loaded.dtype, device=loaded.device), report, {}
+        except (MemoryError, torch.OutOfMemoryError):
+            raise  # the machine's limit, not the entry's fault
+        except Exception as err:  # a sound-looking entry that does not load is as bad as a corrupt one
+            log.warning("cached pruned model %s does not load (%s); pruning again",
+                        entry, f"{type(err).__name__}: {err}".splitlines()[0][:200])
+            cache.obtain(key, create, reprune=True)  # creates: the model is the one pruned now
+    return fresh["model"], fresh["report"].model_copy(update={"cache_key": key}), fresh["peak"]
 
 
 def cell_of(spec: CellSpec) -> Cell:

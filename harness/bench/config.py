@@ -161,14 +161,21 @@ class _CellSpec(_Config):
     trust_remote_code: bool
     cache_pruned: bool
     prunebench_version: str = __version__
+    # How to run, not what to compute (bench --force): prune again even if the cache holds the model.
+    # Left out of both hashes, so a forced run's result is the same configuration as any other.
+    reprune: bool = False
 
     def config_hash(self) -> str:
-        return canonical_hash(self.model_dump(mode="json"))
+        return canonical_hash(self.model_dump(mode="json", exclude={"reprune"}))
 
-    def prune_key(self, model_identity: str, method_version: int) -> str:
-        """Only what determines the pruned weights: a later metric change reuses the pruned model."""
+    def prune_key(self, model_identity: str, fingerprint: dict[str, str]) -> str:
+        """Only what determines the pruned weights: a later metric change reuses the pruned model.
+
+        ``fingerprint`` is the code and library versions that prune (harness.prune_cache.code_fingerprint):
+        a change to a method's code gives a new key, so the cache never serves what older code pruned.
+        """
         return canonical_hash({
-            "model": model_identity, "method": self.method, "method_version": method_version,
+            "model": model_identity, "method": self.method, "code": fingerprint,
             "sparsity": self.sparsity, "seed": self.seed, "options": self.method_options,
             "calibration": self.calibration.model_dump(mode="json"), "dtype": self.dtype, "device": self.device,
         })

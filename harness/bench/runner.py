@@ -56,10 +56,15 @@ def describe(bench: ResolvedBench) -> list[str]:
 
 
 def plan_jobs(bench: ResolvedBench, force: bool) -> tuple[list[CellJob], list[str]]:
-    """Jobs for the cells without a current, successful result; the ids of the cells skipped."""
+    """Jobs for the cells without a current, successful result; the ids of the cells skipped.
+
+    ``force`` runs every cell and has each prune again rather than reuse the pruned-model cache.
+    """
     jobs, skipped = [], []
     cells_dir = bench.out / "cells"
     for spec in bench.cells:
+        if force:
+            spec = spec.model_copy(update={"reprune": True})
         result_path = cells_dir / f"{spec.id}.json"
         if result_path.exists() and not force:
             try:

@@ -1,0 +1,141 @@
+"""The pruned-model cache: one checkpoint directory per key, safe to share between processes.
+
+A bench cell prunes once and every later cell with the same pruning (another metric, a re-run) loads
+the result. Three things keep that from serving the wrong model:
+
+- the key covers the code: :func:`code_fingerprint` hashes every source file that decides a pruned
+  model, plus the torch and transformers versions, so a fix to a method is never answered with a
+  model the old code pruned;
+- an exclusive file lock per key spans the check and the creation, so cells on one shared cache
+  (Ray workers, two benches) never prune the same key at once: the second waits and reuses the entry;
+- an entry is served only if it verifies against the sizes and digests its manifest recorded
+  (:func:`harness.checkpoint.verify_checkpoint`); a truncated, altered or unverifiable one is logged,
+  deleted and pruned again, instead of failing every cell that reads it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from harness.checkpoint import UNRECORDED, verify_checkpoint
+from harness.errors import PrunebenchError
+
+log = logging.getLogger(__name__)
+
+# What determines a pruned model, relative to the directory that holds the harness and methods packages.
+FINGERPRINTED = ("methods", "harness/checkpoint.py", "harness/pruning.py", "harness/models.py",
+                 "harness/data")
+
+
+def fingerprinted_files(base: Path) -> list[Path]:
+    """The Python sources of :data:`FINGERPRINTED` under ``base`` (directories recursively)."""
+    files: list[Path] = []
+    for name in FINGERPRINTED:
+        target = base / name
+        files += sorted(target.rglob("*.py")) if target.is_dir() else [target]
+    return files
+
+
+def source_digest(files: Iterable[Path], base: Path) -> str:
+    """sha256 of the files in path order, each as its path relative to ``base`` and its bytes (16 hex)."""
+    digest = hashlib.sha256()
+    for rel, file in sorted((f.relative_to(base).as_posix(), f) for f in files):
+        data = file.read_bytes()
+        digest.update(f"{rel}\0{len(data)}\0".encode())  # lengths make the concatenation unambiguous
+        digest.update(data)
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def _fingerprint() -> tuple[tuple[str, str], ...]:
+    import torch
+    import transformers
+
+    import harness
+
+    base = Path(harness.__file__).resolve().parent.parent
+    return (("code", source_digest(fingerprinted_files(base), base)),
+            ("torch", str(torch.__version__)), ("transformers", str(transformers.__version__)))
+
+
+def code_fingerprint() -> dict[str, str]:
+    """The code and library versions a pruned model depends on; computed once per process."""
+    return dict(_fingerprint())
+
+
+class PrunedModelCache:
+    """Checkpoint directories ``root/<key>``, each created under the lock ``root/<key>.lock``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def entry(self, key: str) -> Path:
+        return self.root / key
+
+    def obtain(self, key: str, create: Callable[[Path], None], reprune: bool = False) -> tuple[Path, bool]:
+        """The verified entry of ``key`` and whether it was created now.
+
+        ``create(path)`` must write a checkpoint at ``path`` atomically (``save_pruned`` does); it is
+        called, under the lock, when there is no sound entry or when ``reprune`` asks for a new one.
+        """
+        entry = self.entry(key)
+        with self._locked(key):
+            self._sweep(key)
+            if entry.exists():
+                problem = None if reprune else verify_checkpoint(entry)
+                if reprune:
+                    log.info("re-pruning as asked: removing the cached %s", entry)
+                elif problem is None:
+                    return entry, False
+                elif problem == UNRECORDED:
+                    log.warning("pruned-model cache entry %s cannot be verified (%s); pruning again",
+                                entry, problem)
+                else:
+                    log.warning("pruned-model cache entry %s is corrupt (%s); pruning again", entry, problem)
+                self._remove(entry)
+            try:
+                create(entry)
+            finally:
+                self._sweep(key)  # what a failed create left half-written
+            problem = verify_checkpoint(entry, digests=False)  # just written and hashed: sizes suffice
+            if problem is not None:
+                raise PrunebenchError(f"creating the pruned-model cache entry {entry} failed: {problem}")
+            return entry, True
+
+    @contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        """The key's exclusive lock (an OS lock: released when its holder dies, however it dies)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.root / f"{key}.lock")
+        try:
+            lock.acquire(blocking=False)
+        except Timeout:
+            log.info("another process is creating the pruned-model cache entry %s: waiting for it", key)
+            start = time.monotonic()
+            lock.acquire()
+            log.info("waited %.1f s for the pruned-model cache entry %s", time.monotonic() - start, key)
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _sweep(self, key: str) -> None:
+        """Temporary directories of ``save_pruned`` for this key: under the lock, nobody is writing them."""
+        for leftover in [*self.root.glob(f".{key}.tmp-*"), *self.root.glob(f".{key}.old-*")]:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def _remove(self, entry: Path) -> None:
+        """Rename first, so that the entry disappears at once for a reader, then delete."""
+        aside = entry.with_name(f".{entry.name}.old-{os.getpid()}")
+        os.replace(entry, aside)
+        shutil.rmtree(aside, ignore_errors=True)
