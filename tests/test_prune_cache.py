@@ -253,8 +253,8 @@ def test_a_cell_served_from_the_cache_reports_the_run_that_pruned_it(cell_setup,
     ids = torch.randint(3, 128, (1, 12), generator=torch.Generator().manual_seed(0))
     first_model, first, peak = prune_or_reuse(*cell_setup("first"), PeakMemory())
     assert not first.from_cache and first.cache_key and peak
-    assert first.pruned_by["cell"] == "first" and first.pruned_by["finished_at"].endswith("+00:00")
-    assert set(first.pruned_by) == {"cell", "finished_at", "git", "hardware"} and first.pruned_by["hardware"]
+    assert first.pruned_by.cell == "first" and first.pruned_by.finished_at.endswith("+00:00")
+    assert set(type(first.pruned_by).model_fields) == {"cell", "finished_at", "git", "hardware"} and first.pruned_by.hardware
 
     model, second, peak = prune_or_reuse(*cell_setup("second"), PeakMemory())
     assert second.from_cache and second.cache_key == first.cache_key and peak == {}
@@ -265,7 +265,7 @@ def test_a_cell_served_from_the_cache_reports_the_run_that_pruned_it(cell_setup,
     # --force: pruned again, by this run.
     _, forced, _ = prune_or_reuse(*cell_setup("forced", reprune=True), PeakMemory())
     assert not forced.from_cache and forced.cache_key == first.cache_key
-    assert forced.pruned_by["cell"] == "forced"
+    assert forced.pruned_by.cell == "forced"
 
     # An entry that verifies but does not load: one warning, pruned again once, no loop.
     calls = []
@@ -278,7 +278,7 @@ def test_a_cell_served_from_the_cache_reports_the_run_that_pruned_it(cell_setup,
     monkeypatch.setattr(harness.checkpoint, "load_pruned", broken_load)
     caplog.set_level(logging.INFO)
     _, healed, _ = prune_or_reuse(*cell_setup("healed"), PeakMemory())
-    assert len(calls) == 1 and not healed.from_cache and healed.pruned_by["cell"] == "healed"
+    assert len(calls) == 1 and not healed.from_cache and healed.pruned_by.cell == "healed"
     [warning] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert "does not load (RuntimeError: cannot rebuild); pruning again" in warning
     monkeypatch.setattr(harness.checkpoint, "load_pruned", real_load)
@@ -286,4 +286,4 @@ def test_a_cell_served_from_the_cache_reports_the_run_that_pruned_it(cell_setup,
     # Another code fingerprint (a fix to a method): another key, the cached model is not served.
     monkeypatch.setattr(harness.prune_cache, "code_fingerprint", lambda: {"code": "0" * 16, "torch": "x"})
     _, fixed, _ = prune_or_reuse(*cell_setup("fixed"), PeakMemory())
-    assert not fixed.from_cache and fixed.cache_key != first.cache_key and fixed.pruned_by["cell"] == "fixed"
+    assert not fixed.from_cache and fixed.cache_key != first.cache_key and fixed.pruned_by.cell == "fixed"
