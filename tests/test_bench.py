@@ -3,6 +3,8 @@ the leaderboard. Real processes, the real embedded model, a deliberately tiny pr
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
@@ -265,6 +267,12 @@ def test_a_metric_change_reuses_the_cached_pruned_model(small_bench, tmp_path):
     assert second.pruning.from_cache and second.pruning.cache_key == first.pruning.cache_key
     assert second.pruning.decisions == first.pruning.decisions
     assert second.perplexity["enwiki-sample"].protocol.windows == 2
+    # The prune time shown is the first run's, and the leaderboard says so instead of calling it the cell's own.
+    assert second.pruning.seconds == first.pruning.seconds and second.pruning.pruned_by == first.pruning.pruned_by
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    row = next(line for line in md.splitlines() if "| 2ssp " in line)
+    assert row.rstrip(" |").endswith("†")
+    assert f"its prune time was measured by cell {first.pruning.pruned_by.cell} on {first.pruning.pruned_by.finished_at}" in md
 
 
 @pytest.mark.real_model
@@ -285,6 +293,73 @@ def test_leaderboard_never_mixes_protocols(small_bench, tmp_path):
     assert "## Files left out" in md and "garbage.json: not readable JSON" in md
     assert {p.suffix for p in written} == {".md", ".csv", ".png"}
     assert (tmp_path / "a" / "garbage.json").read_text() == "[1, 2"  # reported, never rewritten
+
+
+def _fabricated_row(cells: Path, base: dict, name: str, nll_shift: float, windows: int) -> None:
+    """A copy of ``base`` as another leaderboard row whose per-window NLL is shifted by ``nll_shift`` nats per token."""
+    import copy
+    import math
+
+    r = copy.deepcopy(base)
+    r["cell"]["variant"] = r["config"]["variant"] = name
+    r["cell"]["id"] = r["config"]["id"] = f"{name}-s0.25-seed0"
+    p = r["perplexity"]["enwiki-sample"]
+    nll = [n + nll_shift * t for n, t in zip(p["window_nll"], p["window_targets"], strict=True)]
+    p["window_nll"] = (nll * windows)[:windows]
+    p["window_targets"] = (p["window_targets"] * windows)[:windows]
+    p["value"] = math.exp(sum(p["window_nll"]) / sum(p["window_targets"]))
+    (cells / f"{r['cell']['id']}.json").write_text(json.dumps(r))
+
+
+@pytest.mark.real_model
+def test_leaderboard_ranks_only_what_the_paired_test_separates(small_bench, tmp_path):
+    import shutil
+
+    from harness.leaderboard import publish
+
+    cells = tmp_path / "cells"
+    shutil.copytree(small_bench / "cells", cells)
+    base = json.loads((cells / "2ssp-s0.25-seed0.json").read_text())
+    (cells / "2ssp-s0.25-seed0.json").unlink()
+    # 8 windows: an exact sign-flip test can reach p = 2/256; identical windows give p = 1.
+    _fabricated_row(cells, base, "best", 0.0, 8)
+    _fabricated_row(cells, base, "twin", 0.0, 8)
+    _fabricated_row(cells, base, "worse", 0.5, 8)
+    _fabricated_row(cells, base, "worst", 1.0, 8)
+    publish(tmp_path)
+    md = (tmp_path / "leaderboard.md").read_text()
+    cells_of = [line.split("|") for line in md.splitlines() if line.startswith("| ")]
+    ranks = {c[3].strip(): c[1].strip() for c in cells_of if c[3].strip() in ("best", "twin", "worse", "worst")}
+    assert ranks == {"best": "1=", "twin": "1=", "worse": "3", "worst": "4"}
+    assert "[95 % CI]" in md
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "leaderboard.csv").read_text())))
+    by_row = {r["row"]: r for r in rows}
+    assert by_row["twin"]["rank_perplexity"] == "1=" and float(by_row["twin"]["rank_perplexity_p"]) == 1.0
+    # With 3 windows no difference, however large, is significant: no rank of its own.
+    for f in cells.glob("*-s0.25-seed0.json"):
+        f.unlink()
+    _fabricated_row(cells, base, "best", 0.0, 3)
+    _fabricated_row(cells, base, "worst", 1.0, 3)
+    publish(tmp_path)
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert [line.split("|")[1].strip() for line in md.splitlines() if "| worst " in line or "| best " in line] == \
+        ["1=", "1="]
+
+
+@pytest.mark.real_model
+def test_results_of_a_dirty_tree_are_flagged_in_the_leaderboard(small_bench, tmp_path):
+    import shutil
+
+    from harness.leaderboard import publish
+
+    shutil.copytree(small_bench / "cells", tmp_path / "cells")
+    path = tmp_path / "cells" / "dense.json"
+    data = json.loads(path.read_text())
+    data["environment"]["prunebench"]["git"] = {"commit": "0" * 40, "dirty": True}
+    path.write_text(json.dumps(data))
+    publish(tmp_path)
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "**Warning: 1 of 2 results were measured from a modified (dirty) working tree" in md and "dense" in md
 
 
 def test_a_profile_that_needs_the_hub_fails_at_once_without_it(tmp_path):

@@ -625,7 +625,7 @@ class DownstreamMetric(Metric[DownstreamConfig, DownstreamResult]):
         # cpu-quick: wiki-lastword needs one forward per example and separates models best (dense ~0.5,
         # chance ~0); MMLU's one-token answers share one forward per question but a 135M model is near
         # chance on it (reported with its interval, it separates nothing).
-        return DownstreamConfig(tasks=["wiki-lastword", "mmlu-offline"], limit=100, batch_size=16)
+        return DownstreamConfig(tasks=["wiki-lastword", "mmlu-offline"], limit=50, batch_size=16)
 
     def validate(self, config: DownstreamConfig) -> list[str]:
         if not config.enabled:
