@@ -17,7 +17,8 @@ PYTEST_ARGS ?=
 .PHONY: install install-ray test bench lint image clean-venv help
 
 help:
-	@echo "make bench   run the bench on MODEL (default: the embedded SmolLM2-135M) and write results/<model>/leaderboard.*"
+	@echo "make bench   run the bench on MODEL (default: the embedded SmolLM2-135M) into runs/<model>/ (or OUT=DIR), leaderboard.* there"
+	@echo "             results/ (published runs) is never read or written by it: prunebench publish runs/<model> updates it"
 	@echo "make test    run the test suite"
 	@echo "make lint    ruff over the code"
 	@echo "make image   build the container image (docker/README.md)"
@@ -48,6 +49,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check harness methods tests benchmarks
 
 # Every method (and the dense model) on MODEL at SPARSITY; PROFILE empty = auto (paper on CUDA, cpu-quick on CPU).
+# Writes runs/<model>/ unless OUT is given (never results/: `prunebench publish` updates that).
 bench: $(STAMP)
 	$(VENV)/bin/prunebench bench --model $(MODEL) --sparsity $(SPARSITY) --methods $(METHODS) --executor $(EXECUTOR) \
 		$(if $(PROFILE),--profile $(PROFILE)) $(if $(OUT),--out $(OUT)) $(BENCH_ARGS)

@@ -221,7 +221,9 @@ def bench_cmd(
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds (default 0).")] = None,
     preset: Annotated[str | None, typer.Option(help="A paper experiment: main-table, calibration, one-stage, rows-vs-cols, l1-norm, balancing.")] = None,
     profile: Annotated[str | None, typer.Option(help="auto (paper on CUDA, cpu-quick on CPU), paper or cpu-quick.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Results directory (default results/<model>).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Run directory (default runs/<model>, runs/<model>/<preset> with --preset); never "
+                            "inside results/, which `prunebench publish` updates.")] = None,
     executor: Annotated[str | None, typer.Option(help="local (a process per cell), docker or ray.")] = None,
     image: Annotated[str | None, typer.Option(help="docker executor: the image (default prunebench:cuda with GPUs, else prunebench:cpu).")] = None,
     ray_address: Annotated[str | None, typer.Option(help="ray executor: the cluster to join (default: start a local Ray instance).")] = None,
@@ -232,7 +234,11 @@ def bench_cmd(
     dtype: Annotated[str | None, typer.Option(help="auto, float32, bfloat16 or float16.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
 ) -> None:
-    """Run methods x sparsities x seeds on a model, each cell isolated, and publish the leaderboard."""
+    """Run methods x sparsities x seeds on a model, each cell isolated, into runs/<model> with a leaderboard.
+
+    Re-running the same bench skips the finished cells of its folder. results/ holds published runs: a \
+bench never writes there (`prunebench publish` does).
+    """
     from harness.bench.config import load_bench_file, make_config, profile_defaults
     from harness.bench.runner import run_bench
 
@@ -292,10 +298,12 @@ def repro_cmd(
     if executor not in ("local", "docker"):
         raise PrunebenchError(f"unknown executor '{executor}'; choose local or docker")
     recorded = repro.load(results, only_device)
-    if not recorded:
-        err_console.print(f"no result among the {len(results)} given was measured on '{only_device}': nothing to reproduce",
-                          highlight=False)
-        raise typer.Exit(0)
+    if not recorded:  # a check that checks nothing fails
+        measured = repro.devices(results)
+        given = f"{len(results)} result{'s' * (len(results) != 1)}"
+        err_console.print(f"[bold red]error:[/] nothing to reproduce: none of the {given} given was measured on "
+                          f"'{only_device}' (they were measured on {measured})", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
     workdir = repro.workdir_for(out)
     options = {"image": image} if executor == "docker" and image else {}
     pairs = repro.rerun(recorded, executor, options, workdir, repro.event_printer(err_console))
@@ -315,6 +323,36 @@ def repro_cmd(
     else:
         typer.echo(f"\n{violations} violation(s) in {len(pairs)} cell(s); new results in {workdir}")
     raise typer.Exit(1 if violations else 0)
+
+
+@app.command("publish")
+@user_errors
+def publish_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A finished bench run (e.g. runs/smollm2-135m).")],
+    to: Annotated[Path | None, typer.Option(
+        "--to", help="Destination (default results/<model>, or results/<model>/<preset>, from "
+                     "RUN_DIR/bench.json).")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace a destination that holds another model's results.")] = False,
+) -> None:
+    """Copy a finished, clean run into results/ and rebuild its leaderboard there (replacing the folder).
+
+    Refused (exit 2, nothing written) when a result is invalid or failed, was measured from a dirty tree \
+or an unknown commit, when the results come from several commits, or when the run has no leaderboard.
+    """
+    from harness.publish import publish
+
+    done = publish(run_dir, to, force)
+    replacing = "" if done.replaced is None else f" (replacing the previous publication, {done.replaced} results)"
+    typer.echo(f"published {len(done.cells)} cells of {done.model} (commit {done.commit[:10]}) from {done.run_dir} "
+               f"to {done.dest}{replacing}")
+    typer.echo(f"copied {done.dest / 'bench.json'} and each cell's result, log and spec into "
+               f"{done.dest / 'cells'}")
+    for path in done.leaderboard:
+        typer.echo(f"wrote {path}")
+    if done.kept:
+        typer.echo(f"kept the runs published inside it: {', '.join(done.kept)}")
+    typer.echo(f"now commit it: git add -A {done.dest} && git commit")
 
 
 @app.command("methods")

@@ -83,6 +83,18 @@ def load(paths: list[Path], only_device: str | None = None) -> list[tuple[Path, 
     return out
 
 
+def devices(paths: list[Path]) -> str:
+    """What the given results were measured on, e.g. 'cpu (19)'; for the message when a filter keeps none."""
+    counts: dict[str, int] = {}
+    for path in paths:
+        try:
+            device = measured_on(read_result(path))
+        except InvalidResult:
+            device = "unreadable"
+        counts[device] = counts.get(device, 0) + 1
+    return ", ".join(f"{d} ({n})" for d, n in sorted(counts.items()))
+
+
 def workdir_for(out: Path | None) -> Path:
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -202,13 +202,19 @@ def test_schema_rejects_corrupt_and_foreign_files(tmp_path):
         read_result(bad)
 
 
+def sigint_default() -> None:
+    """In the child, before exec: SIGINT at its default disposition. A pytest started as a background job
+    runs with SIGINT ignored, children inherit that, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.real_model
 def test_sigint_stops_the_bench_cleanly(tmp_path):
     path = write_bench_file(tmp_path, methods=["dense", "2ssp"], sparsities=[0.25])
     out = tmp_path / "out"
     bench = subprocess.Popen([sys.executable, "-m", "harness.cli", "bench", "--config", str(path), "--out", str(out)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=sigint_default)
     deadline = time.time() + 600
     while not (out / "cells" / "dense.json").exists():
         assert time.time() < deadline and bench.poll() is None

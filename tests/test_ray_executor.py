@@ -243,8 +243,11 @@ def test_tasks_killed_mid_run_are_recorded_and_the_bench_completes(ray_bench):
 def test_a_rerun_skips_finished_cells_and_ctrl_c_cancels_the_rest(ray_bench):
     out = ray_bench["out"]
     before = {c: (out / "cells" / f"{c}.json").stat().st_mtime for c in KEPT}
+    # SIGINT at its default in the bench process: under a pytest started as a background job it is inherited
+    # as ignored, and the Ctrl-C below would do nothing.
     bench = subprocess.Popen(bench_cmd(ray_bench["config"], out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=ENV)
+                             text=True, env=ENV,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600
     while not (cell_process(bench.pid, KILL_WORKER) and cell_process(bench.pid, KILL_CELL)):
         assert time.time() < deadline and bench.poll() is None, bench.communicate()[1][-3000:]

@@ -79,6 +79,8 @@ def with_preset(config: BenchConfig, profile: str) -> BenchConfig:
 
 
 def resolve(config: BenchConfig) -> ResolvedBench:
+    out = config.out or default_out(config.model, config.preset)
+    check_out(out)  # first: a bench into results/ is refused before anything else happens
     profile = resolve_profile(config)
     config = with_preset(config, profile)
     defaults = profile_defaults(profile)
@@ -110,8 +112,31 @@ def resolve(config: BenchConfig) -> ResolvedBench:
                 dtype=config.dtype, device=config.device,
                 trust_remote_code=config.trust_remote_code, cache_pruned=config.cache_pruned,
             ))
-    out = config.out or Path("results") / model_slug(config.model) / (config.preset or "")
     return ResolvedBench(config, profile, out, cells, sparsities)
+
+
+def default_out(model: str, preset: str | None = None) -> Path:
+    """Where a bench writes unless told otherwise: the user's own runs, never the published results."""
+    return Path("runs") / model_slug(model) / (preset or "")
+
+
+def published_root(path: Path) -> Path | None:
+    """The ``results/`` folder of a prunebench checkout that ``path`` is in (or is), if any."""
+    path = Path(path).expanduser().resolve()
+    for folder in (path, *path.parents):
+        if folder.name == "results" and (folder.parent / "harness" / "cli.py").is_file():
+            return folder
+    return None
+
+
+def check_out(out: Path) -> None:
+    """results/ holds published runs only: a bench never writes there (``prunebench publish`` does)."""
+    root = published_root(out)
+    if root is not None:
+        raise PrunebenchError(
+            f"--out {out} is inside {root}, which holds published runs only; bench into runs/ (the default) "
+            "and copy a finished run there with `prunebench publish RUN_DIR`"
+        )
 
 
 def _calibration(method, profile: str, source: str, asked: CalibrationConfig) -> CalibrationConfig:

@@ -2,7 +2,8 @@
 
 Each preset fills the bench's rows (variants), sparsities and seeds; every other setting (model,
 profile, executor, metrics) comes from the bench as usual, and the results go to their own folder,
-results/<model>/<preset>/, with their own leaderboard.
+runs/<model>/<preset>/, with their own leaderboard (`prunebench publish` copies them to
+results/<model>/<preset>/).
 """
 
 from __future__ import annotations
