@@ -114,7 +114,8 @@ def _prune_time(row: Row, notes: dict[str, str]) -> str:
 
 def sparsity_table(rows: list[Row], dense: Row | None, notes: dict[str, str]) -> tuple[list[str], list[list[str]]]:
     """One table: rows ordered by the first ranking metric, with a rank column per ranking metric."""
-    shown = [m for m in METRICS.values() if any(row.metric(m.name) for row in rows)]
+    shown = sorted((m for m in METRICS.values() if any(row.metric(m.name) for row in rows)),
+                   key=lambda m: m.column_order)
     ranking_metrics = [m for m in shown if m.rank_basis(_first(rows, m)) is not None]
     ranks = {m.name: rankings([r for r in rows if r.method != "dense"], m) or {} for m in ranking_metrics}
     header = [f"# {_short(m)}" for m in ranking_metrics] + ["method", "achieved sparsity", "params (M)"]
@@ -298,7 +299,7 @@ def plot(results: list[CellResult], path: Path) -> Path | None:
         else:
             lo, hi = min(values), max(values)
         y = statistics.fmean(values)
-        series[row].append((x, y, y - lo, hi - y))
+        series[row].append((x, y, max(0.0, y - lo), max(0.0, hi - y)))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, points in sorted(series.items()):
         points.sort()

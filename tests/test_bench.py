@@ -197,8 +197,11 @@ def test_schema_rejects_corrupt_and_foreign_files(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(InvalidResult, match="bad.json: not readable JSON"):
         read_result(bad)
-    bad.write_text(json.dumps({"schema_version": 1, "status": "ok", "cell": {"id": "x"}}))
+    bad.write_text(json.dumps({"schema_version": 2, "status": "ok", "cell": {"id": "x"}}))
     with pytest.raises(InvalidResult, match="does not match the result schema"):
+        read_result(bad)
+    bad.write_text(json.dumps({"schema_version": 1, "status": "ok", "cell": {"id": "x"}}))
+    with pytest.raises(InvalidResult, match="result schema version 1, this prunebench reads version 2"):
         read_result(bad)
 
 
@@ -306,6 +309,8 @@ def _fabricated_row(cells: Path, base: dict, name: str, nll_shift: float, window
     import copy
     import math
 
+    from harness.stats import perplexity_interval
+
     r = copy.deepcopy(base)
     r["cell"]["variant"] = r["config"]["variant"] = name
     r["cell"]["id"] = r["config"]["id"] = f"{name}-s0.25-seed0"
@@ -314,6 +319,7 @@ def _fabricated_row(cells: Path, base: dict, name: str, nll_shift: float, window
     p["window_nll"] = (nll * windows)[:windows]
     p["window_targets"] = (p["window_targets"] * windows)[:windows]
     p["value"] = math.exp(sum(p["window_nll"]) / sum(p["window_targets"]))
+    p["interval"].update(perplexity_interval(p["window_nll"], p["window_targets"]).__dict__)
     (cells / f"{r['cell']['id']}.json").write_text(json.dumps(r))
 
 
@@ -359,10 +365,12 @@ def test_results_of_a_dirty_tree_are_flagged_in_the_leaderboard(small_bench, tmp
     from harness.leaderboard import publish
 
     shutil.copytree(small_bench / "cells", tmp_path / "cells")
-    path = tmp_path / "cells" / "dense.json"
-    data = json.loads(path.read_text())
-    data["environment"]["prunebench"]["git"] = {"commit": "0" * 40, "dirty": True}
-    path.write_text(json.dumps(data))
+    for path in (tmp_path / "cells").glob("*.json"):
+        if path.name.endswith(".spec.json"):
+            continue
+        data = json.loads(path.read_text())
+        data["environment"]["prunebench"]["git"] = {"commit": "0" * 40, "dirty": path.name == "dense.json"}
+        path.write_text(json.dumps(data))
     publish(tmp_path)
     md = (tmp_path / "leaderboard.md").read_text()
     assert "**Warning: 1 of 2 results were measured from a modified (dirty) working tree" in md and "dense" in md

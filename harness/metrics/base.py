@@ -85,6 +85,7 @@ class Metric(Generic[C, R]):
     name: ClassVar[str]
     config_type: ClassVar[type[MetricConfig]]
     result_type: ClassVar[Any]  # a pydantic-compatible type: a model, or e.g. dict[str, Model]
+    column_order: ClassVar[int] = 100  # where its columns stand in a leaderboard, lowest first
 
     def default_config(self, profile: str) -> C:
         raise NotImplementedError
@@ -144,17 +145,18 @@ def mean_spread(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def estimate(value: float, interval: Interval | None, digits: int = 2, scale: float = 1.0) -> str:
+def estimate(value: float, interval: Interval | None, digits: int = 2, scale: float = 1.0, unit: str = "") -> str:
     """``value [low, high]`` as printed in a leaderboard cell."""
-    text = f"{value * scale:.{digits}f}"
+    text = f"{value * scale:.{digits}f}{unit}"
     if interval is None:
         return text
     return f"{text} [{interval.low * scale:.{digits}f}, {interval.high * scale:.{digits}f}]"
 
 
-def over_seeds(values: list[float], intervals: list[Interval | None], digits: int = 2, scale: float = 1.0) -> str:
+def over_seeds(values: list[float], intervals: list[Interval | None], digits: int = 2, scale: float = 1.0,
+               unit: str = "") -> str:
     """One seed: the value with its interval; several: mean ± standard deviation over the seeds."""
     if len(values) == 1:
-        return estimate(values[0], intervals[0], digits, scale)
+        return estimate(values[0], intervals[0], digits, scale, unit)
     mean, sd = mean_spread(values)
-    return f"{mean * scale:.{digits}f} ± {(sd or 0.0) * scale:.{digits}f} ({len(values)} seeds)"
+    return f"{mean * scale:.{digits}f}{unit} ± {(sd or 0.0) * scale:.{digits}f} ({len(values)} seeds)"

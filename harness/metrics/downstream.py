@@ -616,6 +616,7 @@ def paired_mean_acc_p_value(a: DownstreamResult, b: DownstreamResult) -> float |
 
 class DownstreamMetric(Metric[DownstreamConfig, DownstreamResult]):
     name = "downstream"
+    column_order = 1
     config_type = DownstreamConfig
     result_type = DownstreamResult
 

@@ -174,6 +174,7 @@ def measure(model: torch.nn.Module, config: LatencyConfig, seed: int = 0) -> Lat
 
 class LatencyMetric(Metric[LatencyConfig, LatencyScore]):
     name = "latency"
+    column_order = 2
     config_type = LatencyConfig
     result_type = LatencyScore
 
@@ -224,7 +225,7 @@ class LatencyMetric(Metric[LatencyConfig, LatencyScore]):
         return ["prefill speed-up [95 % CI]", "decode speed-up [95 % CI]"]
 
     def cells(self, seeds: list[LatencyScore], dense: list[LatencyScore] | None) -> list[str]:
-        return [over_seeds([getattr(s, f).value for s in seeds], [getattr(s, f).interval for s in seeds]) + "x"
+        return [over_seeds([getattr(s, f).value for s in seeds], [getattr(s, f).interval for s in seeds], unit="x")
                 for f in ("prefill_speedup", "decode_speedup")]
 
     def compare(self, old: LatencyScore, new: LatencyScore, tol: Tolerances) -> list[Check]:

@@ -189,6 +189,7 @@ Scores = dict[str, PerplexityScore]
 
 class PerplexityMetric(Metric[PerplexityConfig, Scores]):
     name = "perplexity"
+    column_order = 0
     config_type = PerplexityConfig
     result_type = Scores
 
