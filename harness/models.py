@@ -32,7 +32,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass(frozen=True)
 class EmbeddedModel:
-    """A pretrained model shipped inside a PyPI package as GGUF (see ../shared/OFFLINE.md)."""
+    """A pretrained model shipped inside a PyPI package as GGUF (see docs/offline.md)."""
 
     package: str
     package_version: str

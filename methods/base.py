@@ -121,7 +121,7 @@ def check_sparsity(sparsity: float) -> None:
 
 
 def blocks_for(sparsity: float, num_layers: int) -> int:
-    """Whole-block methods remove ceil(s * L) blocks (METHODS.md); a tiny epsilon absorbs float noise."""
+    """Whole-block methods remove ceil(s * L) blocks (docs/methods.md); a tiny epsilon absorbs float noise."""
     check_sparsity(sparsity)
     n = math.ceil(sparsity * num_layers - 1e-9)
     if n >= num_layers:

@@ -36,7 +36,7 @@ layers as fit in ``prefix_cache_mib``): a candidate equals the dense model up to
 module, so it starts from the cached state nearest below that layer. Both caches give bit-for-bit
 the same fitness as the straightforward computation (tested); they only save time.
 
-Deviations from the authors' code: n = ceil(s * L) as METHODS.md says (their scripts use
+Deviations from the authors' code: n = ceil(s * L) as docs/methods.md says (their scripts use
 int(s * L)); the KL is computed in float32 (their runs: fp16 logits) as
 sum p log p - (p . z - lse(z) sum p), which equals their F.kl_div up to rounding; a tie in the last
 stage keeps the parent (theirs appends the parent last, so an equal offspring would win); a search

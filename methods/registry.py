@@ -18,7 +18,7 @@ METHODS: dict[str, str] = {
 }
 
 
-# `--methods all`: the comparison of METHODS.md (and of the paper), each baseline in the form METHODS.md
+# `--methods all`: the comparison of docs/methods.md (and of the paper), each baseline in the form docs/methods.md
 # defines. The whole-block forms of BlockPruner and EvoPress (the authors' `blockpruner` / `evopress`
 # flags) are run by name, or with `--methods every`.
 COMPARISON: tuple[str, ...] = ("dense", "2ssp", "shortgpt", "window", "slicegpt", "blockpruner", "evopress")

@@ -2,7 +2,7 @@
 
 ``BI_i = 1 - mean cos(h_in_i, h_out_i)``: a layer that barely turns the residual stream is redundant.
 
-Two variants (METHODS.md):
+Two variants (docs/methods.md):
 - ``reference`` (default), the 2SSP authors' harness: the cosine of the *last token* only, averaged
   over samples (256 x 2048 calibration tokens), and layer 0 is never removed. Their harness hooks only
   layer outputs, so it has no input for layer 0 and gives it BI = 1; we compute layer 0's real BI (and

@@ -9,11 +9,11 @@
    weights reading the stream are right-multiplied by Q (kept columns only), those writing it are
    left-multiplied by Q^T (kept rows only), and each residual add goes through a shortcut matrix
    ``Q_in^T Q_mid`` / ``Q_mid^T Q_out``: the principal directions past the width are deleted.
-3. Width ``floor((1 - s) * d / 8) * 8``, the same for all layers (METHODS.md). As in the authors'
+3. Width ``floor((1 - s) * d / 8) * 8``, the same for all layers (docs/methods.md). As in the authors'
    code, the LM head's input is rotated but not sliced unless ``slice_head``.
 
 The target sparsity ``s`` maps to a width in one of two ways (option ``mapping``):
-- ``slicing`` (default; METHODS.md, as the reference harness and the SliceGPT paper quote it): ``s``
+- ``slicing`` (default; docs/methods.md, as the reference harness and the SliceGPT paper quote it): ``s``
   is the SLICING fraction. The achieved PARAMETER sparsity is lower: the shortcut matrices add ``2 w^2`` per layer
   and count as kept (SmolLM2 at s = 0.25: 14.2 %). Both are reported; a slicing fraction whose sliced
   model would not be smaller than the dense one is refused.

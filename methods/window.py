@@ -7,7 +7,7 @@ position, and averaged over samples. The most similar window is removed. For the
 L) "the input of layer L" is the last layer's output *before* the final norm: it is what the final norm
 would receive after the removal, and the authors' harness (a hook on the layer outputs) compares it too.
 
-Two variants (METHODS.md):
+Two variants (docs/methods.md):
 - ``reference`` (default), the 2SSP authors' harness: mean *cosine similarity*, the most similar window
   wins; starts 1 .. L-n only (their hooks see layer outputs, never the input of layer 0, so layer 0 is
   never removed).

@@ -1,7 +1,7 @@
 """Bench configuration: profiles, the YAML file, and the expansion into cells.
 
 A bench is model x methods x sparsities x seeds under one protocol profile. ``paper`` is the protocol
-of METHODS.md; ``cpu-quick`` is a shortened one that a 2-core laptop finishes in minutes. Every
+of docs/protocol.md; ``cpu-quick`` is a shortened one that a 2-core laptop finishes in minutes. Every
 resolved value is printed and recorded in each result, and each cell carries two hashes: the
 configuration hash (everything that affects its numbers) and the pruning hash (only what affects the
 pruned model, so that a metric added later reuses the cached pruned model).

@@ -3,8 +3,8 @@
 Every source gives a ``Corpus``: its documents joined with "\\n\\n" plus a protocol that says exactly
 which text that is, so a perplexity is never reported without the data it was measured on.
 
-- ``wikitext2``, ``c4``, ``fineweb-edu``: the paper's hub datasets at pinned revisions (METHODS.md,
-  "Evaluation protocol"); fetched documents are cached under ``cache_dir()/data`` and then need no hub.
+- ``wikitext2``, ``c4``, ``fineweb-edu``: the paper's hub datasets at pinned revisions (docs/protocol.md,
+  "Perplexity"); fetched documents are cached under ``cache_dir()/data`` and then need no hub.
 - ``enwiki-sample``, ``pydoc``: offline text (harness.data.offline), disjoint 30 % / 70 % parts.
 - ``text:PATH`` (documents = blank-line-separated paragraphs), ``jsonl:PATH`` (a ``text`` field per
   line): the user's own file, the same text for either role.

@@ -1,4 +1,4 @@
-"""From a corpus to token tensors: evaluation windows and calibration samples (METHODS.md protocol)."""
+"""From a corpus to token tensors: evaluation windows and calibration samples (docs/protocol.md)."""
 
 from __future__ import annotations
 
