@@ -239,7 +239,7 @@ def bench_cmd(
     Re-running the same bench skips the finished cells of its folder. results/ holds published runs: a \
 bench never writes there (`prunebench publish` does).
     """
-    from harness.bench.config import load_bench_file, make_config, profile_defaults
+    from harness.bench.config import load_bench_file, make_config
     from harness.bench.runner import run_bench
 
     file_values = load_bench_file(config) if config else {}
@@ -255,10 +255,7 @@ bench never writes there (`prunebench publish` does).
         cfg = cfg.model_copy(update={"executor_options": {**cfg.executor_options, "address": ray_address}})
     for name, off in (("downstream", no_downstream), ("latency", no_latency)):
         if off:
-            from harness.bench.expand import resolve_profile
-
-            current = getattr(cfg, name) or profile_defaults(resolve_profile(cfg))[name]
-            cfg = cfg.model_copy(update={name: current.model_copy(update={"enabled": False})})
+            cfg = cfg.model_copy(update={name: {**(getattr(cfg, name) or {}), "enabled": False}})
     outcome = run_bench(cfg, force=force, console=err_console)
     raise typer.Exit(outcome.exit_code)
 

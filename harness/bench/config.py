@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, create_model, field_validator
 
 from harness import __version__
 from harness.errors import PrunebenchError
@@ -102,10 +102,24 @@ class _BenchConfig(_Config):
         return values
 
 
+# A metric's settings in a bench are overrides of the profile's: ``perplexity: {max_windows: 10}`` keeps the
+# profile's datasets and window length. ``metric_config`` merges and checks them.
 BenchConfig = create_model(
     "BenchConfig", __base__=_BenchConfig, __module__=__name__,
-    **{name: (metric.config_type | None, None) for name, metric in METRICS.items()},
+    **{name: (dict[str, JsonValue] | None, None) for name in METRICS},
 )
+
+
+def metric_config(name: str, profile: str, overrides: dict[str, Any] | None) -> Any:
+    """The profile's config of metric ``name`` with a bench's overrides on top; a bad key or value is one line."""
+    metric = METRICS[name]
+    base = metric.default_config(profile).model_dump()
+    try:
+        return metric.config_type.model_validate({**base, **(overrides or {})})
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in (name, *first["loc"]))
+        raise PrunebenchError(f"bench setting '{where}': {first['msg']}") from None
 
 
 def load_bench_file(path: Path) -> dict[str, Any]:

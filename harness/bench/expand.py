@@ -12,6 +12,7 @@ from harness.bench.config import (
     CellSpec,
     Variant,
     cell_id,
+    metric_config,
     model_slug,
     profile_defaults,
 )
@@ -95,6 +96,7 @@ def resolve(config: BenchConfig) -> ResolvedBench:
     if len(set(names)) != len(names):
         raise PrunebenchError(f"two bench rows share a name: {sorted({n for n in names if names.count(n) > 1})}")
     source = config.calibration.source if config.calibration.source != "auto" else defaults["calibration_source"]
+    metrics = {name: metric_config(name, profile, getattr(config, name)) for name in METRICS}
     cells: list[CellSpec] = []
     for v in variants:
         method = get_method(v.method)
@@ -108,7 +110,7 @@ def resolve(config: BenchConfig) -> ResolvedBench:
             cells.append(CellSpec(
                 id=cell_id(v.name, sparsity, seed), model=config.model, method=v.method, variant=v.name,
                 sparsity=sparsity, seed=seed, profile=profile, method_options=options, calibration=calibration,
-                **{name: getattr(config, name) or defaults[name] for name in METRICS},
+                **metrics,
                 dtype=config.dtype, device=config.device,
                 trust_remote_code=config.trust_remote_code, cache_pruned=config.cache_pruned,
             ))
