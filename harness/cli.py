@@ -281,7 +281,7 @@ def repro_cmd(
     results: Annotated[list[Path], typer.Argument(help="Result JSON files to reproduce.")],
     executor: Annotated[str, typer.Option(help="local or docker.")] = "local",
     image: Annotated[str | None, typer.Option(help="Docker image (default prunebench:cuda with GPUs, else prunebench:cpu).")] = None,
-    rtol: Annotated[float, typer.Option(help="Relative tolerance on perplexities.")] = 1e-3,
+    rtol: Annotated[float, typer.Option(help="Relative tolerance on perplexities; a method may declare a larger one (SliceGPT: 1e-2, see docs/uncertainty.md).")] = 1e-3,
     atol: Annotated[float, typer.Option(help="Absolute tolerance on downstream accuracies.")] = 0.02,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Where the new results go (default a temporary directory).")] = None,
     only_device: Annotated[str | None, typer.Option(help="Reproduce only results measured on this device type (cpu, cuda).")] = None,

@@ -17,6 +17,7 @@ from harness.errors import PrunebenchError
 from harness.metrics.base import Check, Tolerances
 from harness.metrics.registry import METRICS
 from harness.results import CellResult, InvalidResult, read_result, write_text_atomic
+from methods import get_method
 
 
 def compare(old: CellResult, new: CellResult, rtol: float, atol: float) -> list[Check]:
@@ -32,7 +33,8 @@ def compare(old: CellResult, new: CellResult, rtol: float, atol: float) -> list[
         for field in ("total_after", "blocks_after", "achieved_sparsity"):
             a, b = getattr(old.parameters, field), getattr(new.parameters, field)
             checks.append(Check(f"parameters.{field}", a, b, f"{b - a:+g}", "identical", a == b))
-    tolerances = Tolerances(perplexity_rtol=rtol, accuracy_atol=atol)
+    method_rtol = get_method(old.cell.method).repro_perplexity_rtol
+    tolerances = Tolerances(perplexity_rtol=max(rtol, method_rtol or 0.0), accuracy_atol=atol)
     for name, metric in METRICS.items():
         recorded, again = old.metric(name), new.metric(name)
         if recorded is None:

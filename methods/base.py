@@ -91,6 +91,9 @@ class PruningMethod(ABC):
 
     # Option values per protocol profile (e.g. a smaller search for cpu-quick); the user's options win.
     profile_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    # How far a re-run's perplexity may honestly drift (relative) on another machine, where float rounding
+    # differs; None: the harness default. A method whose decisions amplify rounding says so here, and why.
+    repro_perplexity_rtol: ClassVar[float | None] = None
 
     def options(self, values: dict[str, Any] | None = None, profile: str | None = None) -> MethodOptions:
         from pydantic import ValidationError

@@ -455,6 +455,12 @@ def replay(adapter: ModelAdapter, op: dict[str, Any]) -> None:
 class SliceGPT(PruningMethod):
     name = "slicegpt"
     summary = "SliceGPT: rotate the residual stream to its principal components and delete the smallest ones"
+    # The cut falls inside clusters of nearly equal eigenvalues (relative gaps 6e-5..1e-4 from layer 11 of
+    # SmolLM2 on), while the float32 calibration forward perturbs X^T X by 1e-7..1e-6 relative: another
+    # thread count or CPU rotates the kept subspace (up to 0.28 rad by the last layers) and moves
+    # perplexity by ~1e-3 (measured: relative std 9.7e-4 over 5 perturbed runs, largest gap 2.3e-3). The
+    # alternative cuts keep the same signal energy to 6e-6, so none is wrong; docs/uncertainty.md.
+    repro_perplexity_rtol = 1e-2
     Options = SliceGPTOptions
     calibration = {"paper": CalibrationNeeds(256, 2048), "cpu-quick": CalibrationNeeds(16, 128)}
 

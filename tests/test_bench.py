@@ -376,6 +376,22 @@ def test_results_of_a_dirty_tree_are_flagged_in_the_leaderboard(small_bench, tmp
     assert "**Warning: 1 of 2 results were measured from a modified (dirty) working tree" in md and "dense" in md
 
 
+@pytest.mark.real_model
+def test_repro_tolerance_is_the_methods_own_where_it_declares_one(small_bench):
+    from harness.repro import compare
+    from harness.results import CellResult
+
+    old = read_result(small_bench / "cells" / "2ssp-s0.25-seed0.json")
+    data = old.model_dump(mode="json")
+    data["perplexity"]["enwiki-sample"]["value"] *= 1.005  # a 5e-3 drift, as SliceGPT shows across CPUs
+    new = CellResult.model_validate(data)
+    ppl = [c for c in compare(old, new, 1e-3, 0.02) if c.metric.startswith("perplexity")]
+    assert ppl and not any(c.ok for c in ppl)
+    as_slicegpt = old.model_copy(update={"cell": old.cell.model_copy(update={"method": "slicegpt"})})
+    ppl = [c for c in compare(as_slicegpt, new, 1e-3, 0.02) if c.metric.startswith("perplexity")]
+    assert ppl and all(c.ok for c in ppl) and ppl[0].tolerance == "<= 0.01 rel"
+
+
 def test_a_profile_that_needs_the_hub_fails_at_once_without_it(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
     result = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "--profile", "paper", "--methods", "2ssp",
