@@ -2,8 +2,8 @@
 
 A format first says, from the manifest alone (no weights), whether it can hold a checkpoint
 (:meth:`ExportFormat.refusal`), so that bad input is one line before any heavy work; then it writes.
-The structure is read by replaying the checkpoint's edits on a weightless skeleton, so it is exactly the
-model that :func:`harness.load_pruned` rebuilds.
+A checkpoint's structure is read by replaying its edits on a weightless skeleton, so it is exactly the
+model that :func:`harness.load_pruned` rebuilds; a model in memory (a bench cell's) is described by its adapter.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from harness.checkpoint import build_skeleton, read_manifest
 from harness.errors import PrunebenchError
+from methods.arch import ModelAdapter
 
 # The edits of the layer-structure family: whole modules or layers removed, FFN neurons dropped.
 STRUCTURAL_OPS = frozenset({"remove_attention", "remove_ffn", "remove_layers", "keep_ffn_neurons"})
@@ -61,11 +62,10 @@ class PrunedStructure:
         return f"{len(self.layers)} layers, {attn} with attention, {ffn} with an FFN"
 
 
-def read_structure(checkpoint: str | Path) -> PrunedStructure:
-    """The checkpoint's structure without loading its weights (a meta-device skeleton replays its edits)."""
-    manifest = read_manifest(checkpoint)
-    adapter = build_skeleton(manifest)
+def structure_of(adapter: ModelAdapter, ops: list[dict[str, Any]], source: dict[str, Any] | None = None) -> PrunedStructure:
+    """The structure of a model held by ``adapter`` (on any device, meta included), given its edit log."""
     config = adapter.config
+    base = adapter.base_config
     heads = int(config.num_attention_heads)
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
     layers = tuple(
@@ -73,17 +73,22 @@ def read_structure(checkpoint: str | Path) -> PrunedStructure:
                    adapter.ffn_width(i))
         for i in range(adapter.num_layers)
     )
-    other = tuple(sorted({op["op"] for op in manifest["ops"]} - STRUCTURAL_OPS))
-    report = manifest.get("prune_report") or {}
     return PrunedStructure(
-        model_type=manifest["model_type"],
-        base_config=dict(manifest["base_config"]),
-        dense_layers=int(manifest["base_config"]["num_hidden_layers"]),
-        dense_ffn_width=int(manifest["base_config"]["intermediate_size"]),
+        model_type=config.model_type,
+        base_config=dict(base),
+        dense_layers=int(base["num_hidden_layers"]),
+        dense_ffn_width=int(base["intermediate_size"]),
         layers=layers,
-        other_ops=other,
-        source={k: str(v) for k, v in (report.get("model") or {}).items()},
+        other_ops=tuple(sorted({op["op"] for op in ops} - STRUCTURAL_OPS)),
+        source={k: str(v) for k, v in (source or {}).items()},
     )
+
+
+def read_structure(checkpoint: str | Path) -> PrunedStructure:
+    """A checkpoint's structure without loading its weights (a meta-device skeleton replays its edits)."""
+    manifest = read_manifest(checkpoint)
+    report = manifest.get("prune_report") or {}
+    return structure_of(build_skeleton(manifest), manifest["ops"], report.get("model"))
 
 
 class ExportReport(BaseModel):
@@ -127,6 +132,10 @@ class ExportFormat:
         """None when this format can hold the checkpoint in ``dtype``; else why not, in one line."""
         raise NotImplementedError
 
-    def write(self, checkpoint: Path, structure: PrunedStructure, out: Path, dtype: str) -> list[str]:
-        """Write the export to ``out``; return notes on anything the reader should know."""
+    def write(self, adapter: ModelAdapter, tokenizer: Any, structure: PrunedStructure, out: Path, dtype: str) -> list[str]:
+        """Write the model held by ``adapter`` (float weights on the CPU) to ``out``; return notes for the reader.
+
+        ``tokenizer`` is the model's Hugging Face tokenizer; ``structure.source`` names where the model came
+        from (an embedded model's own files may carry a better tokenizer description).
+        """
         raise NotImplementedError
