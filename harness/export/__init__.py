@@ -19,13 +19,22 @@ from typing import Any
 import torch
 
 from harness.errors import UnknownName
-from harness.export.base import ExportFormat, ExportRefused, ExportReport, PrunedStructure, file_digest, read_structure, structure_of
-from harness.export.hf import HFExport
+from harness.export.base import (
+    ExportFormat,
+    ExportRefused,
+    ExportReport,
+    PrunedStructure,
+    file_digest,
+    read_structure,
+    structure_of,
+)
+from harness.export.gguf import GGUFExport
+from harness.export.gguf_vocab import tokenizer_json_of
 from methods.arch import ModelAdapter, adapt
 
 log = logging.getLogger(__name__)
 
-FORMATS: dict[str, ExportFormat] = {f.name: f for f in (HFExport(),)}
+FORMATS: dict[str, ExportFormat] = {f.name: f for f in (GGUFExport(),)}
 
 __all__ = ["FORMATS", "ExportRefused", "ExportReport", "check_export", "export", "export_model", "read_structure", "resolve_format"]
 
@@ -69,7 +78,7 @@ def export_model(adapter: ModelAdapter, tokenizer: Any, source: dict[str, Any] |
                  dtype: str | None = None) -> ExportReport:
     """Write a model in memory (a bench cell's, dense or pruned) in ``fmt``; refused like a checkpoint would be."""
     target, dtype = resolve_format(fmt, dtype)
-    structure = structure_of(adapter, adapter.ops, source)
+    structure = structure_of(adapter, adapter.ops, source, tokenizer_json_of(tokenizer))
     reason = target.refusal(structure, dtype)
     if reason is not None:
         raise ExportRefused(f"cannot export the model as {fmt}: {reason}")

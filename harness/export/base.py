@@ -9,6 +9,7 @@ model that :func:`harness.load_pruned` rebuilds; a model in memory (a bench cell
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,6 +48,7 @@ class PrunedStructure:
     layers: tuple[LayerShape, ...]
     other_ops: tuple[str, ...]  # edits outside the layer-structure family (e.g. SliceGPT's rotations)
     source: dict[str, str]  # the prune report's model record: name, kind, dtype, device
+    tokenizer: dict[str, Any] | None  # the tokenizer.json without its vocabulary and merges (None: no fast tokenizer)
 
     @property
     def homogeneous(self) -> bool:
@@ -62,7 +64,17 @@ class PrunedStructure:
         return f"{len(self.layers)} layers, {attn} with attention, {ffn} with an FFN"
 
 
-def structure_of(adapter: ModelAdapter, ops: list[dict[str, Any]], source: dict[str, Any] | None = None) -> PrunedStructure:
+def tokenizer_outline(tokenizer_json: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a format decides a tokenizer by: its tokenizer.json without the (large) vocabulary and merges."""
+    if tokenizer_json is None:
+        return None
+    outline = {k: v for k, v in tokenizer_json.items() if k not in ("model", "added_tokens")}
+    outline["model"] = {k: v for k, v in (tokenizer_json.get("model") or {}).items() if k not in ("vocab", "merges")}
+    return outline
+
+
+def structure_of(adapter: ModelAdapter, ops: list[dict[str, Any]], source: dict[str, Any] | None = None,
+                 tokenizer_json: dict[str, Any] | None = None) -> PrunedStructure:
     """The structure of a model held by ``adapter`` (on any device, meta included), given its edit log."""
     config = adapter.config
     base = adapter.base_config
@@ -81,6 +93,7 @@ def structure_of(adapter: ModelAdapter, ops: list[dict[str, Any]], source: dict[
         layers=layers,
         other_ops=tuple(sorted({op["op"] for op in ops} - STRUCTURAL_OPS)),
         source={k: str(v) for k, v in (source or {}).items()},
+        tokenizer=tokenizer_outline(tokenizer_json),
     )
 
 
@@ -88,7 +101,9 @@ def read_structure(checkpoint: str | Path) -> PrunedStructure:
     """A checkpoint's structure without loading its weights (a meta-device skeleton replays its edits)."""
     manifest = read_manifest(checkpoint)
     report = manifest.get("prune_report") or {}
-    return structure_of(build_skeleton(manifest), manifest["ops"], report.get("model"))
+    tokenizer_file = Path(checkpoint) / "tokenizer.json"
+    tokenizer_json = json.loads(tokenizer_file.read_text()) if tokenizer_file.is_file() else None
+    return structure_of(build_skeleton(manifest), manifest["ops"], report.get("model"), tokenizer_json)
 
 
 class ExportReport(BaseModel):
