@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 RAY_STAMP := $(VENV)/.ray-installed-stamp
+ENGINE_STAMP := $(VENV)/.engine-installed-stamp
 
 MODEL ?= smollm2-135m
 SPARSITY ?= 0.25,0.375,0.5
@@ -14,7 +15,7 @@ OUT ?=
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install install-ray test bench lint image clean-venv help
+.PHONY: install install-ray install-engine test bench lint image clean-venv help
 
 help:
 	@echo "make bench   run the bench on MODEL (default: the embedded SmolLM2-135M) into runs/<model>/ (or OUT=DIR), leaderboard.* there"
@@ -38,11 +39,28 @@ $(RAY_STAMP): $(STAMP) requirements-ray.lock
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-ray.lock
 	@touch $(RAY_STAMP)
 
+# The engine metric's extra: llama-cpp-python compiles llama.cpp (minutes), so it is built once into WHEELS
+# and installed from there. Portably (-DGGML_NATIVE=OFF: AVX2, FMA, F16C on x86-64), not for this CPU: a
+# -march=native build on the project's Xeon VMs (AMX) dies with an illegal instruction in ggml's AMX code
+# as soon as a quantised GGUF runs. pip's own wheel cache cannot be trusted with this: it keys a build by
+# the sdist alone, not by CMAKE_ARGS, so it would hand back a native build made before.
+LLAMA_PIN := $(shell grep -i '^llama-cpp-python==' requirements-engine.lock)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+WHEELS ?= $(or $(PRUNEBENCH_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/prunebench)/wheels/llama-cpp-python-portable
+$(ENGINE_STAMP): $(STAMP) requirements-engine.lock
+	@ls $(WHEELS)/llama_cpp_python-$(word 2,$(subst ==, ,$(LLAMA_PIN)))-*.whl >/dev/null 2>&1 || \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip wheel -q --disable-pip-version-check --no-deps --no-cache-dir \
+		-w $(WHEELS) $(LLAMA_PIN)
+	$(PY) -m pip install -q --disable-pip-version-check --find-links $(WHEELS) -r requirements-engine.lock
+	@touch $(ENGINE_STAMP)
+
 install: $(STAMP)
 
 install-ray: $(RAY_STAMP)
 
-test: $(STAMP) $(RAY_STAMP)
+install-engine: $(ENGINE_STAMP)
+
+test: $(STAMP) $(RAY_STAMP) $(ENGINE_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
