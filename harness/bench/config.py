@@ -195,9 +195,19 @@ class _CellSpec(_Config):
         })
 
 
+def _spec_field(metric: Any) -> tuple[Any, Any]:
+    """Required, except for a metric that is off unless asked for (an extra): a spec recorded before it was
+    registered did not run it, and reads as such (``repro`` of older results, older spec files)."""
+    try:
+        off = not metric.config_type().enabled
+    except ValidationError:  # a config with required fields: always given
+        off = False
+    return (metric.config_type, metric.config_type() if off else ...)
+
+
 CellSpec = create_model(
     "CellSpec", __base__=_CellSpec, __module__=__name__,
-    **{name: (metric.config_type, ...) for name, metric in METRICS.items()},
+    **{name: _spec_field(metric) for name, metric in METRICS.items()},
 )
 
 
