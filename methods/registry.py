@@ -34,8 +34,9 @@ _registered: dict[str, str] = {}
 
 
 # `--methods all`: the comparison of docs/methods.md (and of the paper), each baseline in the form docs/methods.md
-# defines. The whole-block forms of BlockPruner and EvoPress (the authors' `blockpruner` / `evopress`
-# flags) are run by name, or with `--methods every`.
+# defines. The whole-block forms of BlockPruner and EvoPress (the `blockpruner` / `evopress` flags of the
+# authors' later command line; at their commit 88ab660 those flags are the sub-block forms, as here) are run
+# by name, or with `--methods every`.
 COMPARISON: tuple[str, ...] = ("dense", "2ssp", "shortgpt", "window", "slicegpt", "blockpruner", "evopress")
 
 
