@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from conftest import ARCHS, meta_adapter, tiny_model
+from conftest import tiny_config as tiny_config_of
 
 from harness.checkpoint import load_pruned, read_manifest
 from harness.export import FORMATS, ExportRefused, check_export, export, export_model
@@ -108,20 +110,23 @@ def test_every_architecture_exports_fewer_and_narrower_layers_to_a_standard_conf
         assert torch.equal(reloaded(ids).logits, adapter.model(ids).logits)
 
 
-def test_what_a_standard_config_cannot_say_is_refused_in_one_line(smollm2_ref):
-    from transformers import AutoConfig
-
+@pytest.mark.parametrize(("edit", "difference"), [
+    (lambda a: a.remove_attention(2), "layer 2 has no attention"),
+    (lambda a: a.remove_ffn(0), "layer 0 has no FFN"),
+    (lambda a: a.keep_ffn_neurons(1, list(range(40))), "layer 1 keeps 40 of 96 FFN neurons while others keep 96"),
+    (lambda a: [a.remove_attention(i) for i in (0, 1, 3)], "layers 0, 1, 3 have no attention"),
+])
+def test_what_a_standard_config_cannot_say_is_refused_in_one_line(arch, edit, difference):
     from harness.export.hf import _per_layer_problem
 
-    adapter = meta_adapter(AutoConfig.from_pretrained(smollm2_ref.location))
-    adapter.remove_attention(3)
-    adapter.keep_ffn_neurons(5, list(range(812)))
+    adapter = meta_adapter(tiny_config_of(arch))
+    edit(adapter)
     structure = structure_of(adapter, adapter.ops)
     reason = FORMATS["hf"].refusal(structure, "float32")
     problem = _per_layer_problem(structure)
     if problem is not None:  # this transformers does not build per-layer configs: refused, saying so
-        assert reason == f"layer 3 has no attention; layer 5 keeps 812 of 1536 FFN neurons while others keep 1536; {problem}"
-        assert "transformers " in problem and "\n" not in reason
+        assert reason == f"{difference}; {problem}" and "\n" not in reason
+        assert problem.startswith(f"transformers {transformers.__version__} ")
     else:
         assert reason is None
     rotated = structure_of(adapter, [*adapter.ops, {"op": "slicegpt"}])

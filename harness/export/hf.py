@@ -119,7 +119,8 @@ def _uncut_layer_lists(structure: PrunedStructure) -> list[str]:
     if len(structure.layers) == structure.dense_layers:
         return []
     return sorted(key for key, value in structure.base_config.items()
-                  if isinstance(value, list) and len(value) == structure.dense_layers and key not in CUT_BY_ADAPTER)
+                  if isinstance(value, list) and len(value) == structure.dense_layers and key not in CUT_BY_ADAPTER
+                  and not key.endswith("_token_id") and key != "architectures")  # lists that are not per layer
 
 
 def export_config(pruned: dict[str, Any], structure: PrunedStructure) -> dict[str, Any]:
