@@ -230,7 +230,9 @@ def export_cmd(
 ) -> None:
     """Write a pruned checkpoint in a format other tools load without prunebench.
 
-    hf loads with `AutoModelForCausalLM.from_pretrained(OUT)` where every layer kept attention and one FFN width (ShortGPT, window, whole-block methods); gguf holds the other structures for llama.cpp. What a format cannot hold is refused in one line (exit 2) before any weight is read, naming the format that can.
+    hf loads with `AutoModelForCausalLM.from_pretrained(OUT)` where every layer kept attention and one FFN \
+width (ShortGPT, window, whole-block methods); gguf holds the other structures for llama.cpp. What a format \
+cannot hold is refused in one line (exit 2) before any weight is read, naming the format that can.
     """
     from harness.checkpoint import UNRECORDED, verify_checkpoint
     from harness.export import check_export, export, resolve_format
