@@ -114,7 +114,7 @@ def resolve(config: BenchConfig) -> ResolvedBench:
                 sparsity=sparsity, seed=seed, profile=profile, method_options=options, calibration=calibration,
                 **metrics,
                 dtype=config.dtype, device=config.device,
-                trust_remote_code=config.trust_remote_code, cache_pruned=config.cache_pruned,
+                trust_remote_code=config.trust_remote_code, cache_pruned=config.cache_pruned, export=config.export,
             ))
     return ResolvedBench(config, profile, out, cells, sparsities)
 
