@@ -204,7 +204,9 @@ def _write_model(writer: gguf.GGUFWriter, adapter: ModelAdapter, structure: Prun
     writer.add_file_type(FILE_TYPES[dtype])
     if dtype == "q8_0":
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    if sliding := getattr(config, "sliding_window", None):
+    layer_types = getattr(config, "layer_types", None)
+    windowed = "sliding_attention" in layer_types if layer_types else getattr(config, "use_sliding_window", True)
+    if (sliding := getattr(config, "sliding_window", None)) and windowed:
         notes.append(f"the model's sliding window ({sliding} tokens) is not applied by llama.cpp's deci graph: "
                      f"identical for contexts up to {sliding} tokens")
     if tensors.kept_f16:
