@@ -9,11 +9,15 @@
 # Skips everything when TAG already exists. Needs root and a running engine (ensure-engine.sh).
 # About a minute on 2 cores.
 #
-# Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian),
-#              DEBIAN_SECURITY_MIRROR (default http://deb.debian.org/debian-security)
+# Environment: DEBIAN_MIRROR (default: the mirror this machine's apt uses, from /etc/apt/sources.list,
+#              sources.list.d/*.list and sources.list.d/*.sources; see debian-mirror.sh),
+#              DEBIAN_SECURITY_MIRROR (default: likewise, its security suite; none found: left out).
+# No host is written here: a machine that reaches only its own mirror bootstraps from that one.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=debian-mirror.sh
+. "$HERE/debian-mirror.sh"
 say() { echo "bootstrap-base: $*" >&2; }
 die() { echo "bootstrap-base: ERROR: $*" >&2; exit 1; }
 
@@ -21,8 +25,6 @@ default_tag() { sed -n 's/^ARG BASE=\(.*\)$/\1/p' "$HERE/Dockerfile.cpu" | head 
 TAG=${1:-$(default_tag)}
 [ -n "$TAG" ] || die "no tag given and no 'ARG BASE=' default found in $HERE/Dockerfile.cpu"
 SUITE=bookworm
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 
 docker image inspect "$TAG" >/dev/null 2>&1 && { say "$TAG exists; nothing to do"; exit 0; }
 [ "$(id -u)" = 0 ] || die "debootstrap needs root"
@@ -32,6 +34,16 @@ docker info >/dev/null 2>&1 || die "no Docker engine answers (run docker/ensure-
 exec 9>/tmp/prunebench-bootstrap-base.lock
 flock 9
 docker image inspect "$TAG" >/dev/null 2>&1 && { say "$TAG exists (built concurrently)"; exit 0; }
+
+if [ -n "${DEBIAN_MIRROR:-}" ]; then
+    MIRROR=$DEBIAN_MIRROR
+else
+    is_debian || die "this machine is not Debian (/etc/os-release), so its apt mirror has no $SUITE: set DEBIAN_MIRROR"
+    MIRROR=$(debian_mirror) \
+        || die "no http(s) or file 'deb' source in /etc/apt/sources.list or sources.list.d/: set DEBIAN_MIRROR"
+fi
+# Without a security source here, the image goes without one (said below), rather than guessing a host.
+SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-$(debian_security_mirror || true)}
 
 if ! command -v debootstrap >/dev/null 2>&1; then
     say "installing debootstrap"
@@ -56,8 +68,12 @@ rm -f "$ROOT.log"
 cat >"$ROOT/etc/apt/sources.list" <<EOF
 deb $MIRROR $SUITE main
 deb $MIRROR $SUITE-updates main
-deb $SECURITY_MIRROR $SUITE-security main
 EOF
+if [ -n "$SECURITY_MIRROR" ]; then
+    echo "deb $SECURITY_MIRROR $SUITE-security main" >>"$ROOT/etc/apt/sources.list"
+else
+    say "warning: no security mirror in this machine's apt sources (set DEBIAN_SECURITY_MIRROR): the image has none"
+fi
 # Same slimming as the official debian:*-slim images; the engine manages these files itself.
 rm -rf "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/cache/apt/*.bin "$ROOT"/var/cache/apt/archives/*.deb \
        "$ROOT"/var/log/*.log "$ROOT"/var/log/apt/* "$ROOT"/tmp/* "$ROOT"/root/.cache

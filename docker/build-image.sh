@@ -11,7 +11,9 @@
 #                        where a registry is reachable). Unset: the Dockerfile's default, the registry-free
 #                        prunebench/debian-bookworm tag, bootstrapped by bootstrap-base.sh when missing.
 #   TORCH_CPU_WHEEL_DIR  cpu only: where torch-<ver>+cpu-*.whl lies (default: pip's find-links, /opt/wheels);
-#                        if no wheel is found it is downloaded from https://download.pytorch.org/whl/cpu.
+#                        if no wheel is found, pip downloads it from the indexes this machine's pip is set up
+#                        with (PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, pip.conf) or from TORCH_CPU_INDEX_URL.
+#   TORCH_CPU_INDEX_URL  cpu only: PyTorch's CPU wheel index, for that download (no host is written here)
 #   PRUNEBENCH_DOCKER_CONTEXT  staging directory for build contexts (default docker/.build, git-ignored)
 #   IMAGE_TAG            tag to give the image (default prunebench:<kind>)
 #   DOCKER_BUILD_ARGS    extra arguments for the build command (e.g. "--no-cache --pull")
@@ -105,11 +107,13 @@ if [ "$KIND" = cpu ]; then
         case "$(basename "$w")" in torch-"$TORCH_VERSION"+cpu-*) ;; *) rm -f "$w" ;; esac
     done
     if [ "$found" = 0 ] && ! ls "$CTX"/wheels/torch-"$TORCH_VERSION"+cpu-*.whl >/dev/null 2>&1; then
-        say "no local torch-$TORCH_VERSION+cpu wheel: downloading it from download.pytorch.org (cp311, for a bookworm base)"
+        index=()
+        [ -z "${TORCH_CPU_INDEX_URL:-}" ] || index=(--extra-index-url "$TORCH_CPU_INDEX_URL")
+        say "no local torch-$TORCH_VERSION+cpu wheel: downloading it (cp311, for a bookworm base) from pip's indexes${TORCH_CPU_INDEX_URL:+ and $TORCH_CPU_INDEX_URL}"
         python3 -m pip download --no-deps --only-binary=:all: --python-version 3.11 \
-            --platform manylinux_2_28_x86_64 --index-url https://download.pytorch.org/whl/cpu \
+            --platform manylinux_2_28_x86_64 ${index[@]+"${index[@]}"} \
             -d "$CTX/wheels" "torch==$TORCH_VERSION+cpu" >&2 \
-            || die "no torch-$TORCH_VERSION+cpu wheel: set TORCH_CPU_WHEEL_DIR"
+            || die "no torch-$TORCH_VERSION+cpu wheel: set TORCH_CPU_WHEEL_DIR, or TORCH_CPU_INDEX_URL to PyTorch's CPU wheel index"
     fi
 
     if [ -n "${BASE:-}" ]; then

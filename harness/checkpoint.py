@@ -136,13 +136,18 @@ def base_config(manifest: dict[str, Any]):
     return CONFIG_MAPPING[cfg["model_type"]].from_dict(cfg)
 
 
-def build_skeleton(manifest: dict[str, Any]) -> ModelAdapter:
-    """The pruned structure with weightless parameters (buffers such as rotary tables are real)."""
+def build_skeleton(manifest: dict[str, Any], dtype: torch.dtype | None = None) -> ModelAdapter:
+    """The pruned structure with weightless parameters (buffers such as rotary tables are real).
+
+    Built in ``dtype`` as ``from_pretrained(dtype=...)`` builds a model: its buffers get the dtypes they get
+    there (rotary frequencies stay float32; ``model.to(dtype)`` afterwards would round them), so a model
+    reloaded from the cache computes what the freshly loaded one did.
+    """
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
     with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(base_config(manifest))
+        model = AutoModelForCausalLM.from_config(base_config(manifest), **({"dtype": dtype} if dtype else {}))
     adapter = adapt(model)
     adapter.replay(manifest["ops"])
     return adapter
@@ -153,10 +158,12 @@ def load_pruned(path: str | Path, dtype: torch.dtype | None = None, device: str 
     from safetensors.torch import load_file
 
     path = Path(path)
-    model = build_skeleton(read_manifest(path)).model
+    model = build_skeleton(read_manifest(path), dtype).model
     state: dict[str, torch.Tensor] = {}
     for file in sorted(path.glob("*.safetensors")):
         state.update(load_file(file))
+    if dtype is not None:
+        state = {name: tensor.to(dtype) if tensor.is_floating_point() else tensor for name, tensor in state.items()}
     if not state:
         raise PrunebenchError(f"'{path}' holds no safetensors weights")
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
@@ -166,8 +173,6 @@ def load_pruned(path: str | Path, dtype: torch.dtype | None = None, device: str 
     still_meta = [n for n, p in model.named_parameters() if p.device.type == "meta"]
     if still_meta:
         raise PrunebenchError(f"'{path}': weights missing from the checkpoint: {still_meta[:5]} (of {len(missing)})")
-    if dtype is not None:
-        model.to(dtype)
     if device is not None:
         model.to(device)
     return model.eval()

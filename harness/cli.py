@@ -201,6 +201,59 @@ def prune_cmd(
         typer.echo(f"  saved to {checkpoint}  (reload: from harness import load_pruned; m = load_pruned('{out}'))")
 
 
+def _check_export_out(checkpoint: Path, out: Path, force: bool) -> None:
+    """An --out that would change or delete the checkpoint, or replace something without --force, is refused."""
+    source, dest = checkpoint.resolve(), out.resolve()
+    if dest == source or source in dest.parents:
+        raise PrunebenchError(f"--out {out} is inside the checkpoint {checkpoint}: the export would alter what it reads")
+    if dest in source.parents:
+        raise PrunebenchError(f"--out {out} contains the checkpoint {checkpoint}: replacing it would delete the checkpoint")
+    if not (out.exists() or out.is_symlink()) or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not force:
+        raise PrunebenchError(f"--out {out} exists; pass --force to replace it")
+    # --force replaces a file or an earlier export (a flat directory), never a folder of folders.
+    cwd = Path.cwd().resolve()
+    if dest == cwd or dest in cwd.parents or (out.is_dir() and any(p.is_dir() for p in out.iterdir())):
+        raise PrunebenchError(f"--out {out} is a directory with folders in it, not an earlier export: choose another path")
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="A pruned checkpoint (`prunebench prune --out`).")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="hf: a plain transformers model directory; gguf: one llama.cpp file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write: a directory (hf) or a file (gguf), not inside the checkpoint.")],
+    dtype: Annotated[str | None, typer.Option(help="hf: float32 (default, exact), bfloat16 or float16; gguf: f32, f16 or q8_0.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out (a file or an earlier export).")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Write a pruned checkpoint in a format other tools load without prunebench.
+
+    hf loads with `AutoModelForCausalLM.from_pretrained(OUT)` where every layer kept attention and one FFN \
+width (ShortGPT, window, whole-block methods); gguf holds the other structures for llama.cpp. What a format \
+cannot hold is refused in one line (exit 2) before any weight is read, naming the format that can.
+    """
+    from harness.checkpoint import UNRECORDED, verify_checkpoint
+    from harness.export import check_export, export, resolve_format
+
+    resolve_format(fmt, dtype)
+    _check_export_out(checkpoint, out, force)
+    check_export(checkpoint, fmt, dtype)
+    problem = verify_checkpoint(checkpoint, digests=False)  # sizes only: a cut file fails here, not halfway
+    if problem not in (None, UNRECORDED):
+        raise PrunebenchError(f"checkpoint {checkpoint} is damaged: {problem}")
+    report = export(checkpoint, fmt, out, dtype)
+    if as_json:
+        _emit_json({**report.model_dump(mode="json"), "checkpoint": str(checkpoint)})
+        return
+    typer.echo(f"exported {checkpoint} as {report.format} ({report.dtype}) to {report.path}: "
+               f"{report.bytes / 1e6:.1f} MB in {report.seconds:.1f} s")
+    typer.echo(f"  sha256 {report.sha256}")
+    for note in report.notes:
+        typer.echo(f"  {note}")
+
+
 def _split(text: str | None, cast=str) -> list | None:
     if text is None:
         return None
@@ -232,6 +285,9 @@ def bench_cmd(
     no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip the latency measurements.")] = False,
     engine: Annotated[bool, typer.Option("--engine", help="Also time each model in llama.cpp (an extra: make install-engine).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Run cells again even if they have a result.")] = False,
+    export: Annotated[str | None, typer.Option(
+        "--export", help="Also write each cell's model in these formats (comma-separated: hf, gguf) into "
+                         "<out>/cells/exports/<cell>.<format>; a format that cannot hold a model is recorded as refused.")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto, float32, bfloat16 or float16.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
 ) -> None:
@@ -248,6 +304,7 @@ bench never writes there (`prunebench publish` does).
         "model": model, "sparsities": _split(sparsity, float), "methods": _split(methods), "seeds": _split(seeds, int),
         "num_prune": num_prune, "preset": preset,
         "profile": profile, "out": out, "executor": executor, "timeout_s": timeout, "dtype": dtype, "device": device,
+        "export": _split(export),
     }
     cfg = make_config(file_values, overrides)
     if image:

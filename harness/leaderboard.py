@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 ALPHA = 0.05
 PER_CELL_KEYS = {"id", "method", "variant", "sparsity", "seed", "method_options", "calibration", "cache_pruned",
-                 "prunebench_version", "reprune"}
+                 "prunebench_version", "reprune", "export"}
 
 
 def protocol_key(r: CellResult) -> str:

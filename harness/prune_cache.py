@@ -4,8 +4,8 @@ A bench cell prunes once and every later cell with the same pruning (another met
 the result. Three things keep that from serving the wrong model:
 
 - the key covers the code: :func:`code_fingerprint` hashes every source file that decides a pruned
-  model, plus the torch and transformers versions, so a fix to a method is never answered with a
-  model the old code pruned;
+  model (a method added from outside methods/ included), plus the torch and transformers versions, so a
+  fix to a method is never answered with a model the old code pruned;
 - an exclusive file lock per key spans the check and the creation, so cells on one shared cache
   (Ray workers, two benches) never prune the same key at once: the second waits and reuses the entry;
 - an entry is served only if it verifies against the sizes and digests its manifest recorded
@@ -68,9 +68,34 @@ def _fingerprint() -> tuple[tuple[str, str], ...]:
             ("torch", str(torch.__version__)), ("transformers", str(transformers.__version__)))
 
 
+def added_methods_digest() -> str | None:
+    """sha256 (16 hex) of each method added from outside methods/ (methods.registry.added_methods): its
+    name, its module:Class and the bytes of that module's file; None when there is none.
+
+    Without it a fix to such a method would be answered from the cache with what its old code pruned.
+    """
+    import importlib.util
+
+    from methods.registry import added_methods
+
+    added = sorted(added_methods().items())
+    if not added:
+        return None
+    digest = hashlib.sha256()
+    for name, target in added:
+        spec = importlib.util.find_spec(target.split(":")[0])
+        origin = spec.origin if spec is not None else None
+        # An unimportable module fails in the cell that names it; here it only marks the key.
+        data = Path(origin).read_bytes() if origin and Path(origin).is_file() else b"?"
+        digest.update(f"{name}\0{target}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()[:16]
+
+
 def code_fingerprint() -> dict[str, str]:
-    """The code and library versions a pruned model depends on; computed once per process."""
-    return dict(_fingerprint())
+    """The code and library versions a pruned model depends on (prunebench's own computed once per process)."""
+    added = added_methods_digest()
+    return {**dict(_fingerprint()), **({"added_methods": added} if added else {})}
 
 
 class PrunedModelCache:

@@ -23,12 +23,31 @@ from harness.models import LoadedModel, ModelRef, check_model, load_model, resol
 from harness.results import PruningReport
 from methods import get_method
 from methods.arch import ModelAdapter, adapt
-from methods.base import MethodOptions, Progress, PruneContext, PruningMethod, StageTimer, no_progress
+from methods.base import (
+    MethodOptions,
+    Progress,
+    ProtocolName,
+    PruneContext,
+    PruningMethod,
+    StageTimer,
+    no_progress,
+)
 
 log = logging.getLogger(__name__)
 
 OFFLINE_CALIBRATION = "enwiki-sample"
 PAPER_CALIBRATION = "c4"
+
+# The method protocol each profile runs. Methods declare their calibration and option defaults per protocol
+# (methods.base.PROTOCOLS), never per profile: a new profile maps onto a protocol here, no method changes.
+PROFILE_PROTOCOL: dict[str, ProtocolName] = {"paper": "full", "cpu-quick": "quick"}
+
+
+def method_protocol(profile: str) -> ProtocolName:
+    protocol = PROFILE_PROTOCOL.get(profile)
+    if protocol is None:
+        raise PrunebenchError(f"unknown profile '{profile}'; known: {', '.join(PROFILE_PROTOCOL)}")
+    return protocol
 
 
 @dataclass(frozen=True)
@@ -96,10 +115,9 @@ def skeleton_adapter(ref: ModelRef, config: Any, trust_remote_code: bool = False
 
 def prepare(job: PruneJob) -> Prepared:
     method = get_method(job.method)
-    options = method.options(job.options, job.profile)
-    needs = method.calibration.get(job.profile)
-    if needs is None:
-        raise PrunebenchError(f"unknown profile '{job.profile}'; known: {', '.join(method.calibration)}")
+    protocol = method_protocol(job.profile)
+    options = method.options(job.options, protocol)
+    needs = method.calibration[protocol]
     spec = job.calibration
     calib = CalibrationSpec(
         source=resolve_calibration_source(spec.source) if needs.samples else spec.source,
@@ -119,7 +137,7 @@ def prepare(job: PruneJob) -> Prepared:
 
 def calibration_tokens(prepared: Prepared, tokenizer: Any) -> tuple[torch.Tensor, dict[str, Scalar]]:
     spec = prepared.calibration
-    if not prepared.method.calibration.get(prepared.job.profile, None) or not spec.samples:
+    if not spec.samples:  # prepare() resolved it from the method's protocol: 0 when it needs none
         return torch.empty(0, 0, dtype=torch.long), {}
     corpus = load_corpus(spec.source, "calibration")
     tokens = tokenize(tokenizer, corpus)

@@ -54,7 +54,7 @@ def rerun(results: list[tuple[Path, CellResult]], executor: str, executor_option
     """Run each recorded cell again into ``workdir`` (pruning redone) and pair old with new."""
     jobs = []
     for _path, old in results:
-        spec = CellSpec(**{**old.config, "cache_pruned": False})
+        spec = CellSpec(**{**old.config, "cache_pruned": False, "export": []})  # the numbers, not the exports
         spec_path = workdir / f"{spec.id}.spec.json"
         write_text_atomic(spec_path, spec.model_dump_json(indent=2))
         jobs.append(CellJob(spec, spec_path, workdir / f"{spec.id}.json", workdir / f"{spec.id}.log", None))

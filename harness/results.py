@@ -16,12 +16,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, create_model
 
+from harness.export.base import ExportReport
 from harness.metrics.base import Scalar
 from harness.metrics.registry import METRICS
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
+# A cell's exports (bench ``export``) go into this folder beside its result; a model directory's JSON files
+# (config.json, tokenizer.json) are not results, so scans skip it.
+EXPORTS_DIR = "exports"
 
 
 class _Strict(BaseModel):
@@ -88,6 +92,19 @@ class ErrorInfo(_Strict):
     log_tail: str = ""
 
 
+class Exports(_Strict):
+    """The exports a cell was asked for, by format: written, or refused (why, in one line).
+
+    A refusal is the format's answer for this model (hf for 2SSP, gguf for SliceGPT), not a failure of the cell.
+    """
+
+    written: dict[str, ExportReport] = Field(default_factory=dict)
+    refused: dict[str, str] = Field(default_factory=dict)
+
+    def answered(self, formats: list[str]) -> bool:
+        return all(f in self.written or f in self.refused for f in formats)
+
+
 class _CellResult(_Strict):
     """A cell's result; each registered metric adds a field of its own name (None: not measured), below."""
 
@@ -104,6 +121,7 @@ class _CellResult(_Strict):
     memory: dict[str, int | None] = Field(default_factory=dict)
     environment: dict[str, JsonValue] = Field(default_factory=dict)
     error: ErrorInfo | None = None
+    exports: Exports | None = None  # None: none asked for (and every result written before exports existed)
 
     def metric(self, name: str) -> Any:
         return getattr(self, name)
@@ -165,6 +183,8 @@ def scan_results(directory: Path) -> tuple[list[tuple[Path, CellResult]], list[s
     valid, problems = [], []
     for path in sorted(Path(directory).rglob("*.json")):
         if path.name.startswith(".") or path.name.endswith(".spec.json") or path.name == "bench.json":
+            continue
+        if EXPORTS_DIR in path.relative_to(directory).parts[:-1]:
             continue
         try:
             valid.append((path, read_result(path)))

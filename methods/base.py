@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -30,10 +30,18 @@ class MethodOptions(BaseModel):
 
 @dataclass(frozen=True)
 class CalibrationNeeds:
-    """How much calibration text a method asks for, per protocol profile."""
+    """How much calibration text a method asks for under one protocol."""
 
     samples: int
     seq_len: int
+
+
+# The protocols a method sizes itself for: ``full`` is the amount of the papers and the reference harness
+# (docs/protocol.md), ``quick`` a shortened run that a CPU finishes in minutes. A method declares both and
+# never names a profile: each of the harness's profiles runs one of these (harness.pruning.PROFILE_PROTOCOL),
+# so a profile is added or renamed there without editing any method.
+ProtocolName = Literal["full", "quick"]
+PROTOCOLS: tuple[ProtocolName, ...] = ("full", "quick")
 
 
 class Progress(Protocol):
@@ -83,22 +91,33 @@ class PruningMethod(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     Options: ClassVar[type[MethodOptions]] = MethodOptions
-    # Calibration the method asks for under each protocol profile (the harness may override).
+    # Calibration the method asks for under each protocol (every one of PROTOCOLS; a bench may override).
     calibration: ClassVar[dict[str, CalibrationNeeds]] = {
-        "paper": CalibrationNeeds(32, 2048),
-        "cpu-quick": CalibrationNeeds(8, 128),
+        "full": CalibrationNeeds(32, 2048),
+        "quick": CalibrationNeeds(8, 128),
     }
 
-    # Option values per protocol profile (e.g. a smaller search for cpu-quick); the user's options win.
-    profile_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Option values per protocol (e.g. a smaller search for ``quick``); the user's options win.
+    protocol_options: ClassVar[dict[str, dict[str, Any]]] = {}
     # How far a re-run's perplexity may honestly drift (relative) on another machine, where float rounding
     # differs; None: the harness default. A method whose decisions amplify rounding says so here, and why.
     repro_perplexity_rtol: ClassVar[float | None] = None
 
-    def options(self, values: dict[str, Any] | None = None, profile: str | None = None) -> MethodOptions:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A declaration keyed by anything but the protocols (a profile's name, a typo) would be silently
+        # ignored by the harness: refuse it when the method's class is defined.
+        super().__init_subclass__(**kwargs)
+        if set(cls.calibration) != set(PROTOCOLS) or not set(cls.protocol_options) <= set(PROTOCOLS):
+            raise TypeError(f"{cls.__qualname__}: calibration must name exactly the protocols {PROTOCOLS} and "
+                            f"protocol_options only those; got {sorted(cls.calibration)} and {sorted(cls.protocol_options)}")
+
+    def options(self, values: dict[str, Any] | None = None, protocol: str | None = None) -> MethodOptions:
+        """The options from ``values`` over the defaults of ``protocol`` (None: the class defaults alone)."""
         from pydantic import ValidationError
 
-        merged = {**self.profile_defaults.get(profile or "", {}), **(values or {})}
+        if protocol is not None and protocol not in PROTOCOLS:
+            raise MethodError(f"{self.name}: unknown protocol '{protocol}'; known: {', '.join(PROTOCOLS)}")
+        merged = {**self.protocol_options.get(protocol or "", {}), **(values or {})}
         try:
             return self.Options(**merged)
         except ValidationError as err:

@@ -290,7 +290,7 @@ def _decisions(search: GreedySearch, dense_blocks: int, samples: torch.Tensor) -
 
 class _BlockPrunerBase(PruningMethod):
     # One sample, as the reference: the search measures perplexity on 1 x 2048 tokens.
-    calibration = {"paper": CalibrationNeeds(1, 2048), "cpu-quick": CalibrationNeeds(1, 128)}
+    calibration = {"full": CalibrationNeeds(1, 2048), "quick": CalibrationNeeds(1, 128)}
 
 
 class BlockPruner(_BlockPrunerBase):

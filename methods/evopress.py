@@ -67,7 +67,7 @@ KL_CHUNK = 512  # positions per LM-head application: bounds the [positions, voca
 
 
 class SearchOptions(MethodOptions):
-    """Search settings shared by both forms; the defaults are the reference ("paper") settings."""
+    """Search settings shared by both forms; the defaults are the reference harness's settings."""
 
     population_size: int = Field(1, ge=1, description="parents kept from one generation to the next")
     offspring: int = Field(32, ge=1, description="distinct offspring per generation")
@@ -371,10 +371,10 @@ class EvoPress(PruningMethod):
     Options = EvoPressOptions
     blocks: ClassVar[bool] = False  # the genome drops whole blocks
     label: ClassVar[str] = "EvoPress"
-    calibration = {"paper": CalibrationNeeds(64, 2048), "cpu-quick": CalibrationNeeds(8, 128)}
-    # cpu-quick: SmolLM2 (30 layers) at 25-50 % in about a minute or two on 2 CPU cores.
-    profile_defaults = {
-        "cpu-quick": {
+    calibration = {"full": CalibrationNeeds(64, 2048), "quick": CalibrationNeeds(8, 128)}
+    # quick: SmolLM2 (30 layers) at 25-50 % in about a minute or two on 2 CPU cores.
+    protocol_options = {
+        "quick": {
             "offspring": 6,
             "initially_generated": 8,
             "initial_tokens": 256,

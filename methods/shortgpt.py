@@ -79,7 +79,7 @@ class ShortGPT(PruningMethod):
     name = "shortgpt"
     summary = "ShortGPT: remove the whole layers of lowest Block Influence (1 - cos(input, output))"
     Options = ShortGPTOptions
-    calibration = {"paper": CalibrationNeeds(256, 2048), "cpu-quick": CalibrationNeeds(32, 128)}
+    calibration = {"full": CalibrationNeeds(256, 2048), "quick": CalibrationNeeds(32, 128)}
 
     def plan(self, adapter: ModelAdapter, sparsity: float, options: ShortGPTOptions) -> dict[str, Any]:
         return plan_layer_removal(adapter, sparsity, options.protected(), "ShortGPT")

@@ -462,7 +462,7 @@ class SliceGPT(PruningMethod):
     # alternative cuts keep the same signal energy to 6e-6, so none is wrong; docs/uncertainty.md.
     repro_perplexity_rtol = 1e-2
     Options = SliceGPTOptions
-    calibration = {"paper": CalibrationNeeds(256, 2048), "cpu-quick": CalibrationNeeds(16, 128)}
+    calibration = {"full": CalibrationNeeds(256, 2048), "quick": CalibrationNeeds(16, 128)}
 
     def plan(self, adapter: ModelAdapter, sparsity: float, options: SliceGPTOptions) -> dict[str, Any]:
         c = plan_slicing(adapter, sparsity, options)

@@ -228,7 +228,7 @@ class TwoSSP(PruningMethod):
     name = "2ssp"
     summary = "2SSP: FFN neurons by activation norm, then attention modules greedily by perplexity"
     Options = TwoSSPOptions
-    calibration = {"paper": CalibrationNeeds(32, 2048), "cpu-quick": CalibrationNeeds(8, 128)}
+    calibration = {"full": CalibrationNeeds(32, 2048), "quick": CalibrationNeeds(8, 128)}
 
     def plan(self, adapter: ModelAdapter, sparsity: float, options: TwoSSPOptions) -> dict[str, Any]:
         shape = Shape.of(adapter)

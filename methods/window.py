@@ -103,7 +103,7 @@ class Window(PruningMethod):
     name = "window"
     summary = "Window (Gromov et al.): remove the n contiguous layers whose input and output are most similar"
     Options = WindowOptions
-    calibration = {"paper": CalibrationNeeds(256, 2048), "cpu-quick": CalibrationNeeds(32, 128)}
+    calibration = {"full": CalibrationNeeds(256, 2048), "quick": CalibrationNeeds(32, 128)}
 
     def plan(self, adapter: ModelAdapter, sparsity: float, options: WindowOptions) -> dict[str, Any]:
         plan = plan_layer_removal(adapter, sparsity, options.protected(), "Window")

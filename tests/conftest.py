@@ -117,6 +117,27 @@ def smollm2(smollm2_ref):
     return load_model(smollm2_ref, dtype="float32", device="cpu")
 
 
+def pruned_checkpoint(out, method: str, sparsity: float, **options):
+    """A real pruned checkpoint of the embedded SmolLM2 (2 calibration samples of 64 tokens), as `prunebench prune` writes it."""
+    from harness import pruning
+
+    job = pruning.PruneJob(method=method, sparsity=sparsity, model="smollm2-135m", options=options, profile="cpu-quick",
+                           dtype="float32", device="cpu", calibration=pruning.CalibrationSpec("enwiki-sample", 2, 64))
+    return pruning.save(pruning.execute(pruning.prepare(job)), out)
+
+
+@pytest.fixture(scope="session")
+def shortgpt_checkpoint(smollm2_ref, tmp_path_factory):
+    """ShortGPT at 20 %: whole layers removed, every remaining layer intact (a homogeneous structure)."""
+    return pruned_checkpoint(tmp_path_factory.mktemp("shortgpt") / "ckpt", "shortgpt", 0.2)
+
+
+@pytest.fixture(scope="session")
+def twossp_checkpoint(smollm2_ref, tmp_path_factory):
+    """2SSP at 25 %: attention removed from some layers (not a structure a standard config describes)."""
+    return pruned_checkpoint(tmp_path_factory.mktemp("twossp") / "ckpt", "2ssp", 0.25, search_batch=16)
+
+
 @pytest.fixture(scope="session")
 def enwiki_tokens(smollm2_ref):
     """SmolLM2 tokens of the offline Wikipedia sample: (calibration part, evaluation part)."""

@@ -146,6 +146,23 @@ def test_saved_pruned_model_reloads_with_identical_logits(arch, tmp_path):
     assert reloaded.config.num_hidden_layers == 4
 
 
+@torch.no_grad()
+def test_checkpoint_reloaded_in_bf16_computes_as_a_bf16_load_of_the_same_weights(arch, tmp_path):
+    """Only parameters are cast: float32 buffers (rotary frequencies) stay float32, as from_pretrained keeps them."""
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model(arch, layers=3)
+    a = adapt(model)
+    out = save_pruned(a, None, tmp_path / "ckpt")
+    reloaded = load_pruned(out, dtype=torch.bfloat16)
+    plain = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16).eval()
+    buffers = {n: b.dtype for n, b in plain.named_buffers()}
+    assert {n: b.dtype for n, b in reloaded.named_buffers()} == buffers
+    assert all(p.dtype == torch.bfloat16 for p in reloaded.parameters())
+    x = ids()
+    assert torch.equal(logits(reloaded, x), logits(plain, x))
+
+
 def test_checkpoint_shrinks_on_disk(tmp_path):
     model = tiny_model("llama", layers=6)
     a = adapt(model)

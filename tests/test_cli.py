@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,6 +61,8 @@ def test_gemma_gets_bos_per_window_and_it_is_recorded(tmp_path, smollm2_ref):
     (["prune", "--method", "2ssp", "--sparsity", "0.3", "--option", "alpha=-2"], "option 'alpha'"),
     (["prune", "--method", "shortgpt", "--sparsity", "0.3", "--alpha", "2"], "--alpha applies to 2ssp only"),
     (["methods", "nosuch"], "unknown method 'nosuch'"),
+    (["bench", "--methods", "dense", "--export", "hf,nosuch"], "unknown export format 'nosuch'; choose "),
+    (["bench", "--methods", "dense", "--export", "hf", "--executor", "ray"], "the ray executor keeps only a cell's result"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, message):
     result = cli(*args, env={"HF_HUB_OFFLINE": "1"}, timeout=300)
@@ -166,3 +170,108 @@ def test_tiny_model_directory_prunes_through_the_cli(tmp_path, smollm2_ref):
                  "pydoc", "--calib-samples", "2", "--seq-len", "32", "--json", "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["model"]["kind"] == "local"
+
+
+def unreadable_weights(checkpoint: Path, dest: Path, cut: int = 0) -> Path:
+    """A copy of a checkpoint whose weights are zeros of the recorded size (less ``cut`` bytes): it passes the
+    size check and fails to load, so a refusal from it shows that no weight was read before."""
+    shutil.copytree(checkpoint, dest, ignore=shutil.ignore_patterns("*.safetensors"))
+    for file in checkpoint.glob("*.safetensors"):
+        with open(dest / file.name, "wb") as f:
+            f.truncate(file.stat().st_size - cut)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def export_inputs(shortgpt_checkpoint, twossp_checkpoint, tmp_path_factory):
+    root = tmp_path_factory.mktemp("export-inputs")
+    (root / "plain").mkdir()
+    (root / "plain" / "config.json").write_text("{}")
+    (root / "existing").mkdir()
+    (root / "existing" / "keep.txt").write_text("mine")
+    return {"root": root, "plain": root / "plain", "existing": root / "existing",
+            "short": unreadable_weights(shortgpt_checkpoint, root / "short"),
+            "2ssp": unreadable_weights(twossp_checkpoint, root / "2ssp"),
+            "cut": unreadable_weights(shortgpt_checkpoint, root / "cut", cut=1)}
+
+
+def _tree(root: Path) -> dict[str, int]:
+    return {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize(("case", "args", "message"), [
+    ("not a checkpoint", ["plain", "--format", "hf", "--out", "new"], "is not a pruned checkpoint (no prunebench.json)"),
+    ("unknown format", ["short", "--format", "onnx", "--out", "new"], "unknown export format 'onnx'; choose "),
+    ("unknown dtype", ["short", "--format", "hf", "--dtype", "int4", "--out", "new"],
+     "format 'hf' has no dtype 'int4'; choose float32, bfloat16, float16"),
+    ("a model hf cannot hold", ["2ssp", "--format", "hf", "--out", "new"], "as hf: layers "),
+    ("--out exists", ["short", "--format", "hf", "--out", "existing"], "exists; pass --force to replace it"),
+    ("--out in the checkpoint", ["short", "--format", "hf", "--out", "short/hf"], "is inside the checkpoint"),
+    ("--out holds the checkpoint", ["short", "--format", "hf", "--out", "root", "--force"], "contains the checkpoint"),
+    ("a cut weight file", ["cut", "--format", "hf", "--out", "new"], "is damaged: model.safetensors: "),
+])
+def test_bad_export_input_is_one_line_exit_2_and_writes_nothing(export_inputs, case, args, message):
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    root = export_inputs["root"]
+    paths = {**{k: str(v) for k, v in export_inputs.items()}, "new": str(root / "new"), "short/hf": str(root / "short" / "hf")}
+    before = _tree(root)
+    result = CliRunner().invoke(app, ["export", *(paths.get(a, a) for a in args)])
+    assert result.exit_code == 2, (case, result.stderr, result.exception)
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert _tree(root) == before  # nothing written, nothing removed
+    if case == "a model hf cannot hold":
+        from harness.export import FORMATS
+
+        assert "have no attention" in result.stderr
+        assert ("; format gguf can hold it" if "gguf" in FORMATS else "; no export format can hold it") in result.stderr
+
+
+@pytest.mark.real_model
+def test_the_unreadable_copies_would_fail_if_their_weights_were_read(export_inputs):
+    """The control of the test above: past every check, the zeroed weights make the export fail."""
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    out = export_inputs["root"] / "control"
+    result = CliRunner().invoke(app, ["export", str(export_inputs["short"]), "--format", "hf", "--out", str(out)])
+    assert result.exit_code not in (0, 2) and result.exception is not None
+    assert not out.exists()
+
+
+@pytest.mark.real_model
+def test_export_writes_a_transformers_directory_and_prints_what_it_wrote(shortgpt_checkpoint, tmp_path):
+    from harness.export.base import file_digest
+
+    out = tmp_path / "model.hf"
+    done = cli("export", str(shortgpt_checkpoint), "--format", "hf", "--out", str(out), "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["path"] == str(out) and report["checkpoint"] == str(shortgpt_checkpoint)
+    assert (report["bytes"], report["sha256"]) == file_digest(out) and report["dtype"] == "float32"
+    assert report["seconds"] > 0 and any("from_pretrained" in note for note in report["notes"])
+    refused = cli("export", str(shortgpt_checkpoint), "--format", "hf", "--out", str(out))
+    assert refused.returncode == 2 and "exists; pass --force to replace it" in refused.stderr
+    assert file_digest(out) == (report["bytes"], report["sha256"])
+    again = cli("export", str(shortgpt_checkpoint), "--format", "hf", "--out", str(out), "--force", "--dtype", "bfloat16")
+    assert again.returncode == 0, again.stderr[-2000:]
+    first, sha, *notes = again.stdout.splitlines()
+    assert first.startswith(f"exported {shortgpt_checkpoint} as hf (bfloat16) to {out}: ") and first.endswith(" s")
+    assert sha == f"  sha256 {file_digest(out)[1]}" and any("from_pretrained" in n for n in notes)
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert not list(tmp_path.glob(".*"))  # no temporary sibling left behind
+
+
+def test_export_is_in_the_help_with_its_formats():
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    assert "export" in CliRunner().invoke(app, ["--help"]).stdout
+    text = CliRunner().invoke(app, ["export", "--help"]).stdout
+    assert "--format" in text and "gguf" in text and "--force" in text
+    assert "--export" in CliRunner().invoke(app, ["bench", "--help"]).stdout

@@ -55,14 +55,14 @@ def test_bad_options_are_one_line_errors(bad):
     assert "\n" not in str(err.value)
 
 
-def test_block_form_has_its_own_option_and_the_profiles_resolve():
+def test_block_form_has_its_own_option_and_the_protocols_resolve():
     block = get_method("evopress-block")
     assert block.options({"block_mutation": "evopress-code"}).block_mutation == "evopress-code"
     with pytest.raises(MethodError, match="^evopress-block: option 'delete_empty_layers'"):
         block.options({"delete_empty_layers": False})
-    quick = get_method("evopress").options(profile="cpu-quick")
+    quick = get_method("evopress").options(protocol="quick")
     assert (quick.offspring, quick.generations, quick.tokens_per_selection) == (6, 6, (256, 512))
-    paper = get_method("evopress").options(profile="paper")
+    paper = get_method("evopress").options(protocol="full")
     assert (paper.offspring, paper.initially_generated, paper.survivors_per_selection, paper.tokens_per_selection,
             paper.population_size, paper.max_mutations) == (32, 64, (2, 1), (2048, 32768), 1, 3)
 

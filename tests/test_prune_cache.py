@@ -251,16 +251,19 @@ def test_a_cell_served_from_the_cache_reports_the_run_that_pruned_it(cell_setup,
     from harness.bench.cell import PeakMemory, prune_or_reuse
 
     ids = torch.randint(3, 128, (1, 12), generator=torch.Generator().manual_seed(0))
-    first_model, first, peak = prune_or_reuse(*cell_setup("first"), PeakMemory())
+    first_adapter, first, peak = prune_or_reuse(*cell_setup("first"), PeakMemory())
     assert not first.from_cache and first.cache_key and peak
     assert first.pruned_by.cell == "first" and first.pruned_by.finished_at.endswith("+00:00")
     assert set(type(first.pruned_by).model_fields) == {"cell", "finished_at", "git", "hardware"} and first.pruned_by.hardware
 
-    model, second, peak = prune_or_reuse(*cell_setup("second"), PeakMemory())
+    adapter, second, peak = prune_or_reuse(*cell_setup("second"), PeakMemory())
     assert second.from_cache and second.cache_key == first.cache_key and peak == {}
     assert second.pruned_by == first.pruned_by and second.decisions == first.decisions
     with torch.no_grad():
-        assert torch.equal(model(ids).logits, first_model(ids).logits)
+        assert torch.equal(adapter.model(ids).logits, first_adapter.model(ids).logits)
+    # The reloaded model carries the dense config and the edits, as the freshly pruned one does (exports read them).
+    assert adapter.ops == first_adapter.ops and adapter.ops
+    assert adapter.base_config["num_hidden_layers"] == first_adapter.base_config["num_hidden_layers"] == 4
 
     # --force: pruned again, by this run.
     _, forced, _ = prune_or_reuse(*cell_setup("forced", reprune=True), PeakMemory())

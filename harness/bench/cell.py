@@ -26,7 +26,17 @@ import torch
 from harness.bench.config import CellSpec
 from harness.env import capture
 from harness.errors import PrunebenchError
-from harness.results import Cell, CellResult, ErrorInfo, Parameters, Provenance, PruningReport, write_result
+from harness.results import (
+    EXPORTS_DIR,
+    Cell,
+    CellResult,
+    ErrorInfo,
+    Exports,
+    Parameters,
+    Provenance,
+    PruningReport,
+    write_result,
+)
 from methods.errors import MethodError
 
 log = logging.getLogger("prunebench.cell")
@@ -113,7 +123,8 @@ def _prune(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, PruningRepo
 
 
 def prune_or_reuse(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, PruningReport, dict[str, int | None]]:
-    """The pruned model of this cell: from the pruned-model cache when the same pruning ran before.
+    """The pruned model of this cell (its adapter, with the dense config and the edits made: what an export
+    reads), from the pruned-model cache when the same pruning ran before.
 
     The cache (harness.prune_cache) is keyed by what determines the model, code included; it serves only
     entries that verify, and ``spec.reprune`` (bench --force) prunes again. An entry that verifies but
@@ -125,7 +136,7 @@ def prune_or_reuse(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, Pru
 
     if not spec.cache_pruned:
         outcome, report, peak = _prune(spec, loaded, memory)
-        return outcome.loaded.model, report, peak
+        return outcome.adapter, report, peak
     fingerprint = code_fingerprint()
     key = spec.prune_key(model_identity(loaded.ref), fingerprint)
     cache = PrunedModelCache(cache_dir() / "pruned")
@@ -136,23 +147,33 @@ def prune_or_reuse(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, Pru
         info = {"prune_report": report.model_dump(mode="json"), "cell": spec.id, "cache_key": key,
                 "fingerprint": fingerprint}
         save_pruned(outcome.adapter, loaded.tokenizer, entry, info=info)
-        fresh.update(model=outcome.loaded.model, report=report, peak=peak)
+        fresh.update(adapter=outcome.adapter, report=report, peak=peak)
 
     entry, created = cache.obtain(key, create, spec.reprune)
     if not created:
         log.info("pruned model found in the cache (%s): not pruning again", entry)
         try:
-            stored = PruningReport.model_validate(read_manifest(entry)["prune_report"])
+            manifest = read_manifest(entry)
+            stored = PruningReport.model_validate(manifest["prune_report"])
             report = stored.model_copy(update={"from_cache": True, "cache_key": key})
             _free(loaded.model)
-            return load_pruned(entry, dtype=loaded.dtype, device=loaded.device), report, {}
+            return _logged(load_pruned(entry, dtype=loaded.dtype, device=loaded.device), manifest), report, {}
         except (MemoryError, torch.OutOfMemoryError):
             raise  # the machine's limit, not the entry's fault
         except Exception as err:  # a sound-looking entry that does not load is as bad as a corrupt one
             log.warning("cached pruned model %s does not load (%s); pruning again",
                         entry, f"{type(err).__name__}: {err}".splitlines()[0][:200])
             cache.obtain(key, create, reprune=True)  # creates: the model is the one pruned now
-    return fresh["model"], fresh["report"].model_copy(update={"cache_key": key}), fresh["peak"]
+    return fresh["adapter"], fresh["report"].model_copy(update={"cache_key": key}), fresh["peak"]
+
+
+def _logged(model: Any, manifest: dict[str, Any]):
+    """The adapter of a reloaded pruned model with the dense config and edits its manifest records."""
+    from methods.arch import adapt
+
+    adapter = adapt(model)
+    adapter.base_config, adapter.ops = dict(manifest["base_config"]), list(manifest["ops"])
+    return adapter
 
 
 def cell_of(spec: CellSpec) -> Cell:
@@ -160,8 +181,9 @@ def cell_of(spec: CellSpec) -> Cell:
                 seed=spec.seed)
 
 
-def run(spec: CellSpec) -> CellResult:
-    """Load, measure on the dense model what needs it, prune (or reuse), then run every enabled metric."""
+def run(spec: CellSpec, exports_dir: Path | None = None) -> CellResult:
+    """Load, measure on the dense model what needs it, prune (or reuse), run every enabled metric, then write
+    the exports the spec asks for into ``exports_dir`` (after the measurements, outside every timing)."""
     from harness.metrics.base import MeasureContext
     from harness.metrics.registry import METRICS
     from harness.models import load_model, resolve_model
@@ -181,25 +203,50 @@ def run(spec: CellSpec) -> CellResult:
     measured_before = {name: m.before_pruning(getattr(spec, name), dense_ctx) for name, m in enabled.items()}
     del dense_ctx, dense
     pruning_report, peak = None, {}
-    model = loaded.model
-    if not is_dense:
+    if is_dense:
+        adapter = adapt(loaded.model)
+    else:
         log.info("pruning with %s at %.4g", spec.method, spec.sparsity)
-        model, pruning_report, peak = prune_or_reuse(spec, loaded, memory)
-        model.eval()
-    adapter = adapt(model)
+        adapter, pruning_report, peak = prune_or_reuse(spec, loaded, memory)
+    model = adapter.model.eval()
     after = (adapter.total_parameters(), adapter.block_parameters())
     ctx = MeasureContext(model, adapter, loaded.tokenizer, spec.seed, is_dense, source)
     results = {name: m.measure(getattr(spec, name), ctx, measured_before[name]) for name, m in enabled.items()}
+    wall, process_memory = time.perf_counter() - t0, memory.read()  # the cell's own work: exports are not in it
+    source = (pruning_report.model if pruning_report else
+              {"name": ref.name, "kind": ref.kind, "dtype": str(loaded.dtype).removeprefix("torch."),
+               "device": str(loaded.device)})
+    exports = write_exports(spec, adapter, loaded.tokenizer, source, exports_dir) if spec.export else None
     return CellResult(
         status="ok", cell=cell_of(spec), config=spec.model_dump(mode="json"), config_hash=spec.config_hash(),
-        started_at=started, finished_at=now(), wall_seconds=time.perf_counter() - t0,
+        started_at=started, finished_at=now(), wall_seconds=wall,
         parameters=Parameters(total_before=before[0], total_after=after[0], blocks_before=before[1],
                               blocks_after=after[1], achieved_sparsity=(before[1] - after[1]) / before[1]),
-        pruning=pruning_report, memory={**peak, **{f"process_{k}": v for k, v in memory.read().items()}},
+        pruning=pruning_report, memory={**peak, **{f"process_{k}": v for k, v in process_memory.items()}},
+        exports=exports,
         environment={**capture(), "runtime": {"dtype": str(loaded.dtype).removeprefix("torch."),
                                               "device": str(loaded.device)}},
         **results,
     )
+
+
+def write_exports(spec: CellSpec, adapter, tokenizer, source: dict[str, str], exports_dir: Path | None) -> Exports:
+    """Each asked format into ``exports_dir/<cell>.<format>``. A format that cannot hold the model is recorded
+    with its reason (the cell is fine); an error while writing fails the cell, like any other error."""
+    from harness.export import ExportRefused, export_model
+
+    if exports_dir is None:
+        raise PrunebenchError(f"cell {spec.id} asks for exports ({', '.join(spec.export)}) but was given no folder for them")
+    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in adapter.model.parameters()):
+        adapter.model.to(device="cpu", dtype=torch.float32)  # what formats read (export/base.py); exact widening
+    done = Exports()
+    for fmt in spec.export:
+        try:
+            done.written[fmt] = export_model(adapter, tokenizer, source, fmt, exports_dir / f"{spec.id}.{fmt}")
+        except ExportRefused as err:
+            log.info("export %s of cell %s refused: %s", fmt, spec.id, err)
+            done.refused[fmt] = str(err)
+    return done
 
 
 def failed(spec: CellSpec, started: str, seconds: float, kind: str, message: str, log_tail: str = "") -> CellResult:
@@ -222,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = CellSpec(**json.loads(args.spec.read_text()))
     started, t0 = now(), time.perf_counter()
     try:
-        result = run(spec)
+        result = run(spec, args.result.parent / EXPORTS_DIR)
     except (PrunebenchError, MethodError) as err:
         log.error("%s", err)
         result = failed(spec, started, time.perf_counter() - t0, "invalid", str(err))

@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from harness import __version__
 from harness.errors import PrunebenchError
@@ -92,6 +101,27 @@ class _BenchConfig(_Config):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     method_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     executor_options: dict[str, Any] = Field(default_factory=dict)
+    # Also write each cell's model in these formats (harness.export), into cells/exports/ beside its result.
+    export: list[str] = Field(default_factory=list)
+
+    @field_validator("export")
+    @classmethod
+    def _known_formats(cls, values: list[str]) -> list[str]:
+        from harness.export import resolve_format
+
+        for fmt in values:
+            try:
+                resolve_format(fmt)
+            except PrunebenchError as err:  # a ValueError is what pydantic reports as a bad setting
+                raise ValueError(str(err)) from None
+        return list(dict.fromkeys(values))
+
+    @model_validator(mode="after")
+    def _exports_stay(self):
+        if self.export and self.executor == "ray":
+            raise ValueError("the ray executor keeps only a cell's result and log (no shared filesystem), so "
+                             "exports would be lost: export with the local or docker executor")
+        return self
 
     @field_validator("sparsities")
     @classmethod
@@ -178,9 +208,12 @@ class _CellSpec(_Config):
     # How to run, not what to compute (bench --force): prune again even if the cache holds the model.
     # Left out of both hashes, so a forced run's result is the same configuration as any other.
     reprune: bool = False
+    # Formats to export the cell's model in, after its measurements: they change no number, so they are left
+    # out of both hashes too (a cell whose result lacks an asked export runs again, see runner.plan_jobs).
+    export: list[str] = Field(default_factory=list)
 
     def config_hash(self) -> str:
-        return canonical_hash(self.model_dump(mode="json", exclude={"reprune"}))
+        return canonical_hash(self.model_dump(mode="json", exclude={"reprune", "export"}))
 
     def prune_key(self, model_identity: str, fingerprint: dict[str, str]) -> str:
         """Only what determines the pruned weights: a later metric change reuses the pruned model.

@@ -91,7 +91,8 @@ class DockerExecutor:
             "PRUNEBENCH_IMAGE_DIGEST": self.image_digest(),
             "PYTHONUNBUFFERED": "1",
         }
-        for passthrough in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN", "HF_ENDPOINT"):
+        # PRUNEBENCH_METHODS: methods added by name (methods.registry); their modules must be in the image.
+        for passthrough in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN", "HF_ENDPOINT", "PRUNEBENCH_METHODS"):
             if passthrough in os.environ:
                 env[passthrough] = os.environ[passthrough]
         args: dict[str, Any] = {

@@ -18,6 +18,7 @@ from harness.bench.config import (
 )
 from harness.errors import PrunebenchError
 from harness.metrics.registry import METRICS
+from harness.pruning import method_protocol
 from methods import expand_method_name, get_method, method_names
 from methods.errors import MethodError
 
@@ -100,7 +101,8 @@ def resolve(config: BenchConfig) -> ResolvedBench:
     cells: list[CellSpec] = []
     for v in variants:
         method = get_method(v.method)
-        options = method.options({**config.method_options.get(v.method, {}), **v.options}, profile).model_dump(mode="json")
+        options = method.options({**config.method_options.get(v.method, {}), **v.options},
+                                 method_protocol(profile)).model_dump(mode="json")
         calibration = _calibration(method, profile, source, v.calibration or config.calibration)
         if v.method == "dense":
             grid = [(0.0, 0)]
@@ -112,7 +114,7 @@ def resolve(config: BenchConfig) -> ResolvedBench:
                 sparsity=sparsity, seed=seed, profile=profile, method_options=options, calibration=calibration,
                 **metrics,
                 dtype=config.dtype, device=config.device,
-                trust_remote_code=config.trust_remote_code, cache_pruned=config.cache_pruned,
+                trust_remote_code=config.trust_remote_code, cache_pruned=config.cache_pruned, export=config.export,
             ))
     return ResolvedBench(config, profile, out, cells, sparsities)
 
@@ -142,7 +144,7 @@ def check_out(out: Path) -> None:
 
 
 def _calibration(method, profile: str, source: str, asked: CalibrationConfig) -> CalibrationConfig:
-    needs = method.calibration.get(profile)
+    needs = method.calibration[method_protocol(profile)]
     if not (needs and needs.samples):  # a method without calibration (the dense model)
         return CalibrationConfig(source="none")
     return CalibrationConfig(source=asked.source if asked.source != "auto" else source,

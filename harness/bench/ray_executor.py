@@ -40,8 +40,9 @@ log = logging.getLogger("prunebench.ray")
 
 GIB = 2**30
 INSTALL_HINT = "install with pip install 'prunebench[ray]'"
-# Settings that decide how a cell reaches the hub; secrets (HF_TOKEN) stay with each node's own environment.
-FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT")
+# Settings that decide how a cell reaches the hub, and the methods added by name (methods.registry: the cell
+# must know the methods the driver planned with); secrets (HF_TOKEN) stay with each node's own environment.
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "PRUNEBENCH_METHODS")
 # Host memory of a cell beyond its weights: Python, torch, transformers, lm-eval, datasets, the text.
 BASE_MEMORY_BYTES = 2 * GIB
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}

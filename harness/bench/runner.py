@@ -15,7 +15,7 @@ from harness.bench.config import BenchConfig
 from harness.bench.executors import BenchInterrupted, CellJob, Event, make_executor
 from harness.bench.expand import ResolvedBench, resolve, validate
 from harness.metrics.registry import METRICS
-from harness.results import InvalidResult, read_result, write_text_atomic
+from harness.results import EXPORTS_DIR, InvalidResult, read_result, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ def describe(bench: ResolvedBench) -> list[str]:
         f"{f' (--num-prune {bench.config.num_prune})' if bench.config.num_prune is not None else ''}; "
         f"seeds {', '.join(sorted({str(cell.seed) for cell in bench.cells}))}; {len(bench.cells)} cells",
         *(metric.describe(getattr(c, name)) for name, metric in METRICS.items()),
+        *([f"exports: {', '.join(c.export)} of every cell, into {bench.out / 'cells' / EXPORTS_DIR}"] if c.export else []),
     ]
     seen = set()
     for cell in bench.cells:
@@ -69,7 +70,8 @@ def plan_jobs(bench: ResolvedBench, force: bool) -> tuple[list[CellJob], list[st
         if result_path.exists() and not force:
             try:
                 existing = read_result(result_path)
-                if existing.status == "ok" and existing.config_hash == spec.config_hash():
+                exported = not spec.export or (existing.exports is not None and existing.exports.answered(spec.export))
+                if existing.status == "ok" and existing.config_hash == spec.config_hash() and exported:
                     skipped.append(spec.id)
                     continue
             except InvalidResult as err:

@@ -30,11 +30,12 @@ from harness.export.base import (
 )
 from harness.export.gguf import GGUFExport
 from harness.export.gguf_vocab import tokenizer_json_of
+from harness.export.hf import HFExport
 from methods.arch import ModelAdapter, adapt
 
 log = logging.getLogger(__name__)
 
-FORMATS: dict[str, ExportFormat] = {f.name: f for f in (GGUFExport(),)}
+FORMATS: dict[str, ExportFormat] = {f.name: f for f in (HFExport(), GGUFExport())}
 
 __all__ = ["FORMATS", "ExportRefused", "ExportReport", "check_export", "export", "export_model", "read_structure", "resolve_format"]
 

@@ -10,8 +10,11 @@ equivalents instead (each one is listed in the export's notes):
   breaks every other layer. Layer 0 gets a one-head attention whose output projection is zero: it adds
   exactly nothing, as the removed module did.
 - attention kept, FFN removed: for a layer of FFN width 0 the graph skips the rest of the layer, dropping
-  the attention output with it. Such a layer gets a one-neuron FFN whose weights are zero.
-- neither left: the layer is the identity, so it is left out of the file.
+  the attention output with it (on the last layer it also skips the selection of output rows, and the
+  process aborts). Such a layer gets a one-neuron FFN whose weights are zero.
+- neither left: the layer is the identity (which aborts as the last layer), so it is left out of the file.
+
+docs/export.md shows what llama.cpp does with each naive form.
 
 The tensors follow llama.cpp's layout: Q and K rows are reordered for its rotary embedding (pairs of
 adjacent values, where transformers rotates halves), 1-D tensors stay float32, and in Q8_0 a matrix whose
@@ -204,7 +207,9 @@ def _write_model(writer: gguf.GGUFWriter, adapter: ModelAdapter, structure: Prun
     writer.add_file_type(FILE_TYPES[dtype])
     if dtype == "q8_0":
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    if sliding := getattr(config, "sliding_window", None):
+    layer_types = getattr(config, "layer_types", None)
+    windowed = "sliding_attention" in layer_types if layer_types else getattr(config, "use_sliding_window", True)
+    if (sliding := getattr(config, "sliding_window", None)) and windowed:
         notes.append(f"the model's sliding window ({sliding} tokens) is not applied by llama.cpp's deci graph: "
                      f"identical for contexts up to {sliding} tokens")
     if tensors.kept_f16:
