@@ -1,5 +1,5 @@
-"""The engine metric: off unless asked for, its settings checked in one line, its leaderboard cells and CSV,
-a model GGUF cannot hold, and a real bench cell that exports and times a pruned model in llama.cpp."""
+"""The engine metric: off unless asked for, its settings checked in one line, its leaderboard cells and CSV, and
+real bench cells that export and time a pruned model in llama.cpp, or say why GGUF cannot hold it (SliceGPT)."""
 
 from __future__ import annotations
 
@@ -70,11 +70,19 @@ def test_make_bench_engine_1_installs_the_extra_and_passes_the_flag(tmp_path):
     assert "--engine" not in plain and "requirements-engine.lock" not in plain
 
 
-def test_a_cell_recorded_before_the_engine_existed_reads_as_engine_off():
-    recorded = json.loads((PUBLISHED / "dense.json").read_text())["config"]
-    assert "engine" not in recorded
-    assert CellSpec(**recorded).engine == EngineConfig()
-    assert read_result(PUBLISHED / "dense.json").engine is None
+def test_cells_recorded_before_the_engine_existed_read_as_engine_off_and_keep_their_hash_and_protocol():
+    from harness.leaderboard import protocol_key
+
+    for _, r in scan_results(PUBLISHED)[0]:
+        assert "engine" not in r.config and r.engine is None
+        spec = CellSpec(**r.config)
+        assert spec.engine == EngineConfig()
+        assert spec.config_hash() == r.config_hash  # a bench that asks for no engine resumes them
+        off = r.model_copy(update={"config": spec.model_dump(mode="json")})
+        assert protocol_key(off) == protocol_key(r)  # and shares their leaderboard table
+    on = spec.model_copy(update={"engine": EngineConfig(enabled=True)})
+    assert on.config_hash() != spec.config_hash()
+    assert protocol_key(r.model_copy(update={"config": on.model_dump(mode="json")})) != protocol_key(r)
 
 
 def _protocol() -> EngineProtocol:
@@ -146,28 +154,12 @@ def test_results_keep_their_kind_and_the_columns_stand_beside_the_pytorch_speed_
 
 
 @pytest.mark.real_model
-def test_a_model_gguf_cannot_hold_is_reported_and_not_run(smollm2):
-    """SliceGPT, pruned for real: the export refuses it, the metric says so, and nothing fails."""
-    from harness import pruning
-    from harness.metrics.base import MeasureContext
-
-    job = pruning.PruneJob(method="slicegpt", sparsity=0.25, model="smollm2-135m", profile="cpu-quick",
-                           calibration=pruning.CalibrationSpec("enwiki-sample", 2, 64), dtype="float32", device="cpu")
-    outcome = pruning.execute(pruning.prepare(job), loaded=smollm2)
-    ctx = MeasureContext(outcome.adapter.model, outcome.adapter, smollm2.tokenizer, 0, False,
-                         {"name": "smollm2-135m", "kind": "embedded", "dtype": "float32", "device": "cpu"})
-    # The dense model's run (timed for real in the bench test below) is given: only the refusal is under test.
-    result = METRIC.measure(EngineConfig(enabled=True, threads=1), ctx, (DENSE, _protocol()))
-    assert isinstance(result, EngineNotRun) and result.dense == DENSE
-    assert "SliceGPT" in result.reason and METRIC.cells([result], None)[0].startswith("no GGUF: its edits")
-
-
-@pytest.mark.real_model
-def test_a_bench_cell_times_its_pruned_model_and_the_dense_one_in_llama_cpp(tmp_path):
+def test_bench_cells_time_their_pruned_model_and_the_dense_one_and_report_what_gguf_cannot_hold(tmp_path):
     from harness.paths import cache_dir
 
     tiny = {
-        "model": "smollm2-135m", "profile": "cpu-quick", "methods": ["dense", "shortgpt"], "sparsities": [0.25],
+        "model": "smollm2-135m", "profile": "cpu-quick", "methods": ["dense", "shortgpt", "slicegpt"],
+        "sparsities": [0.25],
         "perplexity": {"datasets": ["enwiki-sample"], "seq_len": 64, "max_windows": 2},
         "downstream": {"enabled": False}, "qualitative": {"enabled": False},
         "latency": {"seq_len": 16, "warmup": 1, "repeats": 2, "decode_tokens": 2, "decode_prompt": 8},
@@ -193,6 +185,11 @@ def test_a_bench_cell_times_its_pruned_model_and_the_dense_one_in_llama_cpp(tmp_
     p = pruned.protocol
     assert (p.settings.threads, p.prompt_tokens, p.decode_tokens, p.llama_cpp_python) == (1, 16, 4, VERSION)
     assert "AVX" in p.system_info or "NEON" in p.system_info
+    # SliceGPT: the export refuses its rotated residual stream; the cell is fine and says why.
+    sliced = read_result(tmp_path / "out" / "cells" / "slicegpt-s0.25-seed0.json")
+    assert sliced.status == "ok" and isinstance(sliced.engine, EngineNotRun)
+    assert "SliceGPT" in sliced.engine.reason and sliced.engine.dense.gguf.sha256 == dense.gguf.sha256
     board = (tmp_path / "out" / "leaderboard.md").read_text()
     assert "llama.cpp decode speed-up [95 % CI]" in board and "- engine: llama.cpp on the CPU" in board
+    assert "| no GGUF: its edits slicegpt (SliceGPT's" in board
     assert set(cache_dir().glob("engine-*")) == temporary  # this bench's temporary GGUFs are gone
