@@ -6,6 +6,7 @@ weights, dequantised) only loosely; exported F32 GGUFs are checked tightly in te
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import subprocess
 import sys
@@ -18,6 +19,9 @@ from harness.engine.llamacpp import VERSION, EngineError, LlamaCpp
 
 REPO = Path(__file__).resolve().parents[1]
 SEQ_LEN = 128
+# make test installs the extra (make install-engine); a bare pytest without it skips what needs llama.cpp.
+needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                                     reason="llama-cpp-python is not installed: make install-engine")
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +38,7 @@ def engine(source_gguf):
         yield loaded
 
 
+@needs_llama_cpp
 @pytest.mark.real_model
 def test_window_nll_matches_prunebench_loosely_on_the_same_windows(engine, smollm2, enwiki_tokens):
     from harness.data.tokens import eval_windows
@@ -55,6 +60,7 @@ def test_window_nll_matches_prunebench_loosely_on_the_same_windows(engine, smoll
     assert engine.window_nll(windows[0].tolist()) != engine.window_nll(windows[0].tolist(), bos)
 
 
+@needs_llama_cpp
 @pytest.mark.real_model
 def test_greedy_is_deterministic_and_exactly_n_tokens(engine, source_gguf, smollm2):
     prompt = smollm2.tokenizer("The capital of France is", add_special_tokens=False).input_ids
@@ -67,6 +73,7 @@ def test_greedy_is_deterministic_and_exactly_n_tokens(engine, source_gguf, smoll
     assert "Paris" in smollm2.tokenizer.decode(first)
 
 
+@needs_llama_cpp
 @pytest.mark.real_model
 def test_timings_are_positive_and_counted_by_llama_cpp(engine):
     prompt = list(range(1000, 1064))
@@ -78,6 +85,7 @@ def test_timings_are_positive_and_counted_by_llama_cpp(engine):
         engine.prefill_seconds(list(range(engine.settings.n_ctx + 1)))
 
 
+@needs_llama_cpp
 def test_a_file_llama_cpp_cannot_load_is_one_line_with_its_reason(tmp_path):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"not a gguf file at all" * 10)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_engine import needs_llama_cpp
 
 from harness.bench.config import PROFILES, BenchConfig, CellSpec, metric_config
 from harness.engine.llamacpp import VERSION, EngineSettings
@@ -153,6 +154,7 @@ def test_results_keep_their_kind_and_the_columns_stand_beside_the_pytorch_speed_
     assert "- engine: llama.cpp on the CPU" in text
 
 
+@needs_llama_cpp
 @pytest.mark.real_model
 def test_bench_cells_time_their_pruned_model_and_the_dense_one_and_report_what_gguf_cannot_hold(tmp_path):
     from harness.paths import cache_dir
