@@ -51,7 +51,7 @@ class EngineConfig(MetricConfig):
     prompt_tokens: int = Field(2048, ge=2, description="prefill length")
     decode_tokens: int = Field(128, ge=1, description="tokens generated per decode measurement")
     decode_prompt: int = Field(128, ge=1, description="prompt length before decoding")
-    warmup: int = Field(3, ge=0, description="untimed prefills and decodes before the timed ones, per model")
+    warmup: int = Field(2, ge=0, description="untimed prefills and decodes before the timed ones, per model")
     repeats: int = Field(10, ge=2)
 
 
@@ -181,12 +181,12 @@ class EngineMetric(Metric[EngineConfig, EngineResult]):
     def default_config(self, profile: str) -> EngineConfig:
         # The latency metric's prefill length and decode prompt, so both time the same tokens. llama.cpp
         # decodes a small model fast, so cpu-quick affords 32 steps (latency's 4 leave wide intervals).
+        # Two warm-ups: llama.cpp sizes its buffers on the first call and has no allocator or kernel
+        # autotuning to settle beyond that (PyTorch's latency warms up longer).
         latency = LatencyMetric().default_config(profile)
-        if profile == "paper":
-            return EngineConfig(prompt_tokens=latency.seq_len, decode_prompt=latency.decode_prompt,
-                                decode_tokens=latency.decode_tokens, warmup=latency.warmup, repeats=latency.repeats)
-        return EngineConfig(prompt_tokens=latency.seq_len, decode_prompt=latency.decode_prompt, decode_tokens=32,
-                            warmup=2, repeats=10)
+        decode_tokens = latency.decode_tokens if profile == "paper" else 32
+        return EngineConfig(prompt_tokens=latency.seq_len, decode_prompt=latency.decode_prompt,
+                            decode_tokens=decode_tokens, warmup=2, repeats=10)
 
     def validate(self, config: EngineConfig) -> list[str]:
         if config.enabled:
