@@ -127,7 +127,7 @@ def test_cells_and_csv_of_a_measured_and_a_refused_result():
     assert METRIC.cells([REFUSED], None) == ["no GGUF: its edits rotate have no GGUF form", "-"]
     assert METRIC.csv(REFUSED) == {"engine_status": "not exportable", "engine_reason": REFUSED.reason}
     [line] = METRIC.protocol_lines(score)
-    assert "llama-cpp-python 0.3.36, 2 threads, build SSE3, AVX2, OPENMP" in line and "GGUF f16" in line
+    assert "llama-cpp-python 0.3.36, threads 2, build SSE3, AVX2, OPENMP" in line and "GGUF f16" in line
     assert [c.ok for c in METRIC.compare(score, score, Tolerances())] == [None, None]  # timings: reported, not judged
 
 

@@ -148,7 +148,7 @@ def time_model(config: EngineConfig, ctx: MeasureContext, label: str) -> Run:
             return str(err)
         gguf = GGUFFile(dtype=report.dtype, bytes=report.bytes, sha256=report.sha256, export_seconds=report.seconds,
                         notes=report.notes)
-        log.info("engine: timing the %s model in llama.cpp (%s, %d threads)", label, report.dtype, threads)
+        log.info("engine: timing the %s model in llama.cpp (%s, threads %d)", label, report.dtype, threads)
         with LlamaCpp(report.path, threads, max(config.prompt_tokens, config.decode_prompt + config.decode_tokens)) as engine:
             for _ in range(config.warmup):
                 engine.prefill_seconds(prefill_ids)
@@ -232,7 +232,7 @@ class EngineMetric(Metric[EngineConfig, EngineResult]):
         if p is None:
             return [f"- engine (llama.cpp): not run: {_short(result.reason)}"]
         gguf = result.gguf if isinstance(result, EngineScore) else result.dense.gguf
-        line = (f"- engine: llama.cpp on the CPU (llama-cpp-python {p.llama_cpp_python}, {p.settings.threads} threads, "
+        line = (f"- engine: llama.cpp on the CPU (llama-cpp-python {p.llama_cpp_python}, threads {p.settings.threads}, "
                 f"build {build_features(p.system_info)}), GGUF {gguf.dtype} exported from each model; prefill 1 x "
                 f"{p.prompt_tokens}, decode {p.decode_tokens} tokens after {p.decode_prompt} ({p.warmup} warm-ups, "
                 f"{p.repeats} repeats, {p.clock})")
