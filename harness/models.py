@@ -133,6 +133,11 @@ def check_model(ref: ModelRef, trust_remote_code: bool = False):
     return config
 
 
+def num_layers(model: str | None, trust_remote_code: bool = False) -> int:
+    """The model's number of transformer blocks, from its config alone (``--num-prune`` counts in blocks)."""
+    return check_model(resolve_model(model), trust_remote_code).num_hidden_layers
+
+
 def ensure_embedded(name: str) -> Path:
     """Convert the embedded GGUF once into a safetensors directory (GGUF loading takes ~30 s, this < 1 s)."""
     target = embedded_dir(name)

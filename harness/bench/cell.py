@@ -26,6 +26,7 @@ import torch
 from harness.bench.config import CellSpec
 from harness.env import capture
 from harness.errors import PrunebenchError
+from harness.logs import quiet_libraries
 from harness.results import Cell, CellResult, ErrorInfo, Parameters, Provenance, PruningReport, write_result
 from methods.errors import MethodError
 
@@ -67,8 +68,8 @@ class PeakMemory:
     def reset(self) -> None:
         try:
             Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass
+        except OSError as err:  # not Linux, or not allowed: the peak then counts from the process start
+            log.debug("cannot reset the peak resident memory (%s)", err)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
 
@@ -78,8 +79,8 @@ class PeakMemory:
             for line in Path("/proc/self/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     rss = int(line.split()[1]) * 1024
-        except OSError:
-            pass
+        except OSError as err:  # not Linux: no peak recorded
+            log.debug("cannot read the peak resident memory (%s)", err)
         cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
         return {"peak_rss_bytes": rss, "peak_cuda_bytes": cuda}
 
@@ -200,12 +201,14 @@ def run(spec: CellSpec) -> CellResult:
     )
 
 
-def failed(spec: CellSpec, started: str, seconds: float, kind: str, message: str, log_tail: str = "") -> CellResult:
+def failed(spec: CellSpec, started: str, seconds: float, kind: str, message: str, log_tail: str = "",
+           exit_code: int | None = None) -> CellResult:
     return CellResult(
         status="failed",
         cell=cell_of(spec),
         config=spec.model_dump(mode="json"), config_hash=spec.config_hash(), started_at=started, finished_at=now(),
-        wall_seconds=seconds, environment=capture(), error=ErrorInfo(kind=kind, message=message, log_tail=log_tail),
+        wall_seconds=seconds, environment=capture(),
+        error=ErrorInfo(kind=kind, message=message, log_tail=log_tail, exit_code=exit_code),
     )
 
 
@@ -215,8 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--result", type=Path, required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub", "transformers", "lm_eval"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_libraries()
     spec = CellSpec(**json.loads(args.spec.read_text()))
     started, t0 = now(), time.perf_counter()
     try:
