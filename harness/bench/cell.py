@@ -85,11 +85,34 @@ class PeakMemory:
         return {"peak_rss_bytes": rss, "peak_cuda_bytes": cuda}
 
 
-def _free(model: Any) -> None:
-    del model
+def _release_dense(loaded) -> None:
+    """Let the dense model go before a cached pruned one is loaded, so that the cell never holds both.
+
+    ``loaded`` is its last holder: ``run`` drops its dense adapter and measuring context and keeps no
+    name of its own for the model while the pruned one is obtained.
+    """
+    loaded.model = None
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _load_cached(entry: Path, key: str, loaded) -> tuple[Any, PruningReport] | None:
+    """The cached pruned model and its stored report, the dense model released first; None when the
+    entry does not load (the dense model is then loaded again to prune)."""
+    from harness.checkpoint import load_pruned, read_manifest
+
+    try:
+        stored = PruningReport.model_validate(read_manifest(entry)["prune_report"])
+        report = stored.model_copy(update={"from_cache": True, "cache_key": key})
+        _release_dense(loaded)
+        return load_pruned(entry, dtype=loaded.dtype, device=loaded.device), report
+    except (MemoryError, torch.OutOfMemoryError):
+        raise  # the machine's limit, not the entry's fault
+    except Exception as err:  # a sound-looking entry that does not load is as bad as a corrupt one
+        log.warning("cached pruned model %s does not load (%s); pruning again",
+                    entry, f"{type(err).__name__}: {err}".splitlines()[0][:200])
+        return None
 
 
 def _prune(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, PruningReport, dict[str, Any]]:
@@ -120,7 +143,8 @@ def prune_or_reuse(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, Pru
     entries that verify, and ``spec.reprune`` (bench --force) prunes again. An entry that verifies but
     does not load is pruned again once, in this cell.
     """
-    from harness.checkpoint import load_pruned, read_manifest, save_pruned
+    from harness.checkpoint import save_pruned
+    from harness.models import load_weights
     from harness.paths import cache_dir
     from harness.prune_cache import PrunedModelCache, code_fingerprint
 
@@ -133,6 +157,8 @@ def prune_or_reuse(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, Pru
     fresh: dict[str, Any] = {}
 
     def create(entry: Path) -> None:
+        if loaded.model is None:  # released for a cached model that then did not load: the same weights again
+            loaded.model = load_weights(loaded.ref, loaded.dtype, loaded.device, spec.trust_remote_code)
         outcome, report, peak = _prune(spec, loaded, memory)
         info = {"prune_report": report.model_dump(mode="json"), "cell": spec.id, "cache_key": key,
                 "fingerprint": fingerprint}
@@ -142,17 +168,10 @@ def prune_or_reuse(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, Pru
     entry, created = cache.obtain(key, create, spec.reprune)
     if not created:
         log.info("pruned model found in the cache (%s): not pruning again", entry)
-        try:
-            stored = PruningReport.model_validate(read_manifest(entry)["prune_report"])
-            report = stored.model_copy(update={"from_cache": True, "cache_key": key})
-            _free(loaded.model)
-            return load_pruned(entry, dtype=loaded.dtype, device=loaded.device), report, {}
-        except (MemoryError, torch.OutOfMemoryError):
-            raise  # the machine's limit, not the entry's fault
-        except Exception as err:  # a sound-looking entry that does not load is as bad as a corrupt one
-            log.warning("cached pruned model %s does not load (%s); pruning again",
-                        entry, f"{type(err).__name__}: {err}".splitlines()[0][:200])
-            cache.obtain(key, create, reprune=True)  # creates: the model is the one pruned now
+        served = _load_cached(entry, key, loaded)
+        if served is not None:
+            return (*served, {})
+        cache.obtain(key, create, reprune=True)  # creates: the model is the one pruned now
     return fresh["model"], fresh["report"].model_copy(update={"cache_key": key}), fresh["peak"]
 
 
@@ -178,10 +197,11 @@ def run(spec: CellSpec) -> CellResult:
     is_dense = spec.method == "dense"
     dense_ctx = MeasureContext(loaded.model, dense, loaded.tokenizer, spec.seed, is_dense)
     measured_before = {name: m.before_pruning(getattr(spec, name), dense_ctx) for name, m in enabled.items()}
-    del dense_ctx, dense
+    del dense_ctx, dense  # from here on ``loaded`` alone holds the dense model (a cached pruned one replaces it)
     pruning_report, peak = None, {}
-    model = loaded.model
-    if not is_dense:
+    if is_dense:
+        model = loaded.model
+    else:
         log.info("pruning with %s at %.4g", spec.method, spec.sparsity)
         model, pruning_report, peak = prune_or_reuse(spec, loaded, memory)
         model.eval()
