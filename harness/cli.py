@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from harness.errors import PrunebenchError
+from harness.logs import quiet_libraries
 from methods.errors import MethodError
 
 app = typer.Typer(
@@ -38,8 +39,7 @@ def _setup_logging(verbose: bool) -> None:
         handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
         force=True,
     )
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_libraries()
 
 
 def user_errors(func):
@@ -166,10 +166,10 @@ def prune_cmd(
     if num_prune is not None:
         if num_prune < 1:
             raise PrunebenchError(f"--num-prune {num_prune} names several targets: run them with `prunebench bench --num-prune {num_prune}`")
-        from harness.bench.config import BenchConfig
-        from harness.bench.expand import num_layers, sparsities_for
+        from harness.bench.expand import sparsities_for
+        from harness.models import num_layers
 
-        layers = num_layers(BenchConfig(model=model or "smollm2-135m", trust_remote_code=trust_remote_code))
+        layers = num_layers(model, trust_remote_code)
         sparsity = sparsities_for(num_prune, layers)[0]
         err_console.print(f"--num-prune {num_prune}: sparsity {num_prune}/{layers} = {sparsity:.6g}", highlight=False)
     named = {"alpha": alpha, "n_attn": n_attn, "stage2_samples": stage2_samples, "stages": stages, "norm": norm, "scoring": scoring}

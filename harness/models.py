@@ -133,6 +133,11 @@ def check_model(ref: ModelRef, trust_remote_code: bool = False):
     return config
 
 
+def num_layers(model: str | None, trust_remote_code: bool = False) -> int:
+    """The model's number of transformer blocks, from its config alone (``--num-prune`` counts in blocks)."""
+    return check_model(resolve_model(model), trust_remote_code).num_hidden_layers
+
+
 def ensure_embedded(name: str) -> Path:
     """Convert the embedded GGUF once into a safetensors directory (GGUF loading takes ~30 s, this < 1 s)."""
     target = embedded_dir(name)
@@ -193,23 +198,31 @@ def load_model(
     ref: ModelRef, *, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False
 ) -> LoadedModel:
     """Load model and tokenizer in eval mode on the chosen device."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     check_model(ref, trust_remote_code)
     if ref.kind == "embedded":
         ensure_embedded(ref.name)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    model = load_weights(ref, dt, dev, trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(ref.location, trust_remote_code=trust_remote_code)
+    return LoadedModel(ref, model, tokenizer, dt, dev)
+
+
+def load_weights(ref: ModelRef, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False):
+    """The model alone, in eval mode (``load_model`` without the checks and the tokenizer: a cell that let
+    its dense model go loads it again with this)."""
+    from transformers import AutoModelForCausalLM
+
     if ref.kind == "pruned":
         from harness.checkpoint import load_pruned
 
-        model = load_pruned(ref.location, dtype=dt, device=dev)
+        model = load_pruned(ref.location, dtype=dtype, device=device)
     else:
-        model = AutoModelForCausalLM.from_pretrained(ref.location, dtype=dt, trust_remote_code=trust_remote_code)
-        model.to(dev)
-    model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(ref.location, trust_remote_code=trust_remote_code)
-    return LoadedModel(ref, model, tokenizer, dt, dev)
+        model = AutoModelForCausalLM.from_pretrained(ref.location, dtype=dtype, trust_remote_code=trust_remote_code)
+        model.to(device)
+    return model.eval()
 
 
 def supported_architectures() -> str:

@@ -13,14 +13,19 @@ What "removed" means, for every architecture:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from methods.errors import MethodError
+
+# Replays one method-specific logged edit on an adapter (see ModelAdapter.replay).
+Replayer = Callable[["ModelAdapter", dict[str, Any]], None]
+NO_CUSTOM_OPS: Mapping[str, Replayer] = MappingProxyType({})
 
 
 class RemovedAttention(nn.Module):
@@ -236,8 +241,12 @@ class ModelAdapter:
             for layer, name, module in reversed(saved):
                 setattr(layer, name, module)
 
-    def replay(self, ops: list[dict[str, Any]]) -> None:
-        """Re-apply logged edits to a fresh skeleton of the dense model (weights are loaded afterwards)."""
+    def replay(self, ops: list[dict[str, Any]], custom: Mapping[str, Replayer] = NO_CUSTOM_OPS) -> None:
+        """Re-apply logged edits to a fresh skeleton of the dense model (weights are loaded afterwards).
+
+        ``custom`` replays the method-specific edits by op name (``methods.custom_ops.REPLAYERS``): the
+        adapter is given them rather than importing the methods, which themselves build on the adapter.
+        """
         for op in ops:
             kind = op["op"]
             if kind == "remove_attention":
@@ -248,14 +257,11 @@ class ModelAdapter:
                 self.remove_layers(op["layers"])
             elif kind == "keep_ffn_neurons":
                 self.keep_ffn_neurons(op["layer"], list(range(op["width"])))
+            elif kind in custom:
+                custom[kind](self, op)
             else:
-                self.replay_custom(op)
-
-    def replay_custom(self, op: dict[str, Any]) -> None:
-        """Hook for method-specific edits (SliceGPT registers its own); unknown ops are an error."""
-        from methods.custom_ops import replay_custom_op
-
-        replay_custom_op(self, op)
+                raise MethodError(f"unknown surgery op '{kind}' in checkpoint manifest (known besides the "
+                                  f"adapter's own: {sorted(custom)})")
 
     # ---- internals --------------------------------------------------------------------------
     def _swap(self, i: int, names: list[str], stand_in: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:

@@ -164,11 +164,11 @@ DOCKER_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "docker
 
 
 @pytest.fixture(scope="session")
-def cpu_image() -> str:
-    """A running Docker engine and the freshly built CPU image (its id); skipped where no engine can run.
+def docker_engine() -> None:
+    """A running Docker engine; skipped where none can run.
 
     docker/ensure-engine.sh installs and starts one where it can (root on Debian), so CI runs these
-    tests for real; PRUNEBENCH_SKIP_DOCKER=1 opts out. The build reuses cached layers (seconds).
+    tests for real; PRUNEBENCH_SKIP_DOCKER=1 opts out.
     """
     import subprocess
 
@@ -180,6 +180,13 @@ def cpu_image() -> str:
         pytest.skip(f"no Docker engine: ensure-engine.sh did not finish: {err}")
     if engine.returncode != 0:
         pytest.skip(f"no Docker engine: {(engine.stderr.strip().splitlines() or ['?'])[-1]}")
+
+
+@pytest.fixture(scope="session")
+def cpu_image(docker_engine) -> str:
+    """The freshly built CPU image (its id), on a running engine. The build reuses cached layers (seconds)."""
+    import subprocess
+
     build = subprocess.run([str(DOCKER_DIR / "build-image.sh"), "cpu"], capture_output=True, text=True, timeout=3600)
     assert build.returncode == 0, "build-image.sh cpu failed:\n" + "\n".join(build.stderr.splitlines()[-40:])
     tag, image_id = build.stdout.strip().splitlines()[-1].split()[:2]

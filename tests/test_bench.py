@@ -121,7 +121,8 @@ def write_bench_file(tmp_path: Path, **overrides) -> Path:
 @pytest.mark.real_model
 def test_a_crashing_cell_is_recorded_and_the_others_run(tmp_path):
     """A cell process that dies without a result (here: its spec file is garbage) is recorded as failed."""
-    from harness.bench.executors import CellJob, LocalExecutor
+    from harness.bench.executors import CellJob
+    from harness.bench.executors.local import LocalExecutor
 
     bench = resolve(tiny_config(tmp_path, methods=["dense"]))
     cells = tmp_path / "cells"
@@ -137,12 +138,14 @@ def test_a_crashing_cell_is_recorded_and_the_others_run(tmp_path):
     assert statuses == [("broken", "failed"), ("dense", "ok")]
     broken = read_result(bad.result_path)
     assert broken.status == "failed" and broken.error.kind == "exit" and "JSONDecodeError" in broken.error.log_tail
+    assert broken.error.exit_code == 1  # the interpreter's status for an uncaught exception
     assert read_result(good.result_path).perplexity["enwiki-sample"].value > 1
 
 
 @pytest.mark.real_model
 def test_a_cell_over_its_time_limit_is_killed_and_recorded(tmp_path):
-    from harness.bench.executors import CellJob, LocalExecutor
+    from harness.bench.executors import CellJob
+    from harness.bench.executors.local import LocalExecutor
 
     spec = resolve(tiny_config(tmp_path, methods=["dense"])).cells[0]
     job = CellJob(spec, tmp_path / "c.spec.json", tmp_path / "c.json", tmp_path / "c.log", timeout_s=1.0)
@@ -150,6 +153,7 @@ def test_a_cell_over_its_time_limit_is_killed_and_recorded(tmp_path):
     status, _ = LocalExecutor().run_one(job)
     result = read_result(job.result_path)
     assert status == "failed" and result.error.kind == "timeout" and "1 s" in result.error.message
+    assert result.error.exit_code is None  # stopped by the executor, not ended by itself
 
 
 @pytest.mark.real_model

@@ -16,8 +16,10 @@ from harness.bench.config import (
     model_slug,
     profile_defaults,
 )
+from harness.bench.presets import apply_preset
 from harness.errors import PrunebenchError
 from harness.metrics.registry import METRICS
+from harness.models import num_layers
 from harness.pruning import method_protocol
 from methods import expand_method_name, get_method, method_names
 from methods.errors import MethodError
@@ -55,12 +57,6 @@ def expand_methods(names: list[str]) -> list[str]:
     return sorted(out, key=lambda n: (n != "dense",))  # the reference row first
 
 
-def num_layers(config: BenchConfig) -> int:
-    from harness.models import check_model, resolve_model
-
-    return check_model(resolve_model(config.model), config.trust_remote_code).num_hidden_layers
-
-
 def sparsities_for(num_prune: int, layers: int) -> list[float]:
     """The authors' --num_prune: N blocks' worth (N/L); -2 the paper's three rates; -1 every step 1/L."""
     if num_prune == -2:
@@ -73,11 +69,7 @@ def sparsities_for(num_prune: int, layers: int) -> list[float]:
 
 
 def with_preset(config: BenchConfig, profile: str) -> BenchConfig:
-    if not config.preset:
-        return config
-    from harness.bench.presets import apply_preset
-
-    return apply_preset(config, profile)
+    return apply_preset(config, profile) if config.preset else config
 
 
 def resolve(config: BenchConfig) -> ResolvedBench:
@@ -86,7 +78,8 @@ def resolve(config: BenchConfig) -> ResolvedBench:
     profile = resolve_profile(config)
     config = with_preset(config, profile)
     defaults = profile_defaults(profile)
-    sparsities = sparsities_for(config.num_prune, num_layers(config)) if config.num_prune is not None else config.sparsities
+    sparsities = (sparsities_for(config.num_prune, num_layers(config.model, config.trust_remote_code))
+                  if config.num_prune is not None else config.sparsities)
     unknown = set(config.method_options) - set(method_names())
     if unknown:
         raise PrunebenchError(f"method_options for unknown methods: {', '.join(sorted(unknown))}")

@@ -41,9 +41,9 @@ def _balancing(config: BenchConfig, profile: str) -> dict:
     which still shows the shape of the heat map in minutes per row on a laptop. Infeasible pairs
     (N attention modules beyond the budget, or too few to reach it) are left out, with a note.
     """
-    from harness.bench.expand import num_layers
+    from harness.models import num_layers
 
-    L = num_layers(config)
+    L = num_layers(config.model, config.trust_remote_code)
     if profile == "paper":
         sparsities, counts = [k / L for k in range(1, L)], range(L)
     else:
