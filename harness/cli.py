@@ -89,7 +89,7 @@ def eval_cmd(
     from harness.data.sources import load_corpus, validate_source
     from harness.hub import hub_reachable
     from harness.metrics.perplexity import perplexity
-    from harness.models import check_model, load_model, resolve_model
+    from harness.models import checked_config, load_model, resolve_model
     from harness.progress import RichProgress
     from methods.arch import adapt
 
@@ -99,7 +99,7 @@ def eval_cmd(
         raise PrunebenchError(f"unknown BOS policy '{bos}'; choose auto, always or never")
     validate_source(dataset)
     ref = resolve_model(model)
-    check_model(ref, trust_remote_code)
+    checked_config(ref, trust_remote_code)
     loaded = load_model(ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     corpus = load_corpus(dataset, "evaluation")
     progress = RichProgress(err_console)

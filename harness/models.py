@@ -1,6 +1,6 @@
 """Finding and loading models: the embedded default, a local directory, a hub id, or a pruned checkpoint.
 
-``resolve_model`` and ``check_model`` are cheap (a config file at most) so that bad input is refused
+``resolve_model`` and ``checked_config`` are cheap (a config file at most) so that bad input is refused
 before anything heavy is loaded; ``load_model`` does the work.
 """
 
@@ -101,8 +101,8 @@ def embedded_dir(name: str) -> Path:
     return cache_dir() / "models" / f"{name}-{spec.package_version}"
 
 
-def check_model(ref: ModelRef, trust_remote_code: bool = False):
-    """Load only the config and refuse what prunebench cannot prune. Returns the config."""
+def checked_config(ref: ModelRef, trust_remote_code: bool = False):
+    """The model's config, read alone (no weights); refuses what prunebench cannot prune."""
     from transformers import AutoConfig
 
     if ref.kind == "embedded" and not (Path(ref.location) / "config.json").exists():
@@ -135,7 +135,7 @@ def check_model(ref: ModelRef, trust_remote_code: bool = False):
 
 def num_layers(model: str | None, trust_remote_code: bool = False) -> int:
     """The model's number of transformer blocks, from its config alone (``--num-prune`` counts in blocks)."""
-    return check_model(resolve_model(model), trust_remote_code).num_hidden_layers
+    return checked_config(resolve_model(model), trust_remote_code).num_hidden_layers
 
 
 def ensure_embedded(name: str) -> Path:
@@ -200,7 +200,7 @@ def load_model(
     """Load model and tokenizer in eval mode on the chosen device."""
     from transformers import AutoTokenizer
 
-    check_model(ref, trust_remote_code)
+    checked_config(ref, trust_remote_code)
     if ref.kind == "embedded":
         ensure_embedded(ref.name)
     dev = resolve_device(device)

@@ -19,7 +19,7 @@ from harness.data.tokens import calibration_samples, tokenize
 from harness.errors import PrunebenchError
 from harness.hub import hub_reachable
 from harness.metrics.base import Scalar, as_scalars
-from harness.models import LoadedModel, ModelRef, check_model, load_model, resolve_model
+from harness.models import LoadedModel, ModelRef, checked_config, load_model, resolve_model
 from harness.results import PruningReport
 from methods import get_method
 from methods.arch import ModelAdapter, adapt
@@ -130,7 +130,7 @@ def prepare(job: PruneJob) -> Prepared:
         if calib.samples < 1 or calib.seq_len < 2:
             raise PrunebenchError(f"calibration needs at least 1 sample of 2 tokens, got {calib.samples} x {calib.seq_len}")
     ref = resolve_model(job.model)
-    config = check_model(ref, job.trust_remote_code)
+    config = checked_config(ref, job.trust_remote_code)
     plan = method.plan(skeleton_adapter(ref, config, job.trust_remote_code), job.sparsity or 0.0, options) if method.name != "dense" else {}
     return Prepared(job, method, options, ref, calib, plan)
 

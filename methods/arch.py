@@ -55,7 +55,7 @@ class RemovedFFN(nn.Module):
         return hidden_states.new_zeros(())
 
 
-def _linear_like(old: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+def linear_like(old: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     """A Linear holding the given (already sliced) tensors; built on meta so nothing is initialised twice."""
     new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
     new.weight = nn.Parameter(weight.contiguous(), requires_grad=old.weight.requires_grad)
@@ -297,10 +297,10 @@ class ModelAdapter:
             old = getattr(ffn, name)
             w = old.weight.index_select(0, idx.to(old.weight.device))
             b = old.bias.index_select(0, idx.to(old.bias.device)) if old.bias is not None else None
-            setattr(ffn, name, _linear_like(old, w, b))
+            setattr(ffn, name, linear_like(old, w, b))
         old = getattr(ffn, self.ffn_out_name)
         w = old.weight.index_select(1, idx.to(old.weight.device))
-        setattr(ffn, self.ffn_out_name, _linear_like(old, w, old.bias))
+        setattr(ffn, self.ffn_out_name, linear_like(old, w, old.bias))
         self._after_ffn_resize(ffn, idx.numel())
 
     def _after_ffn_resize(self, ffn: nn.Module, width: int) -> None:
@@ -336,9 +336,9 @@ class Phi3Adapter(ModelAdapter):
         fused = ffn.gate_up_proj
         rows = torch.cat([idx, idx + width]).to(fused.weight.device)  # the same neurons in both halves
         bias = fused.bias.index_select(0, rows) if fused.bias is not None else None
-        ffn.gate_up_proj = _linear_like(fused, fused.weight.index_select(0, rows), bias)
+        ffn.gate_up_proj = linear_like(fused, fused.weight.index_select(0, rows), bias)
         old = ffn.down_proj
-        ffn.down_proj = _linear_like(old, old.weight.index_select(1, idx.to(old.weight.device)), old.bias)
+        ffn.down_proj = linear_like(old, old.weight.index_select(1, idx.to(old.weight.device)), old.bias)
 
 
 class Gemma3Adapter(ModelAdapter):

@@ -26,7 +26,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from methods.arch import ModelAdapter, _linear_like
+from methods.arch import ModelAdapter, linear_like
 from methods.base import (
     CalibrationNeeds,
     MethodOptions,
@@ -154,11 +154,11 @@ def keep_ffn_channels(adapter: ModelAdapter, i: int, in_idx: torch.Tensor, out_i
     ffn = adapter.ffn(i)
     for name in adapter.ffn_in_names:
         old = getattr(ffn, name)
-        setattr(ffn, name, _linear_like(old, old.weight.index_select(1, in_idx.to(old.weight.device)), old.bias))
+        setattr(ffn, name, linear_like(old, old.weight.index_select(1, in_idx.to(old.weight.device)), old.bias))
     old = getattr(ffn, adapter.ffn_out_name)
     rows = out_idx.to(old.weight.device)
     bias = old.bias.index_select(0, rows) if old.bias is not None else None
-    setattr(ffn, adapter.ffn_out_name, _linear_like(old, old.weight.index_select(0, rows), bias))
+    setattr(ffn, adapter.ffn_out_name, linear_like(old, old.weight.index_select(0, rows), bias))
     wrapped = ChannelSlicedFFN(ffn, in_idx.clone(), out_idx.clone(), adapter.hidden_size)
     setattr(adapter.layers[i], adapter.ffn_name, wrapped)
     adapter.ops.append({"op": "keep_ffn_channels", "layer": i, "inputs": int(in_idx.numel()), "outputs": int(out_idx.numel())})

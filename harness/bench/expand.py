@@ -10,7 +10,7 @@ from harness.bench.config import (
     BenchConfig,
     CalibrationConfig,
     CellSpec,
-    Variant,
+    Row,
     cell_id,
     metric_config,
     model_slug,
@@ -83,7 +83,7 @@ def resolve(config: BenchConfig) -> ResolvedBench:
     unknown = set(config.method_options) - set(method_names())
     if unknown:
         raise PrunebenchError(f"method_options for unknown methods: {', '.join(sorted(unknown))}")
-    variants = [Variant(name=m, method=m) for m in expand_methods(config.methods)] + list(config.variants)
+    variants = [Row(name=m, method=m) for m in expand_methods(config.methods)] + list(config.rows)
     names = [v.name for v in variants]
     if not variants:
         raise PrunebenchError("the bench names no method")
@@ -162,7 +162,7 @@ def validate(bench: ResolvedBench) -> None:
     note; otherwise an infeasible cell is an error.
     """
     from harness.data.sources import hub_source, validate_source
-    from harness.models import check_model, resolve_model
+    from harness.models import checked_config, resolve_model
     from harness.pruning import skeleton_adapter
 
     first = bench.cells[0]
@@ -174,7 +174,7 @@ def validate(bench: ResolvedBench) -> None:
         needs += [n for n in metric.validate(getattr(first, name)) if n not in needs]
     check_hub_needs(bench.profile, needs)
     ref = resolve_model(bench.config.model)
-    config = check_model(ref, bench.config.trust_remote_code)
+    config = checked_config(ref, bench.config.trust_remote_code)
     skeleton = skeleton_adapter(ref, config, bench.config.trust_remote_code)
     keep = []
     for cell in bench.cells:

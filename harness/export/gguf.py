@@ -147,7 +147,8 @@ class _Tensors:
         if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
             self.writer.add_tensor(name, gguf.quants.quantize(data, qtype))
         else:
-            self.writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_shape=data.shape, raw_dtype=qtype)
+            # The quantised array is bytes per row; the writer derives the element shape from it.
+            self.writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
 
 
 def _write_model(writer: gguf.GGUFWriter, adapter: ModelAdapter, structure: PrunedStructure, dtype: str) -> list[str]:

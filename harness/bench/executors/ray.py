@@ -129,11 +129,11 @@ def estimate_memory_bytes(parameters: int, dtype: str, on_gpu: bool) -> int:
 
 def model_parameters(model: str, trust_remote_code: bool) -> int:
     """The dense parameter count from the model's config alone (no weights are loaded)."""
-    from harness.models import check_model, resolve_model
+    from harness.models import checked_config, resolve_model
     from harness.pruning import skeleton_adapter
 
     ref = resolve_model(model)
-    return skeleton_adapter(ref, check_model(ref, trust_remote_code), trust_remote_code).total_parameters()
+    return skeleton_adapter(ref, checked_config(ref, trust_remote_code), trust_remote_code).total_parameters()
 
 
 def wants_gpu(device: str, cluster_gpus: float) -> bool:
