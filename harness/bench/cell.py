@@ -217,7 +217,10 @@ def run(spec: CellSpec, exports_dir: Path | None = None) -> CellResult:
     before = (dense.total_parameters(), dense.block_parameters())
     enabled = {name: m for name, m in METRICS.items() if getattr(spec, name).enabled}
     is_dense = spec.method == "dense"
-    dense_ctx = MeasureContext(loaded.model, dense, loaded.tokenizer, spec.seed, is_dense)
+    # Where the model came from (a prune report's model record): what an export, the engine's or --export's, names.
+    source = {"name": ref.name, "kind": ref.kind, "dtype": str(loaded.dtype).removeprefix("torch."),
+              "device": str(loaded.device)}
+    dense_ctx = MeasureContext(loaded.model, dense, loaded.tokenizer, spec.seed, is_dense, source)
     measured_before = {name: m.before_pruning(getattr(spec, name), dense_ctx) for name, m in enabled.items()}
     del dense_ctx, dense  # from here on ``loaded`` alone holds the dense model (a cached pruned one replaces it)
     pruning_report, peak = None, {}
@@ -228,12 +231,9 @@ def run(spec: CellSpec, exports_dir: Path | None = None) -> CellResult:
         adapter, pruning_report, peak = prune_or_reuse(spec, loaded, memory)
     model = adapter.model.eval()
     after = (adapter.total_parameters(), adapter.block_parameters())
-    ctx = MeasureContext(model, adapter, loaded.tokenizer, spec.seed, is_dense)
+    ctx = MeasureContext(model, adapter, loaded.tokenizer, spec.seed, is_dense, source)
     results = {name: m.measure(getattr(spec, name), ctx, measured_before[name]) for name, m in enabled.items()}
     wall, process_memory = time.perf_counter() - t0, memory.read()  # the cell's own work: exports are not in it
-    source = (pruning_report.model if pruning_report else
-              {"name": ref.name, "kind": ref.kind, "dtype": str(loaded.dtype).removeprefix("torch."),
-               "device": str(loaded.device)})
     exports = write_exports(spec, adapter, loaded.tokenizer, source, exports_dir) if spec.export else None
     return CellResult(
         status="ok", cell=cell_of(spec), config=spec.model_dump(mode="json"), config_hash=spec.config_hash(),

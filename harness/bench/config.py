@@ -216,7 +216,8 @@ class _CellSpec(_Config):
     export: list[str] = Field(default_factory=list)
 
     def config_hash(self) -> str:
-        return canonical_hash(self.model_dump(mode="json", exclude={"reprune", "export"}))
+        data = self.model_dump(mode="json", exclude={"reprune", "export"})
+        return canonical_hash({k: v for k, v in data.items() if k not in unasked_extras(data)})
 
     def prune_key(self, model_identity: str, fingerprint: dict[str, str]) -> str:
         """Only what determines the pruned weights: a later metric change reuses the pruned model.
@@ -231,9 +232,31 @@ class _CellSpec(_Config):
         })
 
 
+def _off_by_default(metric: Any) -> bool:
+    try:
+        return not metric.config_type().enabled
+    except ValidationError:  # a config with required fields: always given, never an extra
+        return False
+
+
+# Metrics that are off unless asked for (the engine). A spec recorded before one was registered did not run
+# it and reads as such (repro of older results); while one is off it is left out of a cell's hash and of
+# its leaderboard protocol, so that a bench which asks for none resumes the cells it finished before.
+EXTRAS = frozenset(name for name, metric in METRICS.items() if _off_by_default(metric))
+
+
+def unasked_extras(config: dict[str, Any]) -> set[str]:
+    """The extras that a cell's configuration (a CellSpec as JSON, or a result's ``config``) leaves off."""
+    return {name for name in EXTRAS if not (config.get(name) or {}).get("enabled", False)}
+
+
+def _spec_field(name: str, metric: Any) -> tuple[Any, Any]:
+    return (metric.config_type, metric.config_type() if name in EXTRAS else ...)
+
+
 CellSpec = create_model(
     "CellSpec", __base__=_CellSpec, __module__=__name__,
-    **{name: (metric.config_type, ...) for name, metric in METRICS.items()},
+    **{name: _spec_field(name, metric) for name, metric in METRICS.items()},
 )
 
 

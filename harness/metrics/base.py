@@ -8,7 +8,7 @@ schema, the leaderboard and ``repro`` iterate over that list and never name a me
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
@@ -55,6 +55,9 @@ class MeasureContext:
     tokenizer: Any
     seed: int
     is_dense_cell: bool  # the cell's own model is the dense one (nothing was pruned)
+    # Where the dense model came from (name, kind, dtype, device: the prune report's model record); an
+    # export names the model by it and reads an embedded model's own files (its tokenizer) through it.
+    source: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,13 @@ from types import MappingProxyType
 
 from harness.metrics.base import Metric
 from harness.metrics.downstream import DownstreamMetric
+from harness.metrics.engine import EngineMetric
 from harness.metrics.latency import LatencyMetric
 from harness.metrics.perplexity import PerplexityMetric
 from harness.metrics.qualitative import QualitativeMetric
 
-# Latency first: it times the dense model before anything else warms or fragments memory.
+# Latency first: it times the dense model before anything else warms or fragments memory. The engine
+# last: llama.cpp's threads (its own OpenMP pool) run after every PyTorch measurement, never beside one.
 METRICS: MappingProxyType[str, Metric] = MappingProxyType({
-    m.name: m for m in (LatencyMetric(), PerplexityMetric(), DownstreamMetric(), QualitativeMetric())
+    m.name: m for m in (LatencyMetric(), PerplexityMetric(), DownstreamMetric(), QualitativeMetric(), EngineMetric())
 })
