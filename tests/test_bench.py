@@ -39,7 +39,8 @@ def tiny_config(tmp_path: Path, **overrides) -> BenchConfig:
 
 def test_a_bench_expands_into_cells_with_stable_hashes(tmp_path):
     bench = resolve(tiny_config(tmp_path, methods=["2ssp", "dense"], sparsities=[0.25, 0.5], seeds=[0, 1]))
-    assert [c.id for c in bench.cells] == ["dense", "2ssp-s0.25-seed0", "2ssp-s0.25-seed1", "2ssp-s0.5-seed0", "2ssp-s0.5-seed1"]
+    assert [c.id for c in bench.cells] == ["dense", "2ssp-s0.25-seed0", "2ssp-s0.25-seed1", "2ssp-s0.5-seed0",
+                                           "2ssp-s0.5-seed1"]
     cell = bench.cells[1]
     assert (cell.calibration.source, cell.calibration.samples, cell.calibration.seq_len) == ("enwiki-sample", 2, 64)
     assert cell.method_options["search_batch"] == 16 and cell.method_options["alpha"] == 1.5
@@ -65,7 +66,8 @@ def test_all_is_the_comparison_and_every_adds_the_whole_block_forms(tmp_path):
     assert methods == comparison
     every = [c.method for c in resolve(tiny_config(tmp_path, methods=["every"], sparsities=[0.25])).cells]
     assert set(every) == set(comparison) | {"blockpruner-block", "evopress-block"}
-    both = [c.method for c in resolve(tiny_config(tmp_path, methods=["all", "evopress-block"], sparsities=[0.25])).cells]
+    both = [c.method
+            for c in resolve(tiny_config(tmp_path, methods=["all", "evopress-block"], sparsities=[0.25])).cells]
     assert both == [*comparison, "evopress-block"]  # no duplicates, dense first
 
 
@@ -253,7 +255,8 @@ def test_every_metric_is_recorded_with_its_protocol_and_environment(small_bench)
     assert set(r.pruning.stages) >= {"stage1.calibration_forward", "stage2.search"} and r.pruning.seconds > 0
     assert r.pruning.decisions["n_attn"] == 2 and len(r.pruning.decisions["removed_attention"]) == 2
     ppl = r.perplexity["enwiki-sample"]
-    assert ppl.value > 1 and ppl.protocol.windows == 3 and ppl.protocol.seq_len == 128 and ppl.protocol.data["text_sha256"]
+    assert (ppl.value > 1 and ppl.protocol.windows == 3 and ppl.protocol.seq_len == 128
+            and ppl.protocol.data["text_sha256"])
     assert ppl.interval.low < ppl.value < ppl.interval.high and len(ppl.window_nll) == 3
     score = r.downstream.scores["wiki-cloze"]
     assert 0 <= score.acc <= 1 and score.acc_interval.low <= score.acc <= score.acc_interval.high
@@ -285,7 +288,8 @@ def test_a_metric_change_reuses_the_cached_pruned_model(small_bench, tmp_path):
     md = (tmp_path / "out" / "leaderboard.md").read_text()
     row = next(line for line in md.splitlines() if "| 2ssp " in line)
     assert row.rstrip(" |").endswith("†")
-    assert f"its prune time was measured by cell {first.pruning.pruned_by.cell} on {first.pruning.pruned_by.finished_at}" in md
+    assert (f"its prune time was measured by cell {first.pruning.pruned_by.cell} "
+            f"on {first.pruning.pruned_by.finished_at}") in md
 
 
 @pytest.mark.real_model

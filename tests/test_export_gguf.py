@@ -21,7 +21,8 @@ from harness.metrics.qualitative import DEFAULT_PROMPTS
 from methods.arch import adapt
 from tests.conftest import prune_with, windows_perplexity
 
-llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make test` (pyproject extra 'engine')")
+llama_cpp = pytest.importorskip("llama_cpp",
+                                reason="llama-cpp-python is installed by `make test` (pyproject extra 'engine')")
 
 EMBEDDED = {"name": "smollm2-135m", "kind": "embedded"}
 METHODS = ("dense", "2ssp", "shortgpt", "window", "blockpruner", "blockpruner-block", "evopress", "evopress-block")

@@ -254,7 +254,8 @@ def write_exports(spec: CellSpec, adapter, tokenizer, source: dict[str, str], ex
     from harness.export import ExportRefused, export_model
 
     if exports_dir is None:
-        raise PrunebenchError(f"cell {spec.id} asks for exports ({', '.join(spec.export)}) but was given no folder for them")
+        raise PrunebenchError(f"cell {spec.id} asks for exports ({', '.join(spec.export)}) "
+                              "but was given no folder for them")
     if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in adapter.model.parameters()):
         adapter.model.to(device="cpu", dtype=torch.float32)  # what formats read (export/base.py); exact widening
     done = Exports()

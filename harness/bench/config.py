@@ -87,7 +87,8 @@ class _BenchConfig(_Config):
     model: str = "smollm2-135m"
     methods: list[str] = Field(default_factory=lambda: ["all"])
     sparsities: list[float] = Field(default_factory=lambda: [0.25, 0.375, 0.5])
-    num_prune: int | None = Field(None, description="target as whole-block equivalents N/L; -1 every step, -2 the paper's three")
+    num_prune: int | None = Field(
+        None, description="target as whole-block equivalents N/L; -1 every step, -2 the paper's three")
     seeds: list[int] = Field(default_factory=lambda: [0])
     # Named rows beside ``methods`` (a method with its own options or calibration). ``variants`` is the
     # key's former name, still read; a method's ``variant`` option (reference|paper) is another thing.

@@ -64,7 +64,8 @@ def sparsities_for(num_prune: int, layers: int) -> list[float]:
     if num_prune == -1:
         return [k / layers for k in range(1, layers)]
     if not 0 < num_prune < layers:
-        raise PrunebenchError(f"--num-prune {num_prune}: give 1..{layers - 1} blocks (the model has {layers}), -1 or -2")
+        raise PrunebenchError(f"--num-prune {num_prune}: give 1..{layers - 1} blocks (the model has {layers}), "
+                              "-1 or -2")
     return [num_prune / layers]
 
 

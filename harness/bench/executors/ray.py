@@ -247,7 +247,8 @@ def describe_ray_error(err: Exception) -> Failure:
     from ray import exceptions as rex
 
     if isinstance(err, rex.OutOfMemoryError):
-        return Failure("killed", "Ray's memory monitor killed the cell's worker: the node ran out of memory (raise memory_per_cell_gb)")
+        return Failure("killed", "Ray's memory monitor killed the cell's worker: "
+                                 "the node ran out of memory (raise memory_per_cell_gb)")
     if isinstance(err, rex.WorkerCrashedError):
         return Failure("killed", "the Ray worker running the cell died (killed, or out of memory)")
     if isinstance(err, (rex.NodeDiedError, rex.ObjectLostError, rex.LocalRayletDiedError)):
@@ -256,7 +257,8 @@ def describe_ray_error(err: Exception) -> Failure:
         return Failure("killed", "the Ray task was cancelled")
     if isinstance(err, rex.RayTaskError):  # the task body raised on the worker (e.g. prunebench missing there)
         cause = err.cause if isinstance(err.cause, BaseException) else err
-        return Failure("exception", f"{type(cause).__name__} in the Ray task: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}"[:500])
+        return Failure("exception", (f"{type(cause).__name__} in the Ray task: "
+                                     f"{str(cause).strip().splitlines()[0] if str(cause).strip() else ''}")[:500])
     text = str(err).strip().splitlines()
     return Failure("exception", f"{type(err).__name__}: {text[0] if text else ''}"[:500])
 
@@ -497,7 +499,8 @@ class RayExecutor:
     def _unschedulable(self, item: _Pending, progress: _Progress, nodes: list[dict[str, float]]) -> None:
         largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("memory", 0)), default={})
         message = (f"no node of the cluster can hold the cell ({item.resources.describe()}; the largest has "
-                   f"{largest.get('CPU', 0):g} CPU, {largest.get('GPU', 0):g} GPU, {largest.get('memory', 0) / GIB:.1f} GiB): "
+                   f"{largest.get('CPU', 0):g} CPU, {largest.get('GPU', 0):g} GPU, "
+                   f"{largest.get('memory', 0) / GIB:.1f} GiB): "
                    "set cpus_per_cell, gpus_per_cell or memory_per_cell_gb, or autoscaling: true")
         self._append_log(item, "", f"=== not submitted: {message}\n")
         self._record_failure(item, time.time(), Failure("invalid", message))
