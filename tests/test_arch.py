@@ -146,6 +146,22 @@ def test_saved_pruned_model_reloads_with_identical_logits(arch, tmp_path):
     assert reloaded.config.num_hidden_layers == 4
 
 
+def test_replay_hands_method_edits_to_the_replayers_it_is_given_and_refuses_unknown_ones():
+    from methods.custom_ops import CUSTOM_OPS, REPLAYERS
+
+    seen = []
+    a = adapt(tiny_model("llama", layers=3))
+    a.replay([{"op": "remove_ffn", "layer": 0}, {"op": "mine", "n": 2}],
+             {"mine": lambda adapter, op: seen.append((adapter, op["n"]))})
+    assert seen == [(a, 2)] and not a.has_ffn(0)
+    with pytest.raises(MethodError, match="unknown surgery op 'nosuch'.*'keep_ffn_channels', 'slicegpt'"):
+        adapt(tiny_model("llama", layers=3)).replay([{"op": "nosuch"}], REPLAYERS)
+    with pytest.raises(MethodError, match="unknown surgery op 'slicegpt'"):  # without replayers, none is known
+        adapt(tiny_model("llama", layers=3)).replay([{"op": "slicegpt"}])
+    # The lazy table resolves every entry to a function of the method that logs the op.
+    assert set(REPLAYERS) == set(CUSTOM_OPS) and all(callable(REPLAYERS[name]) for name in CUSTOM_OPS)
+
+
 def test_checkpoint_shrinks_on_disk(tmp_path):
     model = tiny_model("llama", layers=6)
     a = adapt(model)
