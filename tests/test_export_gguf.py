@@ -156,7 +156,7 @@ def test_tokenizer_described_from_tokenizer_json_tokenizes_as_transformers(smoll
     adapter.remove_layers(range(4, 30))  # the vocabulary is what is tested: a small file loads fast
     report = export_model(adapter, smollm2.tokenizer, {"name": "local-smollm2", "kind": "local"}, "gguf",
                           tmp_path / "hf-tok.gguf", dtype="f16")
-    assert any("pre-tokenizer 'gpt2'" in n for n in report.notes)
+    assert any("pre-tokenizer 'gpt-2'" in n for n in report.notes)
     engine = Engine(tmp_path / "hf-tok.gguf", n_ctx=64)
     try:
         text = "Prices rose 12.5% in 2024 -- naïve café owners' \"résumés\"\n\tcan't   stop. 東京 🙂"

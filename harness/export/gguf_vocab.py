@@ -46,7 +46,7 @@ def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str | None:
     """llama.cpp's name for this tokenizer's pre-tokenizer, or None when it has none of its known forms."""
     pre = tokenizer_json.get("pre_tokenizer")
     if _byte_level(pre, use_regex=True):
-        return "gpt2"
+        return "gpt-2"
     steps = pre.get("pretokenizers", []) if pre and pre.get("type") == "Sequence" else []
     if len(steps) == 2 and steps[0].get("type") == "Digits" and steps[0].get("individual_digits") \
             and _byte_level(steps[1], use_regex=True):
