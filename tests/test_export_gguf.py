@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from harness.checkpoint import save_pruned
-from harness.export import FORMATS, check_export, export, export_model
+from harness.export import FORMATS, ExportRefused, check_export, export, export_model
 from harness.metrics.qualitative import DEFAULT_PROMPTS
 from methods.arch import adapt
 from tests.conftest import prune_with, windows_perplexity
@@ -187,7 +187,9 @@ def test_each_family_with_its_own_layout_matches_in_llama_cpp(family, smollm2, t
         ours = model(torch.tensor([ids])).logits[0].double()
     engine = Engine(tmp_path / "tiny.gguf", n_ctx=64)
     try:
-        assert torch.allclose(engine.logits(ids), ours, atol=1e-4, rtol=1e-4)
+        # llama.cpp's float32 kernels round differently (about 1e-4 here); a wrong rotary order, a missing bias
+        # or a misplaced module moves these random-weight logits by 1e-2 and more.
+        assert (engine.logits(ids) - ours).abs().max().item() < 2e-3
     finally:
         engine.close()
 
@@ -199,11 +201,13 @@ def test_refusals_name_the_reason_and_exit_2_before_loading_weights(tmp_path):
     adapter = adapt(model)
     prune_with("slicegpt", adapter, sparsity=0.3)
     checkpoint = save_pruned(adapter, None, tmp_path / "sliced")
-    with pytest.raises(Exception, match="no GGUF form"):
+    with pytest.raises(ExportRefused, match="no GGUF form"):
         check_export(checkpoint, "gguf")
+    plain = tmp_path / "plain"
+    plain.mkdir()
     for args, expected in (
         ([str(checkpoint), "--format", "gguf", "--out", str(tmp_path / "s.gguf")], "no GGUF form"),
-        ([str(tmp_path), "--format", "gguf", "--out", str(tmp_path / "x.gguf")], "not a pruned checkpoint"),
+        ([str(plain), "--format", "gguf", "--out", str(tmp_path / "x.gguf")], "not a pruned checkpoint"),
         ([str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "x.onnx")], "unknown export format"),
         ([str(checkpoint), "--format", "gguf", "--dtype", "q4_k", "--out", str(tmp_path / "x.gguf")], "no dtype"),
     ):
