@@ -12,7 +12,8 @@
 The four run in lockstep, one greedy step at a time, so that load on a shared machine hits all of
 them alike. By default only the first --max-steps 4 greedy steps of the search run (each step scores
 every remaining candidate, so the ratio of a step is that of the whole search; the whole alternating
-search at 25 % is 16 steps, 424 candidates, over ten minutes on 2 cores); --max-steps 0 runs it all. Prints wall times, the removal sequences and the speed ratios; exits 1 if the decisions
+search at 25 % is 16 steps, 424 candidates, over ten minutes on 2 cores); --max-steps 0 runs it all. \
+Prints wall times, the removal sequences and the speed ratios; exits 1 if the decisions
 differ (kind and layer of every step for all four, and the perplexities bit for bit between naive,
 cached and prunebench) or if prunebench's search is not at least --min-ratio times faster than the
 straightforward one.
@@ -131,7 +132,8 @@ def main() -> int:
 def report(searches, seconds, modes, min_ratio: float) -> int:
     straight, *probed = (searches[m].steps for m in modes)
     ours = probed[-1]
-    same_choice = all([(s.kind, s.layer) for s in steps] == [(s.kind, s.layer) for s in ours] for steps in (straight, *probed))
+    same_choice = all([(s.kind, s.layer) for s in steps] == [(s.kind, s.layer) for s in ours]
+                      for steps in (straight, *probed))
     same_ppl = all([s.perplexity for s in steps] == [s.perplexity for s in ours] for steps in probed)
     drift = max((abs(a.perplexity / b.perplexity - 1) for a, b in zip(straight, ours, strict=False)), default=0.0)
     print(f"identical choices (all four): {same_choice}; naive, cached and prunebench perplexities bit for bit: "
@@ -140,7 +142,8 @@ def report(searches, seconds, modes, min_ratio: float) -> int:
     print(f"full LM head for {searches['prunebench'].scorer.exact_evaluations} candidates in prunebench's search")
     ratio = seconds[modes[0]] / seconds["prunebench"]
     print(f"cached over naive: {seconds[modes[1]] / seconds[modes[2]]:.2f}x; cached over straightforward: "
-          f"{seconds[modes[0]] / seconds[modes[2]]:.2f}x; the bound on top of caching: {seconds[modes[2]] / seconds['prunebench']:.2f}x; "
+          f"{seconds[modes[0]] / seconds[modes[2]]:.2f}x; "
+          f"the bound on top of caching: {seconds[modes[2]] / seconds['prunebench']:.2f}x; "
           f"prunebench over straightforward: {ratio:.2f}x (required >= {min_ratio}x)")
     return 0 if same_choice and same_ppl and ratio >= min_ratio else 1
 

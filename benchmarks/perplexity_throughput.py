@@ -33,7 +33,8 @@ def main() -> int:
 
     loaded = load_model(resolve_model("smollm2-135m"), dtype="auto", device="auto")
     adapter = adapt(loaded.model)
-    windows = eval_windows(tokenize(loaded.tokenizer, load_corpus("enwiki-sample", "evaluation")), args.seq_len, args.windows)
+    windows = eval_windows(tokenize(loaded.tokenizer, load_corpus("enwiki-sample", "evaluation")),
+                           args.seq_len, args.windows)
     device = loaded.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 

@@ -53,7 +53,8 @@ def main() -> int:
     ap.add_argument("--calib-samples", type=int, default=8)
     ap.add_argument("--batch", type=int, default=8, help="candidates per batch in the batched search")
     ap.add_argument("--min-ratio", type=float, default=1.8)
-    ap.add_argument("--screen", type=float, default=get_method("2ssp").options().screen_vocab, help="vocabulary part of the bound")
+    ap.add_argument("--screen", type=float, default=get_method("2ssp").options().screen_vocab,
+                    help="vocabulary part of the bound")
     ap.add_argument("--all-modes", action="store_true", help="also time the uncached and batch-1 searches")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -98,7 +99,8 @@ def main() -> int:
                 k = min(range(len(layers)), key=lambda k: (scores[k], layers[k]))
                 ppl = scores[k]
             else:
-                k, ppl = built[m].best([Candidate(i, attention=True) for i in layers], lambda k, p, layers=layers: (p, layers[k]))
+                k, ppl = built[m].best([Candidate(i, attention=True) for i in layers],
+                                       lambda k, p, layers=layers: (p, layers[k]))
             a.remove_attention(layers[k])
             if m != "straightforward":
                 built[m].committed(layers[k])
@@ -107,7 +109,8 @@ def main() -> int:
             chosen[m].append(ppl)
 
     for m in modes:
-        print(f"{m:18s} {seconds[m]:8.2f} s   removed attention of layers {removed[m]}, perplexities {[round(p, 4) for p in chosen[m]]}")
+        print(f"{m:18s} {seconds[m]:8.2f} s   removed attention of layers {removed[m]}, "
+              f"perplexities {[round(p, 4) for p in chosen[m]]}")
     same = all(removed[m] == removed[modes[0]] for m in modes)
     # The probes share one code path for the exact perplexity: bit-for-bit equal. The straightforward
     # one takes the loss over the model's own logits: equal up to float rounding.
@@ -120,7 +123,8 @@ def main() -> int:
     if args.all_modes:
         print(f"cached over uncached, both batch 1: {seconds['uncached'] / seconds['cached, batch 1']:.2f}x; "
               f"batching the cached search: {seconds['cached, batch 1'] / seconds[cached]:.2f}x")
-    print(f"cached (full head for all) over the straightforward one: {seconds['straightforward'] / seconds[cached]:.2f}x; "
+    print("cached (full head for all) over the straightforward one: "
+          f"{seconds['straightforward'] / seconds[cached]:.2f}x; "
           f"the bound on top of caching: {seconds[cached] / seconds['prunebench']:.2f}x")
     ratio = seconds["straightforward"] / seconds["prunebench"]
     print(f"prunebench's stage 2 over the straightforward one: {ratio:.2f}x (target >= {args.min_ratio}x)")

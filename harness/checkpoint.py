@@ -23,6 +23,7 @@ import torch
 
 from harness.errors import PrunebenchError
 from methods.arch import ModelAdapter, adapt
+from methods.custom_ops import REPLAYERS
 
 MANIFEST_NAME = "prunebench.json"
 FORMAT = "prunebench-pruned-model"
@@ -149,7 +150,7 @@ def build_skeleton(manifest: dict[str, Any], dtype: torch.dtype | None = None) -
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(base_config(manifest), **({"dtype": dtype} if dtype else {}))
     adapter = adapt(model)
-    adapter.replay(manifest["ops"])
+    adapter.replay(manifest["ops"], REPLAYERS)
     return adapter
 
 

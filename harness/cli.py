@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from harness.errors import PrunebenchError
+from harness.logs import quiet_libraries
 from methods.errors import MethodError
 
 app = typer.Typer(
@@ -38,8 +39,7 @@ def _setup_logging(verbose: bool) -> None:
         handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
         force=True,
     )
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_libraries()
 
 
 def user_errors(func):
@@ -61,7 +61,8 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
     _setup_logging(verbose)
 
 
-Model = Annotated[str | None, typer.Option("--model", "-m", help="Embedded name (smollm2-135m, the default), hub id, or local/pruned directory.")]
+Model = Annotated[str | None, typer.Option(
+    "--model", "-m", help="Embedded name (smollm2-135m, the default), hub id, or local/pruned directory.")]
 Dtype = Annotated[str, typer.Option(help="auto (bf16 on CUDA, float32 on CPU), float32, bfloat16 or float16.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 TrustRemote = Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model's own code from the hub.")]
@@ -76,7 +77,9 @@ def _emit_json(obj: Any) -> None:
 @user_errors
 def eval_cmd(
     model: Model = None,
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help="wikitext2, c4, fineweb-edu, enwiki-sample, pydoc, text:PATH, jsonl:PATH; auto = wikitext2 with the hub, enwiki-sample without.")] = "auto",
+    dataset: Annotated[str, typer.Option(
+        "--dataset", "-d", help="wikitext2, c4, fineweb-edu, enwiki-sample, pydoc, text:PATH, jsonl:PATH; "
+                                "auto = wikitext2 with the hub, enwiki-sample without.")] = "auto",
     seq_len: Annotated[int, typer.Option(min=2, help="Window length in tokens.")] = 2048,
     max_windows: Annotated[int | None, typer.Option(min=1, help="Score only the first K windows.")] = None,
     bos: Annotated[str, typer.Option(help="auto (per architecture), always or never.")] = "auto",
@@ -89,7 +92,7 @@ def eval_cmd(
     from harness.data.sources import load_corpus, validate_source
     from harness.hub import hub_reachable
     from harness.metrics.perplexity import perplexity
-    from harness.models import check_model, load_model, resolve_model
+    from harness.models import checked_config, load_model, resolve_model
     from harness.progress import RichProgress
     from methods.arch import adapt
 
@@ -99,7 +102,7 @@ def eval_cmd(
         raise PrunebenchError(f"unknown BOS policy '{bos}'; choose auto, always or never")
     validate_source(dataset)
     ref = resolve_model(model)
-    check_model(ref, trust_remote_code)
+    checked_config(ref, trust_remote_code)
     loaded = load_model(ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     corpus = load_corpus(dataset, "evaluation")
     progress = RichProgress(err_console)
@@ -135,22 +138,31 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
 @user_errors
 def prune_cmd(
     method: Annotated[str, typer.Option("--method", help="2ssp, or a baseline (see `prunebench methods`).")],
-    sparsity: Annotated[float | None, typer.Option("--sparsity", "-s", help="Target fraction of the transformer layers' parameters to remove, in (0, 1).")] = None,
-    num_prune: Annotated[int | None, typer.Option("--num-prune", help="Target as N whole blocks' worth (N/L) instead of --sparsity; several targets (-1, -2): use `prunebench bench --num-prune`.")] = None,
+    sparsity: Annotated[float | None, typer.Option(
+        "--sparsity", "-s", help="Target fraction of the transformer layers' parameters to remove, in (0, 1).")] = None,
+    num_prune: Annotated[int | None, typer.Option(
+        "--num-prune", help="Target as N whole blocks' worth (N/L) instead of --sparsity; several targets (-1, -2): "
+                            "use `prunebench bench --num-prune`.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory for the pruned checkpoint.")] = None,
     model: Model = None,
-    calib_data: Annotated[str, typer.Option(help="Calibration source; auto = c4 with the hub, enwiki-sample without.")] = "auto",
-    calib_samples: Annotated[int | None, typer.Option(min=1, help="Calibration samples (method default: 2SSP 32).")] = None,
-    seq_len: Annotated[int | None, typer.Option(min=2, help="Calibration sample length in tokens (default 2048).")] = None,
+    calib_data: Annotated[str, typer.Option(
+        help="Calibration source; auto = c4 with the hub, enwiki-sample without.")] = "auto",
+    calib_samples: Annotated[int | None, typer.Option(
+        min=1, help="Calibration samples (method default: 2SSP 32).")] = None,
+    seq_len: Annotated[int | None, typer.Option(
+        min=2, help="Calibration sample length in tokens (default 2048).")] = None,
     seed: Annotated[int, typer.Option(help="0 = the first consecutive chunks; other seeds draw chunks at random.")] = 0,
     profile: Annotated[str, typer.Option(help="Method defaults: paper or cpu-quick.")] = "paper",
     alpha: Annotated[float | None, typer.Option(help="2SSP: balance between the stages (1.5).")] = None,
-    n_attn: Annotated[int | None, typer.Option(help="2SSP: attention modules to remove (overrides the formula).")] = None,
+    n_attn: Annotated[int | None, typer.Option(
+        help="2SSP: attention modules to remove (overrides the formula).")] = None,
     stage2_samples: Annotated[int | None, typer.Option(help="2SSP: calibration samples scored in stage 2 (1).")] = None,
-    stages: Annotated[str | None, typer.Option(help="2SSP ablation: both, width (stage 1 only) or depth (stage 2 only).")] = None,
+    stages: Annotated[str | None, typer.Option(
+        help="2SSP ablation: both, width (stage 1 only) or depth (stage 2 only).")] = None,
     norm: Annotated[str | None, typer.Option(help="2SSP ablation: l2 or l1.")] = None,
     scoring: Annotated[str | None, typer.Option(help="2SSP ablation: neurons or channels (rows vs columns).")] = None,
-    option: Annotated[list[str] | None, typer.Option("--option", help="Any method option as KEY=VALUE (repeatable).")] = None,
+    option: Annotated[list[str] | None, typer.Option(
+        "--option", help="Any method option as KEY=VALUE (repeatable).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it holds a checkpoint.")] = False,
     dtype: Dtype = "auto",
     device: Device = "auto",
@@ -165,14 +177,16 @@ def prune_cmd(
         raise PrunebenchError("give exactly one of --sparsity and --num-prune")
     if num_prune is not None:
         if num_prune < 1:
-            raise PrunebenchError(f"--num-prune {num_prune} names several targets: run them with `prunebench bench --num-prune {num_prune}`")
-        from harness.bench.config import BenchConfig
-        from harness.bench.expand import num_layers, sparsities_for
+            raise PrunebenchError(f"--num-prune {num_prune} names several targets: "
+                                  f"run them with `prunebench bench --num-prune {num_prune}`")
+        from harness.bench.expand import sparsities_for
+        from harness.models import num_layers
 
-        layers = num_layers(BenchConfig(model=model or "smollm2-135m", trust_remote_code=trust_remote_code))
+        layers = num_layers(model, trust_remote_code)
         sparsity = sparsities_for(num_prune, layers)[0]
         err_console.print(f"--num-prune {num_prune}: sparsity {num_prune}/{layers} = {sparsity:.6g}", highlight=False)
-    named = {"alpha": alpha, "n_attn": n_attn, "stage2_samples": stage2_samples, "stages": stages, "norm": norm, "scoring": scoring}
+    named = {"alpha": alpha, "n_attn": n_attn, "stage2_samples": stage2_samples, "stages": stages, "norm": norm,
+             "scoring": scoring}
     options = {k: v for k, v in named.items() if v is not None}
     if options and method != "2ssp":
         raise PrunebenchError(f"--{next(iter(options)).replace('_', '-')} applies to 2ssp only; use --option KEY=VALUE")
@@ -205,9 +219,11 @@ def _check_export_out(checkpoint: Path, out: Path, force: bool) -> None:
     """An --out that would change or delete the checkpoint, or replace something without --force, is refused."""
     source, dest = checkpoint.resolve(), out.resolve()
     if dest == source or source in dest.parents:
-        raise PrunebenchError(f"--out {out} is inside the checkpoint {checkpoint}: the export would alter what it reads")
+        raise PrunebenchError(f"--out {out} is inside the checkpoint {checkpoint}: "
+                              "the export would alter what it reads")
     if dest in source.parents:
-        raise PrunebenchError(f"--out {out} contains the checkpoint {checkpoint}: replacing it would delete the checkpoint")
+        raise PrunebenchError(f"--out {out} contains the checkpoint {checkpoint}: "
+                              "replacing it would delete the checkpoint")
     if not (out.exists() or out.is_symlink()) or (out.is_dir() and not any(out.iterdir())):
         return
     if not force:
@@ -215,17 +231,22 @@ def _check_export_out(checkpoint: Path, out: Path, force: bool) -> None:
     # --force replaces a file or an earlier export (a flat directory), never a folder of folders.
     cwd = Path.cwd().resolve()
     if dest == cwd or dest in cwd.parents or (out.is_dir() and any(p.is_dir() for p in out.iterdir())):
-        raise PrunebenchError(f"--out {out} is a directory with folders in it, not an earlier export: choose another path")
+        raise PrunebenchError(f"--out {out} is a directory with folders in it, not an earlier export: "
+                              "choose another path")
 
 
 @app.command("export")
 @user_errors
 def export_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="A pruned checkpoint (`prunebench prune --out`).")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="hf: a plain transformers model directory; gguf: one llama.cpp file.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write: a directory (hf) or a file (gguf), not inside the checkpoint.")],
-    dtype: Annotated[str | None, typer.Option(help="hf: float32 (default, exact), bfloat16 or float16; gguf: f32, f16 or q8_0.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out (a file or an earlier export).")] = False,
+    fmt: Annotated[str, typer.Option(
+        "--format", "-f", help="hf: a plain transformers model directory; gguf: one llama.cpp file.")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Where to write: a directory (hf) or a file (gguf), not inside the checkpoint.")],
+    dtype: Annotated[str | None, typer.Option(
+        help="hf: float32 (default, exact), bfloat16 or float16; gguf: f32, f16 or q8_0.")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace an existing --out (a file or an earlier export).")] = False,
     as_json: AsJson = False,
 ) -> None:
     """Write a pruned checkpoint in a format other tools load without prunebench.
@@ -266,28 +287,40 @@ def _split(text: str | None, cast=str) -> list | None:
 @app.command("bench")
 @user_errors
 def bench_cmd(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML bench file; flags given here override it.")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="YAML bench file; flags given here override it.")] = None,
     model: Model = None,
-    sparsity: Annotated[str | None, typer.Option("--sparsity", "-s", help="Comma-separated targets (default 0.25,0.375,0.5).")] = None,
-    methods: Annotated[str | None, typer.Option(help="Comma-separated method names; 'all' (default): dense, 2SSP and the five baselines; 'every': also the whole-block forms.")] = None,
-    num_prune: Annotated[int | None, typer.Option("--num-prune", help="Targets as whole-block equivalents N/L instead of --sparsity; -2 = 25, 37.5 and 50 %; -1 = every step 1/L up to the largest feasible.")] = None,
+    sparsity: Annotated[str | None, typer.Option(
+        "--sparsity", "-s", help="Comma-separated targets (default 0.25,0.375,0.5).")] = None,
+    methods: Annotated[str | None, typer.Option(
+        help="Comma-separated method names; 'all' (default): dense, 2SSP and the five baselines; "
+             "'every': also the whole-block forms.")] = None,
+    num_prune: Annotated[int | None, typer.Option(
+        "--num-prune", help="Targets as whole-block equivalents N/L instead of --sparsity; -2 = 25, 37.5 and 50 %; "
+                            "-1 = every step 1/L up to the largest feasible.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds (default 0).")] = None,
-    preset: Annotated[str | None, typer.Option(help="A paper experiment: main-table, calibration, one-stage, rows-vs-cols, l1-norm, balancing.")] = None,
-    profile: Annotated[str | None, typer.Option(help="auto (paper on CUDA, cpu-quick on CPU), paper or cpu-quick.")] = None,
+    preset: Annotated[str | None, typer.Option(
+        help="A paper experiment: main-table, calibration, one-stage, rows-vs-cols, l1-norm, balancing.")] = None,
+    profile: Annotated[str | None, typer.Option(
+        help="auto (paper on CUDA, cpu-quick on CPU), paper or cpu-quick.")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Run directory (default runs/<model>, runs/<model>/<preset> with --preset); never "
                             "inside results/, which `prunebench publish` updates.")] = None,
     executor: Annotated[str | None, typer.Option(help="local (a process per cell), docker or ray.")] = None,
-    image: Annotated[str | None, typer.Option(help="docker executor: the image (default prunebench:cuda with GPUs, else prunebench:cpu).")] = None,
-    ray_address: Annotated[str | None, typer.Option(help="ray executor: the cluster to join (default: start a local Ray instance).")] = None,
+    image: Annotated[str | None, typer.Option(
+        help="docker executor: the image (default prunebench:cuda with GPUs, else prunebench:cpu).")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="ray executor: the cluster to join (default: start a local Ray instance).")] = None,
     timeout: Annotated[float | None, typer.Option(help="Time limit per cell in seconds.")] = None,
     no_downstream: Annotated[bool, typer.Option("--no-downstream", help="Skip the downstream tasks.")] = False,
     no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip the latency measurements.")] = False,
-    engine: Annotated[bool, typer.Option("--engine", help="Also time each model in llama.cpp (an extra: make install-engine).")] = False,
+    engine: Annotated[bool, typer.Option(
+        "--engine", help="Also time each model in llama.cpp (an extra: make install-engine).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Run cells again even if they have a result.")] = False,
     export: Annotated[str | None, typer.Option(
         "--export", help="Also write each cell's model in these formats (comma-separated: hf, gguf) into "
-                         "<out>/cells/exports/<cell>.<format>; a format that cannot hold a model is recorded as refused.")] = None,
+                         "<out>/cells/exports/<cell>.<format>; "
+                         "a format that cannot hold a model is recorded as refused.")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto, float32, bfloat16 or float16.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
 ) -> None:
@@ -340,11 +373,16 @@ def leaderboard_cmd(
 def repro_cmd(
     results: Annotated[list[Path], typer.Argument(help="Result JSON files to reproduce.")],
     executor: Annotated[str, typer.Option(help="local or docker.")] = "local",
-    image: Annotated[str | None, typer.Option(help="Docker image (default prunebench:cuda with GPUs, else prunebench:cpu).")] = None,
-    rtol: Annotated[float, typer.Option(help="Relative tolerance on perplexities; a method may declare a larger one (SliceGPT: 1e-2, see docs/uncertainty.md).")] = 1e-3,
+    image: Annotated[str | None, typer.Option(
+        help="Docker image (default prunebench:cuda with GPUs, else prunebench:cpu).")] = None,
+    rtol: Annotated[float, typer.Option(
+        help="Relative tolerance on perplexities; a method may declare a larger one "
+             "(SliceGPT: 1e-2, see docs/uncertainty.md).")] = 1e-3,
     atol: Annotated[float, typer.Option(help="Absolute tolerance on downstream accuracies.")] = 0.02,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where the new results go (default a temporary directory).")] = None,
-    only_device: Annotated[str | None, typer.Option(help="Reproduce only results measured on this device type (cpu, cuda).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Where the new results go (default a temporary directory).")] = None,
+    only_device: Annotated[str | None, typer.Option(
+        help="Reproduce only results measured on this device type (cpu, cuda).")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Re-run recorded cells with their recorded configs; exit 1 if any metric is outside its tolerance."""
@@ -374,7 +412,8 @@ def repro_cmd(
             typer.echo(f"\n{old.cell.id}  ({path})")
             rows = [[c.metric, c.recorded, c.new, c.difference, c.tolerance,
                      {True: "ok", False: "VIOLATION", None: "-"}[c.ok]] for c in checks]
-            typer.echo(tabulate(rows, ["metric", "recorded", "new", "difference", "tolerance", "verdict"], tablefmt="github"))
+            typer.echo(tabulate(rows, ["metric", "recorded", "new", "difference", "tolerance", "verdict"],
+                                tablefmt="github"))
     if as_json:
         _emit_json({"violations": violations, "cells": report})
     else:
@@ -429,7 +468,8 @@ def methods_cmd(
         return
     method = get_method(name)
     typer.echo(f"{name}: {method.summary}")
-    rows = [[key, repr(field.default), field.description or ""] for key, field in type(method.options()).model_fields.items()]
+    rows = [[key, repr(field.default), field.description or ""]
+            for key, field in type(method.options()).model_fields.items()]
     typer.echo(tabulate(rows, ["option", "default", "meaning"], tablefmt="github") if rows else "(no options)")
 
 

@@ -30,7 +30,8 @@ def git_commit(repo: Path | None = None) -> dict[str, Any] | None:
             return None
         return {"commit": commit.removesuffix("-dirty"), "dirty": commit.endswith("-dirty")}
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
+                                capture_output=True, text=True, timeout=10)
         status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
                                 capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):

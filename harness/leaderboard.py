@@ -166,7 +166,8 @@ def describe_protocol(r: CellResult) -> list[str]:
             lines += metric.protocol_lines(r.metric(name))
     gpu = ", ".join(g["name"] for g in env.get("gpus", [])) or "no GPU"
     lines.append(f"- hardware: {env.get('cpu', {}).get('model')} ({env.get('cpu', {}).get('cores')} cores), {gpu}; "
-                 f"torch {env.get('torch', {}).get('version')}, transformers {env.get('packages', {}).get('transformers')}")
+                 f"torch {env.get('torch', {}).get('version')}, "
+                 f"transformers {env.get('packages', {}).get('transformers')}")
     return lines
 
 
@@ -308,8 +309,8 @@ def plot(results: list[CellResult], path: Path) -> Path | None:
             ax.axhline(y, color="black", linestyle="--", linewidth=1, label="dense")
             ax.axhspan(y - lo, y + hi, color="black", alpha=0.08)
             continue
-        ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[[p[2] for p in points], [p[3] for p in points]],
-                    marker="o", capsize=3, label=method)
+        ax.errorbar([p[0] for p in points], [p[1] for p in points],
+                    yerr=[[p[2] for p in points], [p[3] for p in points]], marker="o", capsize=3, label=method)
     ax.set_yscale("log")
     ax.set_xlabel("achieved sparsity of the transformer blocks (%)")
     ax.set_ylabel(f"perplexity ({dataset}, log scale)")
@@ -363,8 +364,8 @@ def heat_map(results: list[CellResult], path: Path) -> Path | None:
 
     import matplotlib.pyplot as plt
 
-    cells = [r for r in results if r.cell.method == "2ssp" and r.config.get("method_options", {}).get("n_attn") is not None
-             and r.perplexity]
+    cells = [r for r in results if r.cell.method == "2ssp"
+             and r.config.get("method_options", {}).get("n_attn") is not None and r.perplexity]
     counts = sorted({r.config["method_options"]["n_attn"] for r in cells})
     rates = sorted({r.cell.sparsity for r in cells})
     if len(counts) < 2 or len(rates) < 2:

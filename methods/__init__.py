@@ -1,5 +1,5 @@
-"""prunebench's pruning algorithms: pure functions of a model (through an architecture adapter) and
-calibration token ids. The registry maps method names to implementations, imported on first use."""
+"""prunebench's pruning algorithms: each edits a model in place, only through its architecture adapter,
+from calibration token ids. The registry maps method names to implementations, imported on first use."""
 
 from methods.registry import expand_method_name, get_method, method_names, register_method, unregister_method
 

@@ -13,14 +13,19 @@ What "removed" means, for every architecture:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from methods.errors import MethodError
+
+# Replays one method-specific logged edit on an adapter (see ModelAdapter.replay).
+Replayer = Callable[["ModelAdapter", dict[str, Any]], None]
+NO_CUSTOM_OPS: Mapping[str, Replayer] = MappingProxyType({})
 
 
 class RemovedAttention(nn.Module):
@@ -50,7 +55,7 @@ class RemovedFFN(nn.Module):
         return hidden_states.new_zeros(())
 
 
-def _linear_like(old: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+def linear_like(old: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     """A Linear holding the given (already sliced) tensors; built on meta so nothing is initialised twice."""
     new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
     new.weight = nn.Parameter(weight.contiguous(), requires_grad=old.weight.requires_grad)
@@ -236,8 +241,12 @@ class ModelAdapter:
             for layer, name, module in reversed(saved):
                 setattr(layer, name, module)
 
-    def replay(self, ops: list[dict[str, Any]]) -> None:
-        """Re-apply logged edits to a fresh skeleton of the dense model (weights are loaded afterwards)."""
+    def replay(self, ops: list[dict[str, Any]], custom: Mapping[str, Replayer] = NO_CUSTOM_OPS) -> None:
+        """Re-apply logged edits to a fresh skeleton of the dense model (weights are loaded afterwards).
+
+        ``custom`` replays the method-specific edits by op name (``methods.custom_ops.REPLAYERS``): the
+        adapter is given them rather than importing the methods, which themselves build on the adapter.
+        """
         for op in ops:
             kind = op["op"]
             if kind == "remove_attention":
@@ -248,14 +257,11 @@ class ModelAdapter:
                 self.remove_layers(op["layers"])
             elif kind == "keep_ffn_neurons":
                 self.keep_ffn_neurons(op["layer"], list(range(op["width"])))
+            elif kind in custom:
+                custom[kind](self, op)
             else:
-                self.replay_custom(op)
-
-    def replay_custom(self, op: dict[str, Any]) -> None:
-        """Hook for method-specific edits (SliceGPT registers its own); unknown ops are an error."""
-        from methods.custom_ops import replay_custom_op
-
-        replay_custom_op(self, op)
+                raise MethodError(f"unknown surgery op '{kind}' in checkpoint manifest (known besides the "
+                                  f"adapter's own: {sorted(custom)})")
 
     # ---- internals --------------------------------------------------------------------------
     def _swap(self, i: int, names: list[str], stand_in: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
@@ -291,10 +297,10 @@ class ModelAdapter:
             old = getattr(ffn, name)
             w = old.weight.index_select(0, idx.to(old.weight.device))
             b = old.bias.index_select(0, idx.to(old.bias.device)) if old.bias is not None else None
-            setattr(ffn, name, _linear_like(old, w, b))
+            setattr(ffn, name, linear_like(old, w, b))
         old = getattr(ffn, self.ffn_out_name)
         w = old.weight.index_select(1, idx.to(old.weight.device))
-        setattr(ffn, self.ffn_out_name, _linear_like(old, w, old.bias))
+        setattr(ffn, self.ffn_out_name, linear_like(old, w, old.bias))
         self._after_ffn_resize(ffn, idx.numel())
 
     def _after_ffn_resize(self, ffn: nn.Module, width: int) -> None:
@@ -330,9 +336,9 @@ class Phi3Adapter(ModelAdapter):
         fused = ffn.gate_up_proj
         rows = torch.cat([idx, idx + width]).to(fused.weight.device)  # the same neurons in both halves
         bias = fused.bias.index_select(0, rows) if fused.bias is not None else None
-        ffn.gate_up_proj = _linear_like(fused, fused.weight.index_select(0, rows), bias)
+        ffn.gate_up_proj = linear_like(fused, fused.weight.index_select(0, rows), bias)
         old = ffn.down_proj
-        ffn.down_proj = _linear_like(old, old.weight.index_select(1, idx.to(old.weight.device)), old.bias)
+        ffn.down_proj = linear_like(old, old.weight.index_select(1, idx.to(old.weight.device)), old.bias)
 
 
 class Gemma3Adapter(ModelAdapter):

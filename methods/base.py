@@ -109,7 +109,8 @@ class PruningMethod(ABC):
         super().__init_subclass__(**kwargs)
         if set(cls.calibration) != set(PROTOCOLS) or not set(cls.protocol_options) <= set(PROTOCOLS):
             raise TypeError(f"{cls.__qualname__}: calibration must name exactly the protocols {PROTOCOLS} and "
-                            f"protocol_options only those; got {sorted(cls.calibration)} and {sorted(cls.protocol_options)}")
+                            f"protocol_options only those; got {sorted(cls.calibration)} and "
+                            f"{sorted(cls.protocol_options)}")
 
     def options(self, values: dict[str, Any] | None = None, protocol: str | None = None) -> MethodOptions:
         """The options from ``values`` over the defaults of ``protocol`` (None: the class defaults alone)."""

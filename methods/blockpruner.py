@@ -134,7 +134,8 @@ def free_target(sub: SubBlocks, sparsity: float) -> dict[str, int]:
             f"BlockPruner (free) cannot reach sparsity {sparsity}: {target} parameters to remove, but removing more "
             f"than {ceiling} could leave no sub-block; feasible range here: 0 < s <= {ceiling / sub.blocks:.4f}"
         )
-    return {"target_parameters": target, "min_steps": _steps_to(target, sizes[::-1]), "max_steps": _steps_to(target, sizes)}
+    return {"target_parameters": target, "min_steps": _steps_to(target, sizes[::-1]),
+            "max_steps": _steps_to(target, sizes)}
 
 
 def _steps_to(target: int, sizes: list[int]) -> int:
@@ -201,7 +202,8 @@ class GreedySearch:
         if self.form == "block":
             # Only the branches still present: a branch already gone stays gone, as in the deleted layer.
             return [Candidate(i, attention=a.has_attention(i), ffn=a.has_ffn(i)) for i in range(L)]
-        kinds = {"alternating": ["ffn" if len(self.steps) % 2 else "attention"], "free": ["attention", "ffn"]}[self.form]
+        kinds = {"alternating": ["ffn" if len(self.steps) % 2 else "attention"],
+                 "free": ["attention", "ffn"]}[self.form]
         out = []
         for i in range(L):
             if "attention" in kinds and a.has_attention(i):
@@ -260,7 +262,8 @@ def _probe(adapter: ModelAdapter, options: Any, ctx: PruneContext) -> tuple[Perp
     count = options.search_samples
     samples = ctx.calibration[:count]
     if samples.ndim != 2 or len(samples) < count or samples.shape[1] < 2:
-        raise MethodError(f"BlockPruner measures perplexity on {count} calibration sample(s); got {tuple(ctx.calibration.shape)}")
+        raise MethodError(f"BlockPruner measures perplexity on {count} calibration sample(s); "
+                          f"got {tuple(ctx.calibration.shape)}")
     with ctx.timer.stage("search"):  # the probe's first trace is part of the search, as in 2SSP stage 2
         probe = PerplexityProbe(
             adapter, samples, cached=options.cached_search, batch=options.search_batch, screen=options.screen_vocab
@@ -272,7 +275,8 @@ def _run(search: GreedySearch, ctx: PruneContext, total: int, unit: str) -> None
     """Run the search with a progress bar counting candidates (or, in free mode, parameters toward the target)."""
     with ctx.progress(f"BlockPruner search ({unit})", total) as advance:
         if unit == "parameters":  # the number of steps of the free mode is not known in advance
-            run_search(search, lambda s, n: advance(min(search.removed, total) - min(search.removed - s.parameters, total)))
+            run_search(search, lambda s, n: advance(min(search.removed, total)
+                                                    - min(search.removed - s.parameters, total)))
         else:
             run_search(search, lambda s, n: advance(n))
 

@@ -1,14 +1,15 @@
 """Replay of method-specific structural edits (beyond the adapter's own remove/keep operations).
 
 A method whose surgery the adapter cannot express (SliceGPT's rotated, narrower residual stream)
-logs an op with its own name; reloading a checkpoint dispatches it here. The table maps op names to
-``module:function`` strings so that loading a checkpoint imports only the method it needs.
+logs an op with its own name; reloading a checkpoint hands ``REPLAYERS`` to ``ModelAdapter.replay``.
+The table maps op names to ``module:function`` strings so that loading a checkpoint imports only the
+method it needs, and so that the adapter, which every method builds on, never imports a method.
 """
 
+from collections.abc import Iterator, Mapping
 from importlib import import_module
-from typing import Any
 
-from methods.errors import MethodError
+from methods.arch import Replayer
 
 CUSTOM_OPS: dict[str, str] = {
     "keep_ffn_channels": "methods.twossp:replay_channels",
@@ -16,9 +17,18 @@ CUSTOM_OPS: dict[str, str] = {
 }
 
 
-def replay_custom_op(adapter: Any, op: dict[str, Any]) -> None:
-    target = CUSTOM_OPS.get(op["op"])
-    if target is None:
-        raise MethodError(f"unknown surgery op '{op['op']}' in checkpoint manifest (known: {sorted(CUSTOM_OPS)})")
-    module, func = target.split(":")
-    getattr(import_module(module), func)(adapter, op)
+class _LazyReplayers(Mapping[str, Replayer]):
+    """Op name -> replayer, importing the method's module when its op is first looked up."""
+
+    def __getitem__(self, name: str) -> Replayer:
+        module, func = CUSTOM_OPS[name].split(":")
+        return getattr(import_module(module), func)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(CUSTOM_OPS)
+
+    def __len__(self) -> int:
+        return len(CUSTOM_OPS)
+
+
+REPLAYERS: Mapping[str, Replayer] = _LazyReplayers()

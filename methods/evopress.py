@@ -73,8 +73,10 @@ class SearchOptions(MethodOptions):
     offspring: int = Field(32, ge=1, description="distinct offspring per generation")
     initially_generated: int = Field(64, ge=1, description="random genomes scored to pick the first population")
     initial_tokens: int = Field(2048, ge=2, description="calibration tokens scoring the initial genomes")
-    survivors_per_selection: tuple[int, ...] = Field((2, 1), min_length=1, description="survivors of each selection stage")
-    tokens_per_selection: tuple[int, ...] = Field((2048, 32768), min_length=1, description="tokens of each selection stage")
+    survivors_per_selection: tuple[int, ...] = Field(
+        (2, 1), min_length=1, description="survivors of each selection stage")
+    tokens_per_selection: tuple[int, ...] = Field(
+        (2048, 32768), min_length=1, description="tokens of each selection stage")
     max_mutations: int = Field(3, ge=1, description="swaps per offspring: min of two uniform draws in 1..max")
     generations: int | None = Field(None, ge=0, description="None: int(n * (L - n) / 1.5)")
     prefix_cache_mib: int = Field(2048, ge=0, description="memory for dense layer inputs (speed only)")
@@ -84,11 +86,13 @@ class SearchOptions(MethodOptions):
     def _stages_agree(self) -> SearchOptions:
         survivors, tokens = self.survivors_per_selection, self.tokens_per_selection
         if len(survivors) != len(tokens):
-            raise ValueError(f"survivors_per_selection {list(survivors)} and tokens_per_selection {list(tokens)} differ in length")
+            raise ValueError(f"survivors_per_selection {list(survivors)} and tokens_per_selection {list(tokens)} "
+                             "differ in length")
         if min(survivors) < 1 or min(tokens) < 2:
             raise ValueError("every selection stage keeps at least 1 survivor and scores at least 2 tokens")
         if survivors[-1] != self.population_size:
-            raise ValueError(f"the last selection stage must keep population_size={self.population_size}, not {survivors[-1]}")
+            raise ValueError(f"the last selection stage must keep population_size={self.population_size}, "
+                             f"not {survivors[-1]}")
         if self.initially_generated < self.population_size:
             raise ValueError(f"initially_generated={self.initially_generated} < population_size={self.population_size}")
         return self
@@ -159,7 +163,8 @@ def _swap(mask: list[bool], rng: random.Random) -> None:
     mask[drop], mask[back] = True, False
 
 
-def mutate(parent: Genome, space: Space, rng: random.Random, max_mutations: int, block_mutation: str = "swap") -> Genome:
+def mutate(parent: Genome, space: Space, rng: random.Random, max_mutations: int,
+           block_mutation: str = "swap") -> Genome:
     """``min(U, U')`` swaps, U, U' uniform in 1..max_mutations (biased towards few swaps)."""
     attention, ffn = parent.masks(space.layers)
     for _ in range(min(rng.randint(1, max_mutations), rng.randint(1, max_mutations))):
@@ -310,7 +315,8 @@ class Evolution:
         self.opts = options
         self.rng = random.Random(seed)
         self.block_mutation = getattr(options, "block_mutation", "swap")
-        self.offspring_count = min(options.offspring, max(0, space.neighbours(options.max_mutations) - (options.population_size - 1)))
+        self.offspring_count = min(options.offspring,
+                                   max(0, space.neighbours(options.max_mutations) - (options.population_size - 1)))
         self.initial_count = min(options.initially_generated, space.size())
 
     def select(self, candidates: list[Genome], keep: int, tokens: int) -> tuple[list[Genome], list[float]]:
@@ -335,7 +341,8 @@ class Evolution:
         seen = set(population)
         candidates: list[Genome] = []
         while len(candidates) < self.offspring_count:
-            child = mutate(self.rng.choice(population), self.space, self.rng, self.opts.max_mutations, self.block_mutation)
+            child = mutate(self.rng.choice(population), self.space, self.rng, self.opts.max_mutations,
+                           self.block_mutation)
             if child not in seen:
                 seen.add(child)
                 candidates.append(child)
@@ -397,7 +404,8 @@ class EvoPress(PruningMethod):
             ) from None
         space = Space(L, n, self.blocks)
         if options.population_size > space.size():
-            raise MethodError(f"{self.label}: population_size={options.population_size} exceeds the {space.size()} possible genomes")
+            raise MethodError(f"{self.label}: population_size={options.population_size} exceeds the "
+                              f"{space.size()} possible genomes")
         generations = options.generations if options.generations is not None else int(n * (L - n) / 1.5)
         removes = f"{n} of {L} blocks" if self.blocks else f"{n} attention and {n} FFN modules of {L} layers"
         return {"form": "blocks" if self.blocks else "sub-blocks", "layers": L, "n": n, "removes": removes,
@@ -411,7 +419,8 @@ class EvoPress(PruningMethod):
         with ctx.timer.stage("calibration_forward"):
             scorer = KLScorer(adapter, ctx.calibration, options.prefix_cache_mib, options.dense_probs_mib)
         evolution = Evolution(scorer, space, options, ctx.seed)
-        with ctx.timer.stage("search"), ctx.progress(f"{self.label}: evolutionary search", plan["generations"] + 1) as advance:
+        with (ctx.timer.stage("search"),
+              ctx.progress(f"{self.label}: evolutionary search", plan["generations"] + 1) as advance):
             result = evolution.run(plan["generations"], advance)
         with ctx.timer.stage("scoring"):  # the winner on all calibration tokens, for the record
             everything = scorer.minibatch([(i, seq_len) for i in range(samples)])

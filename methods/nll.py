@@ -41,7 +41,8 @@ class VocabularyScreen:
     stay close to the reference's, so S holds most of their mass and the bound is tight.
     """
 
-    def __init__(self, adapter: ModelAdapter, reference: torch.Tensor, input_ids: torch.Tensor, fraction: float, chunk: int = 512):
+    def __init__(self, adapter: ModelAdapter, reference: torch.Tensor, input_ids: torch.Tensor, fraction: float,
+                 chunk: int = 512):
         head = adapter.lm_head()
         last = input_ids.shape[1] - 1
         mass = torch.zeros(head.out_features, dtype=torch.float32, device=reference.device)

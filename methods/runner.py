@@ -43,7 +43,8 @@ class LayerRunner:
         def before_norm(module, args):
             inputs[adapter.num_layers] = args[0]
 
-        handles = [layer.register_forward_pre_hook(before_layer(i), with_kwargs=True) for i, layer in enumerate(adapter.layers)]
+        handles = [layer.register_forward_pre_hook(before_layer(i), with_kwargs=True)
+                   for i, layer in enumerate(adapter.layers)]
         handles.append(adapter.final_norm().register_forward_pre_hook(before_norm))
         try:
             device = adapter.embedding().weight.device

@@ -56,7 +56,8 @@ class PerplexityProbe:
     # candidate out. Float32 rounding of a logit is ~1e-6 here; the margin is 100 times that.
     MARGIN_PER_TOKEN = 1e-4
 
-    def __init__(self, adapter: ModelAdapter, samples: torch.Tensor, cached: bool = True, batch: int = 8, screen: float = 0.0):
+    def __init__(self, adapter: ModelAdapter, samples: torch.Tensor, cached: bool = True, batch: int = 8,
+                 screen: float = 0.0):
         self.adapter = adapter
         self.samples = [s[None] for s in samples]  # batch 1 per sample, as the reference does
         self.cached = cached

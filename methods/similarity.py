@@ -44,10 +44,12 @@ def forward_each_sample(
     Batch 1, as the authors' harness: no padding, and no batch-dependent numerics in the decisions.
     """
     if ctx.calibration.dim() != 2 or ctx.calibration.shape[0] == 0:
-        raise MethodError(f"{label} needs calibration token ids [samples, tokens], got shape {tuple(ctx.calibration.shape)}")
+        raise MethodError(f"{label} needs calibration token ids [samples, tokens], "
+                          f"got shape {tuple(ctx.calibration.shape)}")
     device = adapter.embedding().weight.device
     handles = [
-        layer.register_forward_hook(_layer_io_hook(i, visit), with_kwargs=True) for i, layer in enumerate(adapter.layers)
+        layer.register_forward_hook(_layer_io_hook(i, visit), with_kwargs=True)
+        for i, layer in enumerate(adapter.layers)
     ]
     try:
         with ctx.progress(f"{label}: calibration forward", len(ctx.calibration)) as advance:
@@ -102,7 +104,8 @@ def plan_layer_removal(
         raise MethodError(f"{label} cannot reach sparsity {sparsity}: {err}; {feasible}") from None
     if n > removable:
         raise MethodError(
-            f"{label} cannot reach sparsity {sparsity}: it needs {n} layers removed, only {removable} may be; {feasible}"
+            f"{label} cannot reach sparsity {sparsity}: it needs {n} layers removed, "
+            f"only {removable} may be; {feasible}"
         )
     counts = layer_counts(adapter)
     uniform = len(set(counts)) == 1

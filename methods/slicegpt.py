@@ -92,7 +92,8 @@ def check_rotatable(adapter: ModelAdapter) -> None:
             raise MethodError(f"SliceGPT needs every layer's attention and FFN; layer {i} lost one")
         norms = [*adapter.attn_norms(i), *adapter.ffn_norms(i)]
         if len(norms) != 2 or not all(_fusable(n, d) for n in norms):
-            raise MethodError(f"SliceGPT needs one RMSNorm (scale only) before each branch; layer {i} of {kind} differs")
+            raise MethodError("SliceGPT needs one RMSNorm (scale only) before each branch; "
+                              f"layer {i} of {kind} differs")
     if not _fusable(adapter.final_norm(), d):
         raise MethodError(f"SliceGPT needs an RMSNorm (scale only) before the LM head of {kind}")
 
@@ -123,7 +124,8 @@ class LayerShape:
 
     @classmethod
     def of(cls, adapter: ModelAdapter, i: int) -> LayerShape:
-        ins, out, f_ins, down = adapter.attn_inputs(i), adapter.attn_output(i), adapter.ffn_inputs(i), adapter.ffn_down(i)
+        ins, out, f_ins, down = (adapter.attn_inputs(i), adapter.attn_output(i), adapter.ffn_inputs(i),
+                                 adapter.ffn_down(i))
         touched = [*ins, out, *f_ins, down, *adapter.attn_norms(i), *adapter.ffn_norms(i)]  # norms lose their scales
         fixed = module_parameters(adapter.layers[i]) - sum(module_parameters(t) for t in touched)
         fixed += sum(_bias(lin) for lin in [*ins, *f_ins])
@@ -338,7 +340,8 @@ class _Slicer:
         with self.timer.stage("calibration_forward"):
             return run()
 
-    def _layer0_inputs(self, calibration: torch.Tensor, batch: int, states: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+    def _layer0_inputs(self, calibration: torch.Tensor, batch: int,
+                       states: list[torch.Tensor]) -> Iterator[torch.Tensor]:
         model, first = self.adapter.model.model, self.adapter.layers[0]
         self._forward(lambda: self.runner.trace(calibration[:1])[0])  # per-layer masks and rotary tables
         for chunk in calibration.split(batch):
@@ -431,7 +434,8 @@ def rotate_and_slice(
     if len(widths) != 2 * L + 1 or not all(0 < w <= d for w in widths):
         raise MethodError(f"SliceGPT: need {2 * L + 1} stream widths in 1..{d}, got {widths}")
     if calibration.ndim != 2 or calibration.shape[0] == 0 or calibration.shape[1] < 1:
-        raise MethodError(f"SliceGPT needs calibration token ids [samples, tokens], got shape {tuple(calibration.shape)}")
+        raise MethodError("SliceGPT needs calibration token ids [samples, tokens], "
+                          f"got shape {tuple(calibration.shape)}")
     untied = is_tied(adapter)
     slicer = _Slicer(adapter, widths, directions, damp, seed, timer or StageTimer())
     with progress("SliceGPT: rotate and slice layers", L) as advance:

@@ -129,7 +129,8 @@ def set_embedding(embedding: nn.Embedding, weight: torch.Tensor) -> None:
 
 
 def is_tied(adapter: ModelAdapter) -> bool:
-    return adapter.lm_head().weight is adapter.embedding().weight or bool(getattr(adapter.config, "tie_word_embeddings", False))
+    return (adapter.lm_head().weight is adapter.embedding().weight
+            or bool(getattr(adapter.config, "tie_word_embeddings", False)))
 
 
 def untie(adapter: ModelAdapter) -> None:

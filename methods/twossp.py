@@ -26,7 +26,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from methods.arch import ModelAdapter, _linear_like
+from methods.arch import ModelAdapter, linear_like
 from methods.base import (
     CalibrationNeeds,
     MethodOptions,
@@ -100,7 +100,8 @@ def _plan(shape: Shape, s: float, opts: TwoSSPOptions) -> dict[str, Any]:
     else:
         n = opts.n_attn if opts.n_attn is not None else balanced_attention_count(shape, s, opts.alpha)
         if n > shape.layers:
-            raise MethodError(f"the attention bound fails: {n} attention modules asked for, the model has {shape.layers}")
+            raise MethodError(f"the attention bound fails: {n} attention modules asked for, "
+                              f"the model has {shape.layers}")
         if n * shape.attn > s * shape.blocks:
             raise MethodError(
                 f"the attention bound fails: removing {n} attention modules already removes "
@@ -115,7 +116,8 @@ def _plan(shape: Shape, s: float, opts: TwoSSPOptions) -> dict[str, Any]:
     full = shape.width if opts.scoring == "neurons" else shape.hidden
     kept = round(full * (1 - cut / shape.ffn))
     if kept < 1:
-        raise MethodError(f"the FFN bound fails: {cut} of {shape.ffn} FFN parameters per layer leaves no {opts.scoring}")
+        raise MethodError(f"the FFN bound fails: {cut} of {shape.ffn} FFN parameters per layer "
+                          f"leaves no {opts.scoring}")
     return {"n_attn": n, "kept_width": kept, "ffn_cut_per_layer": cut}
 
 
@@ -154,14 +156,15 @@ def keep_ffn_channels(adapter: ModelAdapter, i: int, in_idx: torch.Tensor, out_i
     ffn = adapter.ffn(i)
     for name in adapter.ffn_in_names:
         old = getattr(ffn, name)
-        setattr(ffn, name, _linear_like(old, old.weight.index_select(1, in_idx.to(old.weight.device)), old.bias))
+        setattr(ffn, name, linear_like(old, old.weight.index_select(1, in_idx.to(old.weight.device)), old.bias))
     old = getattr(ffn, adapter.ffn_out_name)
     rows = out_idx.to(old.weight.device)
     bias = old.bias.index_select(0, rows) if old.bias is not None else None
-    setattr(ffn, adapter.ffn_out_name, _linear_like(old, old.weight.index_select(0, rows), bias))
+    setattr(ffn, adapter.ffn_out_name, linear_like(old, old.weight.index_select(0, rows), bias))
     wrapped = ChannelSlicedFFN(ffn, in_idx.clone(), out_idx.clone(), adapter.hidden_size)
     setattr(adapter.layers[i], adapter.ffn_name, wrapped)
-    adapter.ops.append({"op": "keep_ffn_channels", "layer": i, "inputs": int(in_idx.numel()), "outputs": int(out_idx.numel())})
+    adapter.ops.append({"op": "keep_ffn_channels", "layer": i, "inputs": int(in_idx.numel()),
+                        "outputs": int(out_idx.numel())})
 
 
 def replay_channels(adapter: ModelAdapter, op: dict[str, Any]) -> None:
@@ -184,7 +187,8 @@ def neuron_scores(adapter: ModelAdapter, ctx: PruneContext, p: int) -> list[torc
 
         return accumulate
 
-    _forward_with_hooks(adapter, ctx, [adapter.ffn_down(i).register_forward_pre_hook(hook(i)) for i in range(adapter.num_layers)])
+    _forward_with_hooks(adapter, ctx, [adapter.ffn_down(i).register_forward_pre_hook(hook(i))
+                                       for i in range(adapter.num_layers)])
     return [s / len(ctx.calibration) for s in sums]
 
 
@@ -201,7 +205,8 @@ def channel_scores(adapter: ModelAdapter, ctx: PruneContext, p: int) -> list[tup
 
         return accumulate
 
-    _forward_with_hooks(adapter, ctx, [adapter.ffn(i).register_forward_hook(hook(i)) for i in range(adapter.num_layers)])
+    _forward_with_hooks(adapter, ctx, [adapter.ffn(i).register_forward_hook(hook(i))
+                                       for i in range(adapter.num_layers)])
     n = len(ctx.calibration)
     return [(a / n, b / n) for a, b in sums]
 
@@ -273,7 +278,8 @@ class TwoSSP(PruningMethod):
         if len(samples) < options.stage2_samples:
             raise MethodError(f"stage 2 asks for {options.stage2_samples} samples, calibration has {len(samples)}")
         order, perplexities = greedy_attention_removal(
-            adapter, samples, n, ctx, cached=options.cached_search, batch=options.search_batch, screen=options.screen_vocab
+            adapter, samples, n, ctx, cached=options.cached_search, batch=options.search_batch,
+            screen=options.screen_vocab
         )
         return {"removed_attention": order, "stage2_perplexity": perplexities}
 
@@ -310,7 +316,8 @@ def greedy_attention_removal(
                 probe.committed(best)
             order.append(best)
             best_ppl.append(ppl)
-    logger.debug("2SSP stage 2: full LM head for %d of %d candidates", probe.exact_evaluations, n * L - n * (n - 1) // 2)
+    logger.debug("2SSP stage 2: full LM head for %d of %d candidates", probe.exact_evaluations,
+                 n * L - n * (n - 1) // 2)
     return order, best_ppl
 
 

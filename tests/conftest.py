@@ -118,7 +118,8 @@ def smollm2(smollm2_ref):
 
 
 def pruned_checkpoint(out, method: str, sparsity: float, **options):
-    """A real pruned checkpoint of the embedded SmolLM2 (2 calibration samples of 64 tokens), as `prunebench prune` writes it."""
+    """A real pruned checkpoint of the embedded SmolLM2 (2 calibration samples of 64 tokens), as `prunebench prune` \
+writes it."""
     from harness import pruning
 
     job = pruning.PruneJob(method=method, sparsity=sparsity, model="smollm2-135m", options=options, profile="cpu-quick",
@@ -147,7 +148,8 @@ def enwiki_tokens(smollm2_ref):
     from harness.data.tokens import tokenize
 
     tok = AutoTokenizer.from_pretrained(smollm2_ref.location)
-    return tokenize(tok, load_corpus("enwiki-sample", "calibration")), tokenize(tok, load_corpus("enwiki-sample", "evaluation"))
+    return (tokenize(tok, load_corpus("enwiki-sample", "calibration")),
+            tokenize(tok, load_corpus("enwiki-sample", "evaluation")))
 
 
 def windows_perplexity(adapter, windows) -> float:
@@ -164,11 +166,11 @@ DOCKER_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "docker
 
 
 @pytest.fixture(scope="session")
-def cpu_image() -> str:
-    """A running Docker engine and the freshly built CPU image (its id); skipped where no engine can run.
+def docker_engine() -> None:
+    """A running Docker engine; skipped where none can run.
 
     docker/ensure-engine.sh installs and starts one where it can (root on Debian), so CI runs these
-    tests for real; PRUNEBENCH_SKIP_DOCKER=1 opts out. The build reuses cached layers (seconds).
+    tests for real; PRUNEBENCH_SKIP_DOCKER=1 opts out.
     """
     import subprocess
 
@@ -180,6 +182,13 @@ def cpu_image() -> str:
         pytest.skip(f"no Docker engine: ensure-engine.sh did not finish: {err}")
     if engine.returncode != 0:
         pytest.skip(f"no Docker engine: {(engine.stderr.strip().splitlines() or ['?'])[-1]}")
+
+
+@pytest.fixture(scope="session")
+def cpu_image(docker_engine) -> str:
+    """The freshly built CPU image (its id), on a running engine. The build reuses cached layers (seconds)."""
+    import subprocess
+
     build = subprocess.run([str(DOCKER_DIR / "build-image.sh"), "cpu"], capture_output=True, text=True, timeout=3600)
     assert build.returncode == 0, "build-image.sh cpu failed:\n" + "\n".join(build.stderr.splitlines()[-40:])
     tag, image_id = build.stdout.strip().splitlines()[-1].split()[:2]

@@ -148,7 +148,7 @@ def test_saved_pruned_model_reloads_with_identical_logits(arch, tmp_path):
 
 @torch.no_grad()
 def test_checkpoint_reloaded_in_bf16_computes_as_a_bf16_load_of_the_same_weights(arch, tmp_path):
-    """Only parameters are cast: float32 buffers (rotary frequencies) stay float32, as from_pretrained keeps them."""
+    """Built in bf16 as from_pretrained builds it: float32 buffers (rotary frequencies) stay float32."""
     from transformers import AutoModelForCausalLM
 
     model = tiny_model(arch, layers=3)
@@ -161,6 +161,22 @@ def test_checkpoint_reloaded_in_bf16_computes_as_a_bf16_load_of_the_same_weights
     assert all(p.dtype == torch.bfloat16 for p in reloaded.parameters())
     x = ids()
     assert torch.equal(logits(reloaded, x), logits(plain, x))
+
+
+def test_replay_hands_method_edits_to_the_replayers_it_is_given_and_refuses_unknown_ones():
+    from methods.custom_ops import CUSTOM_OPS, REPLAYERS
+
+    seen = []
+    a = adapt(tiny_model("llama", layers=3))
+    a.replay([{"op": "remove_ffn", "layer": 0}, {"op": "mine", "n": 2}],
+             {"mine": lambda adapter, op: seen.append((adapter, op["n"]))})
+    assert seen == [(a, 2)] and not a.has_ffn(0)
+    with pytest.raises(MethodError, match="unknown surgery op 'nosuch'.*'keep_ffn_channels', 'slicegpt'"):
+        adapt(tiny_model("llama", layers=3)).replay([{"op": "nosuch"}], REPLAYERS)
+    with pytest.raises(MethodError, match="unknown surgery op 'slicegpt'"):  # without replayers, none is known
+        adapt(tiny_model("llama", layers=3)).replay([{"op": "slicegpt"}])
+    # The lazy table resolves every entry to a function of the method that logs the op.
+    assert set(REPLAYERS) == set(CUSTOM_OPS) and all(callable(REPLAYERS[name]) for name in CUSTOM_OPS)
 
 
 def test_checkpoint_shrinks_on_disk(tmp_path):

@@ -39,7 +39,8 @@ def tiny_config(tmp_path: Path, **overrides) -> BenchConfig:
 
 def test_a_bench_expands_into_cells_with_stable_hashes(tmp_path):
     bench = resolve(tiny_config(tmp_path, methods=["2ssp", "dense"], sparsities=[0.25, 0.5], seeds=[0, 1]))
-    assert [c.id for c in bench.cells] == ["dense", "2ssp-s0.25-seed0", "2ssp-s0.25-seed1", "2ssp-s0.5-seed0", "2ssp-s0.5-seed1"]
+    assert [c.id for c in bench.cells] == ["dense", "2ssp-s0.25-seed0", "2ssp-s0.25-seed1", "2ssp-s0.5-seed0",
+                                           "2ssp-s0.5-seed1"]
     cell = bench.cells[1]
     assert (cell.calibration.source, cell.calibration.samples, cell.calibration.seq_len) == ("enwiki-sample", 2, 64)
     assert cell.method_options["search_batch"] == 16 and cell.method_options["alpha"] == 1.5
@@ -65,7 +66,8 @@ def test_all_is_the_comparison_and_every_adds_the_whole_block_forms(tmp_path):
     assert methods == comparison
     every = [c.method for c in resolve(tiny_config(tmp_path, methods=["every"], sparsities=[0.25])).cells]
     assert set(every) == set(comparison) | {"blockpruner-block", "evopress-block"}
-    both = [c.method for c in resolve(tiny_config(tmp_path, methods=["all", "evopress-block"], sparsities=[0.25])).cells]
+    both = [c.method
+            for c in resolve(tiny_config(tmp_path, methods=["all", "evopress-block"], sparsities=[0.25])).cells]
     assert both == [*comparison, "evopress-block"]  # no duplicates, dense first
 
 
@@ -121,7 +123,8 @@ def write_bench_file(tmp_path: Path, **overrides) -> Path:
 @pytest.mark.real_model
 def test_a_crashing_cell_is_recorded_and_the_others_run(tmp_path):
     """A cell process that dies without a result (here: its spec file is garbage) is recorded as failed."""
-    from harness.bench.executors import CellJob, LocalExecutor
+    from harness.bench.executors import CellJob
+    from harness.bench.executors.local import LocalExecutor
 
     bench = resolve(tiny_config(tmp_path, methods=["dense"]))
     cells = tmp_path / "cells"
@@ -137,12 +140,14 @@ def test_a_crashing_cell_is_recorded_and_the_others_run(tmp_path):
     assert statuses == [("broken", "failed"), ("dense", "ok")]
     broken = read_result(bad.result_path)
     assert broken.status == "failed" and broken.error.kind == "exit" and "JSONDecodeError" in broken.error.log_tail
+    assert broken.error.exit_code == 1  # the interpreter's status for an uncaught exception
     assert read_result(good.result_path).perplexity["enwiki-sample"].value > 1
 
 
 @pytest.mark.real_model
 def test_a_cell_over_its_time_limit_is_killed_and_recorded(tmp_path):
-    from harness.bench.executors import CellJob, LocalExecutor
+    from harness.bench.executors import CellJob
+    from harness.bench.executors.local import LocalExecutor
 
     spec = resolve(tiny_config(tmp_path, methods=["dense"])).cells[0]
     job = CellJob(spec, tmp_path / "c.spec.json", tmp_path / "c.json", tmp_path / "c.log", timeout_s=1.0)
@@ -150,6 +155,7 @@ def test_a_cell_over_its_time_limit_is_killed_and_recorded(tmp_path):
     status, _ = LocalExecutor().run_one(job)
     result = read_result(job.result_path)
     assert status == "failed" and result.error.kind == "timeout" and "1 s" in result.error.message
+    assert result.error.exit_code is None  # stopped by the executor, not ended by itself
 
 
 @pytest.mark.real_model
@@ -249,7 +255,8 @@ def test_every_metric_is_recorded_with_its_protocol_and_environment(small_bench)
     assert set(r.pruning.stages) >= {"stage1.calibration_forward", "stage2.search"} and r.pruning.seconds > 0
     assert r.pruning.decisions["n_attn"] == 2 and len(r.pruning.decisions["removed_attention"]) == 2
     ppl = r.perplexity["enwiki-sample"]
-    assert ppl.value > 1 and ppl.protocol.windows == 3 and ppl.protocol.seq_len == 128 and ppl.protocol.data["text_sha256"]
+    assert (ppl.value > 1 and ppl.protocol.windows == 3 and ppl.protocol.seq_len == 128
+            and ppl.protocol.data["text_sha256"])
     assert ppl.interval.low < ppl.value < ppl.interval.high and len(ppl.window_nll) == 3
     score = r.downstream.scores["wiki-cloze"]
     assert 0 <= score.acc <= 1 and score.acc_interval.low <= score.acc <= score.acc_interval.high
@@ -281,7 +288,8 @@ def test_a_metric_change_reuses_the_cached_pruned_model(small_bench, tmp_path):
     md = (tmp_path / "out" / "leaderboard.md").read_text()
     row = next(line for line in md.splitlines() if "| 2ssp " in line)
     assert row.rstrip(" |").endswith("†")
-    assert f"its prune time was measured by cell {first.pruning.pruned_by.cell} on {first.pruning.pruned_by.finished_at}" in md
+    assert (f"its prune time was measured by cell {first.pruning.pruned_by.cell} "
+            f"on {first.pruning.pruned_by.finished_at}") in md
 
 
 @pytest.mark.real_model

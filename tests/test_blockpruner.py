@@ -235,5 +235,6 @@ def test_blockpruner_block_beats_random_layers_on_smollm2(smollm2, smollm2_data)
     d = method.prune(adapter, method.options(), PruneContext(calib, 0.1))
     assert d["blocks"] == 3 and adapter.num_layers == 27
     ppl = windows_perplexity(adapter, windows)
-    random_ppl = _random_ppl(smollm2.ref, windows, lambda rand, g: rand.remove_layers(torch.randperm(30, generator=g)[:3].tolist()))
+    random_ppl = _random_ppl(smollm2.ref, windows,
+                             lambda rand, g: rand.remove_layers(torch.randperm(30, generator=g)[:3].tolist()))
     assert ppl < sum(random_ppl) / len(random_ppl), (ppl, random_ppl)

@@ -44,8 +44,8 @@ def test_gemma_gets_bos_per_window_and_it_is_recorded(tmp_path, smollm2_ref):
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "gemma")
     tok.save_pretrained(tmp_path / "gemma")
-    result = cli("eval", "--model", str(tmp_path / "gemma"), "--dataset", "pydoc", "--seq-len", "64", "--max-windows", "3",
-                 "--json")
+    result = cli("eval", "--model", str(tmp_path / "gemma"), "--dataset", "pydoc", "--seq-len", "64",
+                 "--max-windows", "3", "--json")
     assert result.returncode == 0, result.stderr
     p = json.loads(result.stdout)["protocol"]
     assert p["bos"] == "prepended to every window, context only" and p["targets"] == 3 * 63
@@ -62,7 +62,8 @@ def test_gemma_gets_bos_per_window_and_it_is_recorded(tmp_path, smollm2_ref):
     (["prune", "--method", "shortgpt", "--sparsity", "0.3", "--alpha", "2"], "--alpha applies to 2ssp only"),
     (["methods", "nosuch"], "unknown method 'nosuch'"),
     (["bench", "--methods", "dense", "--export", "hf,nosuch"], "unknown export format 'nosuch'; choose "),
-    (["bench", "--methods", "dense", "--export", "hf", "--executor", "ray"], "the ray executor keeps only a cell's result"),
+    (["bench", "--methods", "dense", "--export", "hf", "--executor", "ray"],
+     "the ray executor keeps only a cell's result"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, message):
     result = cli(*args, env={"HF_HUB_OFFLINE": "1"}, timeout=300)
@@ -107,7 +108,8 @@ def test_an_unknown_hub_id_without_the_hub_is_one_line():
     result = subprocess.run([sys.executable, "-m", "harness.cli", "eval", "--model", "nosuch-org/nosuch-model"],
                             capture_output=True, text=True, timeout=300, env={**env, "HF_ENDPOINT": "http://127.0.0.1:9"})
     assert result.returncode == 2
-    assert "is not a local directory and the Hugging Face hub is unreachable; offline models: smollm2-135m" in result.stderr
+    assert ("is not a local directory and the Hugging Face hub is unreachable; "
+            "offline models: smollm2-135m") in result.stderr
 
 
 def test_a_model_that_is_not_a_causal_lm_is_refused(tmp_path):
@@ -132,8 +134,8 @@ def test_an_unsupported_architecture_is_refused_by_name(tmp_path):
 @pytest.mark.real_model
 def test_prune_saves_a_checkpoint_that_prunebench_and_one_line_python_reload(tmp_path, smollm2):
     out = tmp_path / "pruned"
-    result = cli("prune", "--method", "2ssp", "--sparsity", "0.25", "--calib-data", "enwiki-sample", "--calib-samples", "2",
-                 "--seq-len", "64", "--out", str(out), "--json")
+    result = cli("prune", "--method", "2ssp", "--sparsity", "0.25", "--calib-data", "enwiki-sample",
+                 "--calib-samples", "2", "--seq-len", "64", "--out", str(out), "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert abs(report["achieved_sparsity"] - 0.25) < 0.005 and report["checkpoint"] == str(out)
@@ -146,7 +148,8 @@ def test_prune_saves_a_checkpoint_that_prunebench_and_one_line_python_reload(tmp
     with torch.no_grad():
         a = load_pruned(out)(x).logits
     # prunebench itself reloads the directory as a model: its perplexity runs on the pruned structure.
-    again = cli("eval", "--model", str(out), "--dataset", "enwiki-sample", "--seq-len", "128", "--max-windows", "2", "--json")
+    again = cli("eval", "--model", str(out), "--dataset", "enwiki-sample", "--seq-len", "128", "--max-windows", "2",
+                "--json")
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads(again.stdout)["perplexity"] > 1
     from harness.models import load_model, resolve_model
@@ -201,7 +204,8 @@ def _tree(root: Path) -> dict[str, int]:
 
 @pytest.mark.real_model
 @pytest.mark.parametrize(("case", "args", "message"), [
-    ("not a checkpoint", ["plain", "--format", "hf", "--out", "new"], "is not a pruned checkpoint (no prunebench.json)"),
+    ("not a checkpoint", ["plain", "--format", "hf", "--out", "new"],
+     "is not a pruned checkpoint (no prunebench.json)"),
     ("unknown format", ["short", "--format", "onnx", "--out", "new"], "unknown export format 'onnx'; choose "),
     ("unknown dtype", ["short", "--format", "hf", "--dtype", "int4", "--out", "new"],
      "format 'hf' has no dtype 'int4'; choose float32, bfloat16, float16"),
@@ -217,7 +221,8 @@ def test_bad_export_input_is_one_line_exit_2_and_writes_nothing(export_inputs, c
     from harness.cli import app
 
     root = export_inputs["root"]
-    paths = {**{k: str(v) for k, v in export_inputs.items()}, "new": str(root / "new"), "short/hf": str(root / "short" / "hf")}
+    paths = {**{k: str(v) for k, v in export_inputs.items()}, "new": str(root / "new"),
+             "short/hf": str(root / "short" / "hf")}
     before = _tree(root)
     result = CliRunner().invoke(app, ["export", *(paths.get(a, a) for a in args)])
     assert result.exit_code == 2, (case, result.stderr, result.exception)
@@ -257,7 +262,8 @@ def test_export_writes_a_transformers_directory_and_prints_what_it_wrote(shortgp
     refused = cli("export", str(shortgpt_checkpoint), "--format", "hf", "--out", str(out))
     assert refused.returncode == 2 and "exists; pass --force to replace it" in refused.stderr
     assert file_digest(out) == (report["bytes"], report["sha256"])
-    again = cli("export", str(shortgpt_checkpoint), "--format", "hf", "--out", str(out), "--force", "--dtype", "bfloat16")
+    again = cli("export", str(shortgpt_checkpoint), "--format", "hf", "--out", str(out), "--force",
+                "--dtype", "bfloat16")
     assert again.returncode == 0, again.stderr[-2000:]
     first, sha, *notes = again.stdout.splitlines()
     assert first.startswith(f"exported {shortgpt_checkpoint} as hf (bfloat16) to {out}: ") and first.endswith(" s")

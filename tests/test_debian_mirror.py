@@ -58,7 +58,8 @@ def test_one_line_sources_come_first_and_disabled_or_unreadable_ones_are_skipped
                                 "deb-src http://src.example/debian bookworm main\n"
                                 "deb mirror+file:/etc/apt/mirrors.txt bookworm main\n"
                                 "deb [ arch=amd64 signed-by=/k.gpg ] http://one.example/debian bookworm main\n",
-        "etc/apt/sources.list.d/a.sources": "Types: deb\nEnabled: no\nURIs: http://off.example/debian\nSuites: bookworm\n",
+        "etc/apt/sources.list.d/a.sources": "Types: deb\nEnabled: no\nURIs: http://off.example/debian\n"
+                                            "Suites: bookworm\n",
         "etc/apt/sources.list.d/b.list": "deb http://two.example/debian-security bookworm-security main\n",
         "etc/apt/sources.list.d/c.list.disabled": "deb http://ignored.example/debian bookworm main\n",
     })
@@ -70,7 +71,8 @@ def test_one_line_sources_come_first_and_disabled_or_unreadable_ones_are_skipped
 
 
 def test_nothing_found_is_an_empty_answer_and_a_failure(tmp_path):
-    root = apt_tree(tmp_path, {"etc/apt/sources.list": "deb http://only.example/debian-security bookworm-security main\n"},
+    root = apt_tree(tmp_path,
+                    {"etc/apt/sources.list": "deb http://only.example/debian-security bookworm-security main\n"},
                     os_id="ubuntu")
     missing = call("debian_mirror", root)
     assert missing.returncode == 1 and missing.stdout == ""

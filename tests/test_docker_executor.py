@@ -1,5 +1,6 @@
 """The docker executor, for real: one bench cell of the default model in a container of the CPU image
-gives the same decisions and perplexity as the same cell run without a container."""
+gives the same decisions and perplexity as the same cell run without a container; a cell that leaves no
+result is recorded by what ended it (image missing, engine refusal, exit code, time limit)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def test_a_cell_in_a_container_equals_the_same_cell_without_one(cpu_image, tmp_p
     assert a.perplexity["enwiki-sample"].value == b.perplexity["enwiki-sample"].value
     assert a.parameters == b.parameters
     assert "in container" in (tmp_path / "docker" / "cells" / "2ssp-s0.25-seed0.log").read_text()
+    # The container ran as the invoking user: what it wrote is theirs, and nothing else was re-owned.
+    assert (tmp_path / "docker" / "cells" / "2ssp-s0.25-seed0.json").stat().st_uid == os.getuid()
 
 
 @pytest.mark.docker
@@ -50,3 +53,104 @@ def test_a_missing_image_is_one_clear_line(cpu_image, tmp_path):
     assert result.returncode == 2
     assert "image 'prunebench:no-such-tag' not found: build it with `make image`" in result.stderr
     assert not (tmp_path / "missing" / "cells" / "2ssp-s0.25-seed0.json").exists()
+
+
+# ---------------------------------------------------------------- how a cell without a result is recorded
+
+
+def test_a_container_exit_is_classified_by_its_status():
+    from harness.bench.executors.docker import describe_container_exit
+
+    exited = describe_container_exit(3, oom=False)
+    assert (exited.kind, exited.exit_code) == ("exit", 3) and "code 3" in exited.message
+    signalled = describe_container_exit(137, oom=False)
+    assert (signalled.kind, signalled.exit_code) == ("killed", 137) and "SIGKILL" in signalled.message
+    oom = describe_container_exit(137, oom=True)
+    assert (oom.kind, oom.exit_code) == ("killed", 137) and "out of memory" in oom.message
+
+
+def _job(tmp_path, spec_text: str | None = None, timeout_s: float | None = None):
+    from test_bench import tiny_config
+
+    from harness.bench.executors import CellJob
+    from harness.bench.expand import resolve
+
+    spec = resolve(tiny_config(tmp_path, methods=["dense"], latency={**TINY["latency"], "enabled": False})).cells[0]
+    cells = tmp_path / "cells"
+    cells.mkdir(exist_ok=True)
+    job = CellJob(spec, cells / "dense.spec.json", cells / "dense.json", cells / "dense.log", timeout_s)
+    job.spec_path.write_text(spec.model_dump_json() if spec_text is None else spec_text)
+    return job
+
+
+@pytest.fixture
+def scratch_image(docker_engine):
+    """A tag of a one-file image made on the spot (no registry, no build): it exists until the test removes it."""
+    import io
+    import tarfile
+
+    import docker
+
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        info = tarfile.TarInfo("empty")
+        tar.addfile(info, io.BytesIO(b""))
+    client = docker.from_env()
+    tag = f"prunebench-test:scratch-{os.getpid()}"
+    client.api.import_image_from_data(data.getvalue(), repository=tag.split(":")[0], tag=tag.split(":")[1])
+    yield client, tag
+    if client.images.list(name=tag):  # unless the test removed it
+        client.images.remove(tag, force=True)
+
+
+@pytest.mark.docker
+def test_an_image_gone_before_the_cell_is_recorded_as_image_missing(scratch_image, tmp_path, monkeypatch):
+    from harness.bench.executors.docker import DockerExecutor
+
+    monkeypatch.setenv("PRUNEBENCH_CACHE", str(tmp_path / "cache"))
+    client, tag = scratch_image
+    executor = DockerExecutor(image=tag, gpus=False, echo=False)
+    client.images.remove(tag, force=True)
+    job = _job(tmp_path)
+    assert executor.run_one(job)[0] == "failed"
+    error = read_result(job.result_path).error
+    assert error.kind == "image-missing" and tag in error.message and error.exit_code is None
+    assert "image-missing" in job.log_path.read_text()
+
+
+@pytest.mark.docker
+def test_an_engine_refusal_is_recorded_as_engine(scratch_image, tmp_path, monkeypatch):
+    from harness.bench.executors.docker import DockerExecutor
+
+    monkeypatch.setenv("PRUNEBENCH_CACHE", str(tmp_path / "cache"))
+    _, tag = scratch_image
+    executor = DockerExecutor(image=tag, gpus=False, echo=False, network="prunebench-no-such-network")
+    job = _job(tmp_path)
+    assert executor.run_one(job)[0] == "failed"
+    error = read_result(job.result_path).error
+    assert error.kind == "engine" and "prunebench-no-such-network" in error.message
+
+
+@pytest.mark.docker
+def test_a_container_that_exits_non_zero_is_recorded_with_its_exit_code(cpu_image, tmp_path, monkeypatch):
+    from harness.bench.executors.docker import DockerExecutor
+
+    monkeypatch.setenv("PRUNEBENCH_CACHE", str(tmp_path / "cache"))
+    job = _job(tmp_path, spec_text="{ this is not a cell")
+    assert DockerExecutor(image="prunebench:cpu", gpus=False, echo=False).run_one(job)[0] == "failed"
+    error = read_result(job.result_path).error
+    assert (error.kind, error.exit_code) == ("exit", 1) and "JSONDecodeError" in error.log_tail
+
+
+@pytest.mark.docker
+def test_a_container_over_its_time_limit_is_recorded_as_timeout(cpu_image, tmp_path, monkeypatch):
+    from harness.bench.executors.docker import DockerExecutor
+
+    monkeypatch.setenv("PRUNEBENCH_CACHE", str(tmp_path / "cache"))
+    job = _job(tmp_path, timeout_s=2.0)
+    assert DockerExecutor(image="prunebench:cpu", gpus=False, echo=False).run_one(job) == ("failed", "timeout")
+    error = read_result(job.result_path).error
+    assert error.kind == "timeout" and "2 s" in error.message and error.exit_code is None
+    import docker
+
+    assert not docker.from_env().containers.list(all=True, filters={"label": "prunebench.cell=dense"})  # removed

@@ -120,7 +120,8 @@ def test_without_llama_cpp_the_error_is_one_line_saying_how_to_install(tmp_path)
             "try:\n    LlamaCpp('model.gguf', 1, 16)\nexcept Exception as err:\n    print(type(err).__name__, err)")
     result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, env=env, timeout=120)
     [line] = result.stdout.strip().splitlines()
-    assert line.startswith("EngineUnavailable llama.cpp is not available (ModuleNotFoundError: No module named 'llama_cpp')")
+    assert line.startswith("EngineUnavailable llama.cpp is not available "
+                           "(ModuleNotFoundError: No module named 'llama_cpp')")
     assert line.endswith(f"install it with `make install-engine` (or pip install llama-cpp-python=={VERSION})")
 
 

@@ -165,7 +165,8 @@ def test_bench_cells_time_their_pruned_model_and_the_dense_one_and_report_what_g
         "perplexity": {"datasets": ["enwiki-sample"], "seq_len": 64, "max_windows": 2},
         "downstream": {"enabled": False}, "qualitative": {"enabled": False},
         "latency": {"seq_len": 16, "warmup": 1, "repeats": 2, "decode_tokens": 2, "decode_prompt": 8},
-        "engine": {"threads": 1, "prompt_tokens": 16, "decode_prompt": 8, "decode_tokens": 4, "warmup": 1, "repeats": 3},
+        "engine": {"threads": 1, "prompt_tokens": 16, "decode_prompt": 8, "decode_tokens": 4, "warmup": 1,
+                   "repeats": 3},
         "calibration": {"samples": 2, "seq_len": 64},
     }
     (tmp_path / "bench.yaml").write_text(yaml.safe_dump(tiny))

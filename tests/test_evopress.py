@@ -16,7 +16,8 @@ from methods.base import PruneContext
 from methods.errors import MethodError
 from methods.evopress import Evolution, Genome, KLScorer, Minibatch, Space, draw_pieces, mutate
 
-TINY = {"offspring": 6, "initially_generated": 6, "initial_tokens": 24, "tokens_per_selection": [24, 48], "generations": 3}
+TINY = {"offspring": 6, "initially_generated": 6, "initial_tokens": 24, "tokens_per_selection": [24, 48],
+        "generations": 3}
 
 
 def llama_skeleton(layers: int = 32):
@@ -185,7 +186,8 @@ def test_decisions_are_deterministic_for_a_seed(name):
     assert d1["settings"]["offspring"] == TINY["offspring"] and d1["settings"]["seed"] == 3
 
 
-@pytest.mark.parametrize(("name", "arch"), [("evopress", "llama"), ("evopress", "gemma3_text"), ("evopress-block", "qwen2")])
+@pytest.mark.parametrize(("name", "arch"),
+                         [("evopress", "llama"), ("evopress", "gemma3_text"), ("evopress-block", "qwen2")])
 def test_removal_is_real_reaches_n_blocks_and_reloads(name, arch, tmp_path):
     from harness.checkpoint import load_pruned, save_pruned
 

@@ -66,7 +66,8 @@ def test_a_shortgpt_checkpoint_loads_in_plain_transformers_with_identical_logits
     for report in (f32, bf16):
         path = Path(report.path)
         assert (report.bytes, report.sha256) == file_digest(path)
-        assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in path.iterdir()}
+        assert ({"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+                <= {p.name for p in path.iterdir()})
         assert not (path / "prunebench.json").exists() and not list(tmp_path.glob(".*tmp*"))
         config = json.loads((path / "config.json").read_text())
         assert config["num_hidden_layers"] == 30 - removed and config["intermediate_size"] == 1536
@@ -150,7 +151,8 @@ def test_a_heterogeneous_model_is_refused_or_exported_exactly(smollm2, tmp_path)
         return
     ids = torch.randint(0, 49152, (1, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.equal(AutoModelForCausalLM.from_pretrained(tmp_path / "out")(ids).logits, adapter.model(ids).logits)
+        assert torch.equal(AutoModelForCausalLM.from_pretrained(tmp_path / "out")(ids).logits,
+                           adapter.model(ids).logits)
 
 
 @pytest.mark.real_model
@@ -178,8 +180,8 @@ def test_a_cell_records_a_refused_export_and_writes_nothing(twossp_checkpoint, t
                                  out=tmp_path / "run")).cells
     manifest = read_manifest(twossp_checkpoint)
     adapter = _logged(load_pruned(twossp_checkpoint), manifest)
-    done = write_exports(spec, adapter, AutoTokenizer.from_pretrained(twossp_checkpoint), manifest["prune_report"]["model"],
-                         tmp_path / "exports")
+    done = write_exports(spec, adapter, AutoTokenizer.from_pretrained(twossp_checkpoint),
+                         manifest["prune_report"]["model"], tmp_path / "exports")
     assert list(done.refused) == ["hf"] and done.written == {}
     assert "have no attention" in done.refused["hf"] and "\n" not in done.refused["hf"]
     assert not (tmp_path / "exports").exists() or not list((tmp_path / "exports").iterdir())
@@ -199,7 +201,8 @@ def test_a_bench_exports_every_cell_beside_its_result_and_the_leaderboard_ignore
     out = tmp_path / "out"
     args = [sys.executable, "-m", "harness.cli", "bench", "--config", str(tmp_path / "bench.yaml"), "--out", str(out),
             "--export", "hf"]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=1200, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    done = subprocess.run(args, capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     layers = {}
     for cell in ("dense", "shortgpt-s0.2-seed0"):

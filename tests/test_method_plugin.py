@@ -99,7 +99,8 @@ def test_the_environment_names_methods_and_a_malformed_entry_is_one_line(monkeyp
 
 def test_a_method_declares_protocols_never_profiles():
     with pytest.raises(TypeError, match="calibration must name exactly the protocols"):
-        type("ByProfile", (DropLastFFNs,), {"calibration": {"paper": CalibrationNeeds(1, 8), "cpu-quick": CalibrationNeeds(1, 8)}})
+        type("ByProfile", (DropLastFFNs,),
+             {"calibration": {"paper": CalibrationNeeds(1, 8), "cpu-quick": CalibrationNeeds(1, 8)}})
     with pytest.raises(TypeError, match="protocol_options only those"):
         type("ByProfile", (DropLastFFNs,), {"protocol_options": {"cpu-quick": {"layers": 3}}})
     with pytest.raises(MethodError, match="unknown protocol 'cpu-quick'"):

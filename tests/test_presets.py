@@ -66,13 +66,15 @@ def test_samples_and_heat_map_are_published(tmp_path, smollm2_ref):
     import yaml
     from test_bench import TINY
 
-    spec = {**TINY, "methods": ["dense"], "sparsities": [0.25, 0.375], "downstream": {**TINY["downstream"], "enabled": False},
+    spec = {**TINY, "methods": ["dense"], "sparsities": [0.25, 0.375],
+            "downstream": {**TINY["downstream"], "enabled": False},
             "latency": {**TINY["latency"], "enabled": False},
             "qualitative": {"prompts": ["The capital of France is"], "max_new_tokens": 6},
-            "variants": [{"name": f"2ssp-nattn{n}", "method": "2ssp", "options": {"n_attn": n}} for n in (1, 3)]}
+            "rows": [{"name": f"2ssp-nattn{n}", "method": "2ssp", "options": {"n_attn": n}} for n in (1, 3)]}
     path = tmp_path / "b.yaml"
     path.write_text(yaml.safe_dump(json.loads(json.dumps(spec))))
-    result = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "--config", str(path), "--out", str(tmp_path / "out")],
+    result = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "--config", str(path),
+                             "--out", str(tmp_path / "out")],
                             capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "out"

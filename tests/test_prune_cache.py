@@ -254,7 +254,8 @@ def test_a_cell_served_from_the_cache_reports_the_run_that_pruned_it(cell_setup,
     first_adapter, first, peak = prune_or_reuse(*cell_setup("first"), PeakMemory())
     assert not first.from_cache and first.cache_key and peak
     assert first.pruned_by.cell == "first" and first.pruned_by.finished_at.endswith("+00:00")
-    assert set(type(first.pruned_by).model_fields) == {"cell", "finished_at", "git", "hardware"} and first.pruned_by.hardware
+    assert (set(type(first.pruned_by).model_fields) == {"cell", "finished_at", "git", "hardware"}
+            and first.pruned_by.hardware)
 
     adapter, second, peak = prune_or_reuse(*cell_setup("second"), PeakMemory())
     assert second.from_cache and second.cache_key == first.cache_key and peak == {}

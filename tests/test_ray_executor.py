@@ -58,7 +58,7 @@ def spec(device: str = "cpu", dtype: str = "auto"):
 
 
 def test_resources_follow_the_documented_rule_and_the_options():
-    from harness.bench.ray_executor import GIB, cell_resources, parse_options
+    from harness.bench.executors.ray import GIB, cell_resources, parse_options
 
     n = 135_000_000
     cpu = cell_resources(spec("cpu"), parse_options({}), cluster_gpus=4, parameters=n)

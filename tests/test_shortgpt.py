@@ -18,7 +18,8 @@ calibration = random_calibration
 prune = partial(prune_with, "shortgpt")
 
 
-@pytest.mark.parametrize(("layers", "sparsity", "n"), [(32, 0.25, 8), (32, 0.375, 12), (32, 0.5, 16), (30, 0.25, 8), (28, 0.375, 11)])
+@pytest.mark.parametrize(("layers", "sparsity", "n"),
+                         [(32, 0.25, 8), (32, 0.375, 12), (32, 0.5, 16), (30, 0.25, 8), (28, 0.375, 11)])
 def test_plan_removes_ceil_s_times_l_layers(layers, sparsity, n):
     method = get_method("shortgpt")
     plan = method.plan(skeleton(layers), sparsity, method.options())
@@ -56,7 +57,8 @@ def test_block_influence_matches_a_full_trace(variant):
     for sample in calib:
         states = runner.trace(sample[None])  # entry 5: the last layer's output, before the final norm
         for i in range(5):
-            a, b = (states[i][0, -1:], states[i + 1][0, -1:]) if variant == "reference" else (states[i][0], states[i + 1][0])
+            a, b = ((states[i][0, -1:], states[i + 1][0, -1:]) if variant == "reference"
+                    else (states[i][0], states[i + 1][0]))
             cos[i] += torch.nn.functional.cosine_similarity(a, b, dim=-1).double().mean()
     expected = 1 - cos / len(calib)
     decisions = prune(adapter, 0.4, calib, variant=variant)

@@ -69,7 +69,8 @@ def recovered_basis(dense_weight: torch.Tensor, sliced_weight: torch.Tensor) -> 
 def test_slicing_is_the_dense_model_with_every_stream_point_projected(arch):
     """The sliced model equals the dense one whose residual stream is projected onto the kept directions
     after the embedding, between attention and FFN, and after every layer; each basis spans the leading
-    principal directions of the stream there, computed on the model sliced up to that point. The bases are read back from the sliced weights: this checks the rotation
+    principal directions of the stream there, computed on the model sliced up to that point. \
+The bases are read back from the sliced weights: this checks the rotation
     of every weight, the shortcuts and the narrow RMS norm independently of the code that made them."""
     dense = adapt(tiny(arch, dtype=torch.float64))
     sliced = adapt(tiny(arch, dtype=torch.float64))
@@ -82,8 +83,10 @@ def test_slicing_is_the_dense_model_with_every_stream_point_projected(arch):
 
     bases = [recovered_basis(dense.embedding().weight, sliced.embedding().weight)]
     for i in range(L):
-        bases.append(recovered_basis(fused(dense.attn_inputs(i), dense.attn_norms(i)[0]), torch.cat([m.weight for m in sliced.attn_inputs(i)])))
-        bases.append(recovered_basis(fused(dense.ffn_inputs(i), dense.ffn_norms(i)[0]), torch.cat([m.weight for m in sliced.ffn_inputs(i)])))
+        bases.append(recovered_basis(fused(dense.attn_inputs(i), dense.attn_norms(i)[0]),
+                                     torch.cat([m.weight for m in sliced.attn_inputs(i)])))
+        bases.append(recovered_basis(fused(dense.ffn_inputs(i), dense.ffn_norms(i)[0]),
+                                     torch.cat([m.weight for m in sliced.ffn_inputs(i)])))
     bases.append(recovered_basis(fused([dense.lm_head()], dense.final_norm()), sliced.lm_head().weight))
     for q in bases:
         torch.testing.assert_close(q.T @ q, torch.eye(q.shape[1], dtype=q.dtype), rtol=0, atol=1e-8)  # orthonormal

@@ -89,7 +89,8 @@ def test_cached_search_makes_the_same_decisions_as_the_naive_one(arch):
     assert cached["stage2_perplexity"] == naive["stage2_perplexity"]  # bit for bit
 
 
-@pytest.mark.parametrize("options", [{}, {"stages": "width"}, {"stages": "depth"}, {"norm": "l1"}, {"scoring": "channels"}])
+@pytest.mark.parametrize("options",
+                         [{}, {"stages": "width"}, {"stages": "depth"}, {"norm": "l1"}, {"scoring": "channels"}])
 def test_every_variant_reaches_its_target_and_reloads(options, tmp_path):
     from harness.checkpoint import load_pruned, save_pruned
 

@@ -26,6 +26,7 @@ import torch
 from harness.bench.config import CellSpec
 from harness.env import capture
 from harness.errors import PrunebenchError
+from harness.logs import quiet_libraries
 from harness.results import (
     EXPORTS_DIR,
     Cell,
@@ -77,8 +78,8 @@ class PeakMemory:
     def reset(self) -> None:
         try:
             Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass
+        except OSError as err:  # not Linux, or not allowed: the peak then counts from the process start
+            log.debug("cannot reset the peak resident memory (%s)", err)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
 
@@ -88,17 +89,50 @@ class PeakMemory:
             for line in Path("/proc/self/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     rss = int(line.split()[1]) * 1024
-        except OSError:
-            pass
+        except OSError as err:  # not Linux: no peak recorded
+            log.debug("cannot read the peak resident memory (%s)", err)
         cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
         return {"peak_rss_bytes": rss, "peak_cuda_bytes": cuda}
 
 
-def _free(model: Any) -> None:
-    del model
+def _release_dense(loaded) -> None:
+    """Let the dense model go before a cached pruned one is loaded, so that the cell never holds both.
+
+    ``loaded`` is its last holder: ``run`` drops its dense adapter and measuring context and keeps no
+    name of its own for the model while the pruned one is obtained.
+    """
+    loaded.model = None
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _load_cached(entry: Path, key: str, loaded) -> tuple[Any, PruningReport] | None:
+    """The cached pruned model and its stored report, the dense model released first; None when the
+    entry does not load (the dense model is then loaded again to prune)."""
+    from harness.checkpoint import load_pruned, read_manifest
+
+    try:
+        manifest = read_manifest(entry)
+        stored = PruningReport.model_validate(manifest["prune_report"])
+        report = stored.model_copy(update={"from_cache": True, "cache_key": key})
+        _release_dense(loaded)
+        return _logged(load_pruned(entry, dtype=loaded.dtype, device=loaded.device), manifest), report
+    except (MemoryError, torch.OutOfMemoryError):
+        raise  # the machine's limit, not the entry's fault
+    except Exception as err:  # a sound-looking entry that does not load is as bad as a corrupt one
+        log.warning("cached pruned model %s does not load (%s); pruning again",
+                    entry, f"{type(err).__name__}: {err}".splitlines()[0][:200])
+        return None
+
+
+def _logged(model: Any, manifest: dict[str, Any]):
+    """The adapter of a reloaded pruned model with the dense config and edits its manifest records."""
+    from methods.arch import adapt
+
+    adapter = adapt(model)
+    adapter.base_config, adapter.ops = dict(manifest["base_config"]), list(manifest["ops"])
+    return adapter
 
 
 def _prune(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, PruningReport, dict[str, Any]]:
@@ -130,7 +164,8 @@ def prune_or_reuse(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, Pru
     entries that verify, and ``spec.reprune`` (bench --force) prunes again. An entry that verifies but
     does not load is pruned again once, in this cell.
     """
-    from harness.checkpoint import load_pruned, read_manifest, save_pruned
+    from harness.checkpoint import save_pruned
+    from harness.models import load_weights
     from harness.paths import cache_dir
     from harness.prune_cache import PrunedModelCache, code_fingerprint
 
@@ -143,6 +178,8 @@ def prune_or_reuse(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, Pru
     fresh: dict[str, Any] = {}
 
     def create(entry: Path) -> None:
+        if loaded.model is None:  # released for a cached model that then did not load: the same weights again
+            loaded.model = load_weights(loaded.ref, loaded.dtype, loaded.device, spec.trust_remote_code)
         outcome, report, peak = _prune(spec, loaded, memory)
         info = {"prune_report": report.model_dump(mode="json"), "cell": spec.id, "cache_key": key,
                 "fingerprint": fingerprint}
@@ -152,28 +189,11 @@ def prune_or_reuse(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, Pru
     entry, created = cache.obtain(key, create, spec.reprune)
     if not created:
         log.info("pruned model found in the cache (%s): not pruning again", entry)
-        try:
-            manifest = read_manifest(entry)
-            stored = PruningReport.model_validate(manifest["prune_report"])
-            report = stored.model_copy(update={"from_cache": True, "cache_key": key})
-            _free(loaded.model)
-            return _logged(load_pruned(entry, dtype=loaded.dtype, device=loaded.device), manifest), report, {}
-        except (MemoryError, torch.OutOfMemoryError):
-            raise  # the machine's limit, not the entry's fault
-        except Exception as err:  # a sound-looking entry that does not load is as bad as a corrupt one
-            log.warning("cached pruned model %s does not load (%s); pruning again",
-                        entry, f"{type(err).__name__}: {err}".splitlines()[0][:200])
-            cache.obtain(key, create, reprune=True)  # creates: the model is the one pruned now
+        served = _load_cached(entry, key, loaded)
+        if served is not None:
+            return (*served, {})
+        cache.obtain(key, create, reprune=True)  # creates: the model is the one pruned now
     return fresh["adapter"], fresh["report"].model_copy(update={"cache_key": key}), fresh["peak"]
-
-
-def _logged(model: Any, manifest: dict[str, Any]):
-    """The adapter of a reloaded pruned model with the dense config and edits its manifest records."""
-    from methods.arch import adapt
-
-    adapter = adapt(model)
-    adapter.base_config, adapter.ops = dict(manifest["base_config"]), list(manifest["ops"])
-    return adapter
 
 
 def cell_of(spec: CellSpec) -> Cell:
@@ -202,7 +222,7 @@ def run(spec: CellSpec, exports_dir: Path | None = None) -> CellResult:
               "device": str(loaded.device)}
     dense_ctx = MeasureContext(loaded.model, dense, loaded.tokenizer, spec.seed, is_dense, source)
     measured_before = {name: m.before_pruning(getattr(spec, name), dense_ctx) for name, m in enabled.items()}
-    del dense_ctx, dense
+    del dense_ctx, dense  # from here on ``loaded`` alone holds the dense model (a cached pruned one replaces it)
     pruning_report, peak = None, {}
     if is_dense:
         adapter = adapt(loaded.model)
@@ -234,7 +254,8 @@ def write_exports(spec: CellSpec, adapter, tokenizer, source: dict[str, str], ex
     from harness.export import ExportRefused, export_model
 
     if exports_dir is None:
-        raise PrunebenchError(f"cell {spec.id} asks for exports ({', '.join(spec.export)}) but was given no folder for them")
+        raise PrunebenchError(f"cell {spec.id} asks for exports ({', '.join(spec.export)}) "
+                              "but was given no folder for them")
     if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in adapter.model.parameters()):
         adapter.model.to(device="cpu", dtype=torch.float32)  # what formats read (export/base.py); exact widening
     done = Exports()
@@ -247,12 +268,14 @@ def write_exports(spec: CellSpec, adapter, tokenizer, source: dict[str, str], ex
     return done
 
 
-def failed(spec: CellSpec, started: str, seconds: float, kind: str, message: str, log_tail: str = "") -> CellResult:
+def failed(spec: CellSpec, started: str, seconds: float, kind: str, message: str, log_tail: str = "",
+           exit_code: int | None = None) -> CellResult:
     return CellResult(
         status="failed",
         cell=cell_of(spec),
         config=spec.model_dump(mode="json"), config_hash=spec.config_hash(), started_at=started, finished_at=now(),
-        wall_seconds=seconds, environment=capture(), error=ErrorInfo(kind=kind, message=message, log_tail=log_tail),
+        wall_seconds=seconds, environment=capture(),
+        error=ErrorInfo(kind=kind, message=message, log_tail=log_tail, exit_code=exit_code),
     )
 
 
@@ -262,8 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--result", type=Path, required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub", "transformers", "lm_eval"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_libraries()
     spec = CellSpec(**json.loads(args.spec.read_text()))
     started, t0 = now(), time.perf_counter()
     try:

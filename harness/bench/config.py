@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -66,7 +67,7 @@ def profile_defaults(profile: str) -> dict[str, Any]:
             **{name: metric.default_config(profile) for name, metric in METRICS.items()}}
 
 
-class Variant(_Config):
+class Row(_Config):
     """A named row of the leaderboard: a method with its own options or calibration (ablations)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -86,9 +87,12 @@ class _BenchConfig(_Config):
     model: str = "smollm2-135m"
     methods: list[str] = Field(default_factory=lambda: ["all"])
     sparsities: list[float] = Field(default_factory=lambda: [0.25, 0.375, 0.5])
-    num_prune: int | None = Field(None, description="target as whole-block equivalents N/L; -1 every step, -2 the paper's three")
+    num_prune: int | None = Field(
+        None, description="target as whole-block equivalents N/L; -1 every step, -2 the paper's three")
     seeds: list[int] = Field(default_factory=lambda: [0])
-    variants: list[Variant] = Field(default_factory=list)
+    # Named rows beside ``methods`` (a method with its own options or calibration). ``variants`` is the
+    # key's former name, still read; a method's ``variant`` option (reference|paper) is another thing.
+    rows: list[Row] = Field(default_factory=list, validation_alias=AliasChoices("rows", "variants"))
     preset: str | None = None
     profile: Literal["auto", "paper", "cpu-quick"] = "auto"
     out: Path | None = None

@@ -10,14 +10,16 @@ from harness.bench.config import (
     BenchConfig,
     CalibrationConfig,
     CellSpec,
-    Variant,
+    Row,
     cell_id,
     metric_config,
     model_slug,
     profile_defaults,
 )
+from harness.bench.presets import apply_preset
 from harness.errors import PrunebenchError
 from harness.metrics.registry import METRICS
+from harness.models import num_layers
 from harness.pruning import method_protocol
 from methods import expand_method_name, get_method, method_names
 from methods.errors import MethodError
@@ -55,12 +57,6 @@ def expand_methods(names: list[str]) -> list[str]:
     return sorted(out, key=lambda n: (n != "dense",))  # the reference row first
 
 
-def num_layers(config: BenchConfig) -> int:
-    from harness.models import check_model, resolve_model
-
-    return check_model(resolve_model(config.model), config.trust_remote_code).num_hidden_layers
-
-
 def sparsities_for(num_prune: int, layers: int) -> list[float]:
     """The authors' --num_prune: N blocks' worth (N/L); -2 the paper's three rates; -1 every step 1/L."""
     if num_prune == -2:
@@ -68,16 +64,13 @@ def sparsities_for(num_prune: int, layers: int) -> list[float]:
     if num_prune == -1:
         return [k / layers for k in range(1, layers)]
     if not 0 < num_prune < layers:
-        raise PrunebenchError(f"--num-prune {num_prune}: give 1..{layers - 1} blocks (the model has {layers}), -1 or -2")
+        raise PrunebenchError(f"--num-prune {num_prune}: give 1..{layers - 1} blocks (the model has {layers}), "
+                              "-1 or -2")
     return [num_prune / layers]
 
 
 def with_preset(config: BenchConfig, profile: str) -> BenchConfig:
-    if not config.preset:
-        return config
-    from harness.bench.presets import apply_preset
-
-    return apply_preset(config, profile)
+    return apply_preset(config, profile) if config.preset else config
 
 
 def resolve(config: BenchConfig) -> ResolvedBench:
@@ -86,11 +79,12 @@ def resolve(config: BenchConfig) -> ResolvedBench:
     profile = resolve_profile(config)
     config = with_preset(config, profile)
     defaults = profile_defaults(profile)
-    sparsities = sparsities_for(config.num_prune, num_layers(config)) if config.num_prune is not None else config.sparsities
+    sparsities = (sparsities_for(config.num_prune, num_layers(config.model, config.trust_remote_code))
+                  if config.num_prune is not None else config.sparsities)
     unknown = set(config.method_options) - set(method_names())
     if unknown:
         raise PrunebenchError(f"method_options for unknown methods: {', '.join(sorted(unknown))}")
-    variants = [Variant(name=m, method=m) for m in expand_methods(config.methods)] + list(config.variants)
+    variants = [Row(name=m, method=m) for m in expand_methods(config.methods)] + list(config.rows)
     names = [v.name for v in variants]
     if not variants:
         raise PrunebenchError("the bench names no method")
@@ -169,7 +163,7 @@ def validate(bench: ResolvedBench) -> None:
     note; otherwise an infeasible cell is an error.
     """
     from harness.data.sources import hub_source, validate_source
-    from harness.models import check_model, resolve_model
+    from harness.models import checked_config, resolve_model
     from harness.pruning import skeleton_adapter
 
     first = bench.cells[0]
@@ -181,7 +175,7 @@ def validate(bench: ResolvedBench) -> None:
         needs += [n for n in metric.validate(getattr(first, name)) if n not in needs]
     check_hub_needs(bench.profile, needs)
     ref = resolve_model(bench.config.model)
-    config = check_model(ref, bench.config.trust_remote_code)
+    config = checked_config(ref, bench.config.trust_remote_code)
     skeleton = skeleton_adapter(ref, config, bench.config.trust_remote_code)
     keep = []
     for cell in bench.cells:

@@ -1,6 +1,6 @@
 """The paper's experiments as named benches (the authors' --main_table_results and --ablation).
 
-Each preset fills the bench's rows (variants), sparsities and seeds; every other setting (model,
+Each preset fills the bench's rows, sparsities and seeds; every other setting (model,
 profile, executor, metrics) comes from the bench as usual, and the results go to their own folder,
 runs/<model>/<preset>/, with their own leaderboard (`prunebench publish` copies them to
 results/<model>/<preset>/).
@@ -8,7 +8,7 @@ results/<model>/<preset>/).
 
 from __future__ import annotations
 
-from harness.bench.config import BenchConfig, CalibrationConfig, Variant
+from harness.bench.config import BenchConfig, CalibrationConfig, Row
 from harness.errors import PrunebenchError
 
 PAPER_SPARSITIES = [0.25, 0.375, 0.5]
@@ -23,15 +23,15 @@ def _main_table(config: BenchConfig, profile: str) -> dict:
 
 def _calibration(config: BenchConfig, profile: str) -> dict:
     """2SSP at 50 % with 2..256 calibration samples, seeds 0-4 (mean and spread on the leaderboard)."""
-    variants = [Variant(name=f"2ssp-calib{n}", method="2ssp", calibration=CalibrationConfig(samples=n))
+    variants = [Row(name=f"2ssp-calib{n}", method="2ssp", calibration=CalibrationConfig(samples=n))
                 for n in CALIBRATION_SIZES]
-    return {"methods": [], "variants": variants, "sparsities": [0.5], "seeds": [0, 1, 2, 3, 4]}
+    return {"methods": [], "rows": variants, "sparsities": [0.5], "seeds": [0, 1, 2, 3, 4]}
 
 
 def _pair(name_a: str, options_a: dict, name_b: str, options_b: dict) -> dict:
     return {"methods": [], "sparsities": PAPER_SPARSITIES,
-            "variants": [Variant(name=name_a, method="2ssp", options=options_a),
-                         Variant(name=name_b, method="2ssp", options=options_b)]}
+            "rows": [Row(name=name_a, method="2ssp", options=options_a),
+                         Row(name=name_b, method="2ssp", options=options_b)]}
 
 
 def _balancing(config: BenchConfig, profile: str) -> dict:
@@ -41,15 +41,15 @@ def _balancing(config: BenchConfig, profile: str) -> dict:
     which still shows the shape of the heat map in minutes per row on a laptop. Infeasible pairs
     (N attention modules beyond the budget, or too few to reach it) are left out, with a note.
     """
-    from harness.bench.expand import num_layers
+    from harness.models import num_layers
 
-    L = num_layers(config)
+    L = num_layers(config.model, config.trust_remote_code)
     if profile == "paper":
         sparsities, counts = [k / L for k in range(1, L)], range(L)
     else:
         sparsities, counts = PAPER_SPARSITIES, range(0, L, 3)
-    variants = [Variant(name=f"2ssp-nattn{n}", method="2ssp", options={"n_attn": n}) for n in counts]
-    return {"methods": [], "variants": variants, "sparsities": sparsities}
+    variants = [Row(name=f"2ssp-nattn{n}", method="2ssp", options={"n_attn": n}) for n in counts]
+    return {"methods": [], "rows": variants, "sparsities": sparsities}
 
 
 PRESETS = {

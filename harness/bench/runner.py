@@ -39,12 +39,14 @@ def describe(bench: ResolvedBench) -> list[str]:
     rows = list(dict.fromkeys(cell.variant for cell in bench.cells))
     preset = f", preset {bench.config.preset}" if bench.config.preset else ""
     lines = [
-        f"model {bench.config.model}, profile {bench.profile}{preset}, executor {bench.config.executor}, out {bench.out}",
+        f"model {bench.config.model}, profile {bench.profile}{preset}, executor {bench.config.executor}, "
+        f"out {bench.out}",
         f"rows {', '.join(rows)}; sparsities {', '.join(f'{s:.4g}' for s in bench.sparsities)}"
         f"{f' (--num-prune {bench.config.num_prune})' if bench.config.num_prune is not None else ''}; "
         f"seeds {', '.join(sorted({str(cell.seed) for cell in bench.cells}))}; {len(bench.cells)} cells",
         *(metric.describe(getattr(c, name)) for name, metric in METRICS.items()),
-        *([f"exports: {', '.join(c.export)} of every cell, into {bench.out / 'cells' / EXPORTS_DIR}"] if c.export else []),
+        *([f"exports: {', '.join(c.export)} of every cell, into {bench.out / 'cells' / EXPORTS_DIR}"]
+          if c.export else []),
     ]
     seen = set()
     for cell in bench.cells:
@@ -84,7 +86,8 @@ def plan_jobs(bench: ResolvedBench, force: bool) -> tuple[list[CellJob], list[st
     return jobs, skipped
 
 
-def run_bench(config: BenchConfig, force: bool = False, console: Console | None = None, publish: bool = True) -> BenchOutcome:
+def run_bench(config: BenchConfig, force: bool = False, console: Console | None = None,
+              publish: bool = True) -> BenchOutcome:
     console = console or Console(stderr=True)
     bench = resolve(config)
     validate(bench)
@@ -98,7 +101,8 @@ def run_bench(config: BenchConfig, force: bool = False, console: Console | None 
     jobs, skipped = plan_jobs(bench, force)
     outcome = BenchOutcome(bench.out, skipped=skipped)
     if skipped:
-        console.print(f"{len(skipped)} cells already done (re-run with --force to redo): {', '.join(skipped)}", highlight=False)
+        console.print(f"{len(skipped)} cells already done (re-run with --force to redo): {', '.join(skipped)}",
+                      highlight=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, disable=not console.is_terminal) as bars:
         task = bars.add_task("cells", total=len(jobs))

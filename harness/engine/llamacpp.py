@@ -231,7 +231,8 @@ class LlamaCpp:
     def prefill_seconds(self, tokens: Sequence[int]) -> float:
         """llama.cpp's time for ``tokens`` (>= 2) as one prompt batch in a fresh KV cache, last logits only."""
         if len(tokens) < 2:
-            raise PrunebenchError("a prefill needs at least 2 tokens (llama.cpp counts a single token as a decode step)")
+            raise PrunebenchError("a prefill needs at least 2 tokens "
+                                  "(llama.cpp counts a single token as a decode step)")
         self.reset()
         self._lib.llama_perf_context_reset(self._ctx)
         self._decode([int(t) for t in tokens], all_logits=False)

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 FORMATS: dict[str, ExportFormat] = {f.name: f for f in (HFExport(), GGUFExport())}
 
-__all__ = ["FORMATS", "ExportRefused", "ExportReport", "check_export", "export", "export_model", "read_structure", "resolve_format"]
+__all__ = ["FORMATS", "ExportRefused", "ExportReport", "check_export", "export", "export_model", "read_structure",
+           "resolve_format"]
 
 
 def resolve_format(fmt: str, dtype: str | None = None) -> tuple[ExportFormat, str]:
@@ -51,7 +52,8 @@ def resolve_format(fmt: str, dtype: str | None = None) -> tuple[ExportFormat, st
     return target, dtype
 
 
-def check_export(checkpoint: str | Path, fmt: str, dtype: str | None = None) -> tuple[ExportFormat, PrunedStructure, str]:
+def check_export(checkpoint: str | Path, fmt: str,
+                 dtype: str | None = None) -> tuple[ExportFormat, PrunedStructure, str]:
     """Everything cheap: the format and dtype exist, the path is a pruned checkpoint, the format can hold it."""
     target, dtype = resolve_format(fmt, dtype)
     structure = read_structure(checkpoint)
@@ -83,7 +85,8 @@ def export_model(adapter: ModelAdapter, tokenizer: Any, source: dict[str, Any] |
     reason = target.refusal(structure, dtype)
     if reason is not None:
         raise ExportRefused(f"cannot export the model as {fmt}: {reason}")
-    return write_export(target, adapter, tokenizer, structure, Path(out), dtype, label=structure.source.get("name", "model"))
+    return write_export(target, adapter, tokenizer, structure, Path(out), dtype,
+                        label=structure.source.get("name", "model"))
 
 
 def write_export(target: ExportFormat, adapter: ModelAdapter, tokenizer: Any, structure: PrunedStructure, out: Path,
@@ -102,8 +105,8 @@ def write_export(target: ExportFormat, adapter: ModelAdapter, tokenizer: Any, st
     seconds = time.perf_counter() - start
     size, sha = file_digest(out)
     log.info("exported %s as %s (%s): %s, %.1f MB in %.1f s", label, target.name, dtype, out, size / 1e6, seconds)
-    return ExportReport(format=target.name, dtype=dtype, path=str(out), bytes=size, sha256=sha, seconds=round(seconds, 3),
-                        notes=notes)
+    return ExportReport(format=target.name, dtype=dtype, path=str(out), bytes=size, sha256=sha,
+                        seconds=round(seconds, 3), notes=notes)
 
 
 def _remove(path: Path) -> None:

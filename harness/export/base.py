@@ -147,7 +147,8 @@ class ExportFormat:
         """None when this format can hold the checkpoint in ``dtype``; else why not, in one line."""
         raise NotImplementedError
 
-    def write(self, adapter: ModelAdapter, tokenizer: Any, structure: PrunedStructure, out: Path, dtype: str) -> list[str]:
+    def write(self, adapter: ModelAdapter, tokenizer: Any, structure: PrunedStructure, out: Path,
+              dtype: str) -> list[str]:
         """Write the model held by ``adapter`` (float weights on the CPU) to ``out``; return notes for the reader.
 
         ``tokenizer`` is the model's Hugging Face tokenizer; ``structure.source`` names where the model came

@@ -96,7 +96,8 @@ class GGUFExport(ExportFormat):
                     "matrices) have no GGUF form")
         cfg = structure.base_config
         if structure.model_type not in FAMILIES:
-            return f"llama.cpp's deci graph does not compute {structure.model_type} layers (GGUF export: {', '.join(FAMILIES)})"
+            return (f"llama.cpp's deci graph does not compute {structure.model_type} layers "
+                    f"(GGUF export: {', '.join(FAMILIES)})")
         if cfg.get("hidden_act", "silu") != "silu" or cfg.get("mlp_bias"):
             return "its FFN is not a bias-free SwiGLU"
         try:
@@ -109,7 +110,8 @@ class GGUFExport(ExportFormat):
             return str(err)
         return plan if isinstance(plan, str) else None
 
-    def write(self, adapter: ModelAdapter, tokenizer: Any, structure: PrunedStructure, out: Path, dtype: str) -> list[str]:
+    def write(self, adapter: ModelAdapter, tokenizer: Any, structure: PrunedStructure, out: Path,
+              dtype: str) -> list[str]:
         plan = plan_vocab(structure.source, tokenizer_json_of(tokenizer), embedded_gguf(structure.source))
         assert isinstance(plan, VocabPlan), plan  # refusal() said yes to this structure
         writer = gguf.GGUFWriter(out, ARCH)
@@ -147,7 +149,8 @@ class _Tensors:
         if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
             self.writer.add_tensor(name, gguf.quants.quantize(data, qtype))
         else:
-            self.writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_shape=data.shape, raw_dtype=qtype)
+            # The quantised array is bytes per row; the writer derives the element shape from it.
+            self.writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
 
 
 def _write_model(writer: gguf.GGUFWriter, adapter: ModelAdapter, structure: PrunedStructure, dtype: str) -> list[str]:

@@ -46,7 +46,7 @@ def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str | None:
     """llama.cpp's name for this tokenizer's pre-tokenizer, or None when it has none of its known forms."""
     pre = tokenizer_json.get("pre_tokenizer")
     if _byte_level(pre, use_regex=True):
-        return "gpt2"
+        return "gpt-2"
     steps = pre.get("pretokenizers", []) if pre and pre.get("type") == "Sequence" else []
     if len(steps) == 2 and steps[0].get("type") == "Digits" and steps[0].get("individual_digits") \
             and _byte_level(steps[1], use_regex=True):
@@ -62,17 +62,20 @@ def tokenizer_json_of(tokenizer: Any) -> dict[str, Any] | None:
     return json.loads(backend.to_str()) if backend is not None else None
 
 
-def plan_vocab(source: dict[str, str], tokenizer_json: dict[str, Any] | None, embedded_gguf: Path | None) -> VocabPlan | str:
+def plan_vocab(source: dict[str, str], tokenizer_json: dict[str, Any] | None,
+               embedded_gguf: Path | None) -> VocabPlan | str:
     """How the tokenizer will be written, or why it cannot be (one line)."""
     if embedded_gguf is not None:
         return VocabPlan(embedded_gguf, None)
     name = source.get("name", "the model")
     if tokenizer_json is None:
-        return f"the tokenizer of {name} has no tokenizer.json (a slow tokenizer); GGUF export needs a byte-level BPE one"
+        return (f"the tokenizer of {name} has no tokenizer.json (a slow tokenizer); "
+                "GGUF export needs a byte-level BPE one")
     model = tokenizer_json.get("model") or {}
     if model.get("type") != "BPE" or (tokenizer_json.get("decoder") or {}).get("type") != "ByteLevel":
         kind = model.get("type", "unknown")
-        return f"the tokenizer of {name} is a {kind} tokenizer without byte-level decoding; GGUF export writes byte-level BPE ones only"
+        return (f"the tokenizer of {name} is a {kind} tokenizer without byte-level decoding; "
+                "GGUF export writes byte-level BPE ones only")
     pre = pre_tokenizer_name(tokenizer_json)
     if pre is None:
         return (f"the pre-tokenizer of {name} is none of the forms llama.cpp implements that prunebench recognises "

@@ -47,7 +47,8 @@ class HFExport(ExportFormat):
     name = "hf"
     dtypes = tuple(DTYPES)
     default_dtype = "float32"
-    summary = "plain transformers: a model directory for AutoModelForCausalLM.from_pretrained, no prunebench, no remote code"
+    summary = ("plain transformers: a model directory for AutoModelForCausalLM.from_pretrained, "
+               "no prunebench, no remote code")
 
     def refusal(self, structure: PrunedStructure, dtype: str) -> str | None:
         if dtype not in DTYPES:
@@ -65,7 +66,8 @@ class HFExport(ExportFormat):
         problem = _per_layer_problem(structure)
         return None if problem is None else f"{_differences(structure)}; {problem}"
 
-    def write(self, adapter: ModelAdapter, tokenizer: Any, structure: PrunedStructure, out: Path, dtype: str) -> list[str]:
+    def write(self, adapter: ModelAdapter, tokenizer: Any, structure: PrunedStructure, out: Path,
+              dtype: str) -> list[str]:
         from accelerate import init_empty_weights
         from transformers import AutoModelForCausalLM
 
@@ -220,7 +222,8 @@ def _per_layer_problem(structure: PrunedStructure) -> str | None:
         with init_empty_weights():
             built = AutoModelForCausalLM.from_config(config)
     except Exception as err:  # transformers' own answer that it cannot build it: the reason of the refusal
-        log.debug("%s does not build a per-layer %s config: %s: %s", version, structure.model_type, type(err).__name__, err)
+        log.debug("%s does not build a per-layer %s config: %s: %s", version, structure.model_type,
+                  type(err).__name__, err)
         return f"{version} cannot build per-layer configs for {structure.model_type} ({type(err).__name__})"
     got, want = _shapes(built), _pruned_shapes(structure)
     if got != want:

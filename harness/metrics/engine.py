@@ -149,7 +149,8 @@ def time_model(config: EngineConfig, ctx: MeasureContext, label: str) -> Run:
         gguf = GGUFFile(dtype=report.dtype, bytes=report.bytes, sha256=report.sha256, export_seconds=report.seconds,
                         notes=report.notes)
         log.info("engine: timing the %s model in llama.cpp (%s, threads %d)", label, report.dtype, threads)
-        with LlamaCpp(report.path, threads, max(config.prompt_tokens, config.decode_prompt + config.decode_tokens)) as engine:
+        with LlamaCpp(report.path, threads,
+                      max(config.prompt_tokens, config.decode_prompt + config.decode_tokens)) as engine:
             for _ in range(config.warmup):
                 engine.prefill_seconds(prefill_ids)
                 engine.decode_seconds(prompt, config.decode_tokens)
@@ -245,7 +246,8 @@ class EngineMetric(Metric[EngineConfig, EngineResult]):
         if isinstance(result, EngineNotRun):
             return {"engine_status": result.status, "engine_reason": result.reason}
         out: dict[str, Scalar] = {
-            "engine_status": result.status, "engine_gguf_dtype": result.gguf.dtype, "engine_gguf_bytes": result.gguf.bytes,
+            "engine_status": result.status, "engine_gguf_dtype": result.gguf.dtype,
+            "engine_gguf_bytes": result.gguf.bytes,
             "engine_threads": result.protocol.settings.threads,
             "engine_prefill_tokens_per_s": result.prefill_tokens_per_s.median,
             "engine_decode_tokens_per_s": result.decode_tokens_per_s.median,
@@ -261,7 +263,8 @@ class EngineMetric(Metric[EngineConfig, EngineResult]):
     def headers(self, sample: EngineScore | EngineNotRun) -> list[str]:
         return ["llama.cpp prefill speed-up [95 % CI]", "llama.cpp decode speed-up [95 % CI]"]
 
-    def cells(self, seeds: list[EngineScore | EngineNotRun], dense: list[EngineScore | EngineNotRun] | None) -> list[str]:
+    def cells(self, seeds: list[EngineScore | EngineNotRun],
+              dense: list[EngineScore | EngineNotRun] | None) -> list[str]:
         refused = [s for s in seeds if isinstance(s, EngineNotRun)]
         if refused:
             return [f"no GGUF: {_short(refused[0].reason)}", "-"]

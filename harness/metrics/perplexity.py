@@ -149,7 +149,8 @@ def perplexity(
     value = math.exp(math.fsum(nll) / sum(targets))
     interval = _interval(nll, targets, seed)
     protocol = PerplexityProtocol(
-        source=corpus.source, role=corpus.role, data=as_scalars(corpus.protocol, set(PerplexityProtocol.model_fields)), corpus_tokens=int(tokens.numel()),
+        source=corpus.source, role=corpus.role, data=as_scalars(corpus.protocol, set(PerplexityProtocol.model_fields)),
+        corpus_tokens=int(tokens.numel()),
         seq_len=seq_len, stride=seq_len, windows=len(windows), max_windows=max_windows,
         bos="prepended to every window, context only" if with_bos else "none", targets=sum(targets),
         interval=interval.method,

@@ -28,7 +28,8 @@ class Sample(Strict):
 
 
 @torch.inference_mode()
-def generate_samples(model: torch.nn.Module, tokenizer: Any, prompts: list[str], max_new_tokens: int = 48) -> list[Sample]:
+def generate_samples(model: torch.nn.Module, tokenizer: Any, prompts: list[str],
+                     max_new_tokens: int = 48) -> list[Sample]:
     """Greedy, fixed length (no early stop at EOS), so every method answers with the same budget."""
     device = next(model.parameters()).device
     out = []

@@ -1,1 +1,2 @@
-"""Offline lm-eval tasks: dataset builders (pure functions) and their atomic, versioned on-disk store."""
+"""Offline lm-eval tasks: dataset builders (functions of the source text alone) and their atomic, versioned \
+on-disk store."""

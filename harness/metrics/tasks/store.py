@@ -1,7 +1,8 @@
 """Offline task datasets on disk, as JSONL + lm-eval YAML.
 
 One directory per (task, generator version, fingerprint of the source and of the generator): a new
-generator, an edited builder or a changed source gets a new directory, so a stale dataset is never reused. A directory is written under a temporary name and
+generator, an edited builder or a changed source gets a new directory, so a stale dataset is never reused. \
+A directory is written under a temporary name and
 renamed into place, so a concurrent bench cell sees either nothing or a complete dataset; ``meta.json``
 records the JSONL's sha256, which is checked on every reuse.
 """

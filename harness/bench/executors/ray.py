@@ -12,12 +12,10 @@ should not load torch for a function that only starts a subprocess.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,19 +28,29 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from harness.bench.executors.base import (
+    HUB_ENV,
+    BenchInterrupted,
+    CellJob,
+    Event,
+    Failure,
+    OnEvent,
+    cell_command,
+    describe_exit,
+    record_failure,
+    start_cell,
+    timeout_failure,
+    wait_cell,
+)
 from harness.errors import PrunebenchError
 
 if TYPE_CHECKING:
     from harness.bench.config import CellSpec
-    from harness.bench.executors import CellJob, OnEvent
 
 log = logging.getLogger("prunebench.ray")
 
 GIB = 2**30
 INSTALL_HINT = "install with pip install 'prunebench[ray]'"
-# Settings that decide how a cell reaches the hub, and the methods added by name (methods.registry: the cell
-# must know the methods the driver planned with); secrets (HF_TOKEN) stay with each node's own environment.
-FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "PRUNEBENCH_METHODS")
 # Host memory of a cell beyond its weights: Python, torch, transformers, lm-eval, datasets, the text.
 BASE_MEMORY_BYTES = 2 * GIB
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -121,11 +129,11 @@ def estimate_memory_bytes(parameters: int, dtype: str, on_gpu: bool) -> int:
 
 def model_parameters(model: str, trust_remote_code: bool) -> int:
     """The dense parameter count from the model's config alone (no weights are loaded)."""
-    from harness.models import check_model, resolve_model
+    from harness.models import checked_config, resolve_model
     from harness.pruning import skeleton_adapter
 
     ref = resolve_model(model)
-    return skeleton_adapter(ref, check_model(ref, trust_remote_code), trust_remote_code).total_parameters()
+    return skeleton_adapter(ref, checked_config(ref, trust_remote_code), trust_remote_code).total_parameters()
 
 
 def wants_gpu(device: str, cluster_gpus: float) -> bool:
@@ -145,41 +153,6 @@ def cell_resources(spec: CellSpec, options: RayOptions, cluster_gpus: float, par
 
 
 # ---------------------------------------------------------------- on the worker
-
-
-def _die_with_parent() -> None:
-    """In the cell process: its own session (a Ctrl-C aimed at Ray leaves it alone) and SIGKILL when its
-    Ray worker dies, so a cancelled or killed task leaves no orphan cell behind."""
-    os.setsid()
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(10)
-            return
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            continue
-
-
-def _wait(proc: subprocess.Popen, timeout_s: float | None) -> bool:
-    """Wait for the cell; True when it ran out of time (and was stopped). Waits in short slices:
-    Ray's gentle cancel raises KeyboardInterrupt only between Python bytecodes, never inside one
-    long blocking wait."""
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while True:
-        try:
-            proc.wait(timeout=1.0)
-            return False
-        except subprocess.TimeoutExpired:
-            if deadline is not None and time.monotonic() > deadline:
-                _stop(proc)
-                return True
 
 
 def _accept_gentle_cancel() -> None:
@@ -205,7 +178,10 @@ def _announce(progress: Any, cell_id: str, node: dict[str, str]) -> None:
 
 
 def run_cell_task(payload: dict[str, Any]) -> dict[str, Any]:
-    """The body of a Ray task: one cell in a subprocess; its result JSON and log come back as data."""
+    """The body of a Ray task: one cell in a subprocess; its result JSON and log come back as data.
+
+    The cell process dies with its Ray worker (base.start_cell) and is stopped with the task: a gentle
+    cancel raises KeyboardInterrupt in ``wait_cell``, which stops the cell before raising it on."""
     cell_id = payload["cell_id"]
     _accept_gentle_cancel()
     node = _node()
@@ -216,15 +192,8 @@ def run_cell_task(payload: dict[str, Any]) -> dict[str, Any]:
         cwd = payload["cwd"] if os.path.isdir(payload["cwd"]) else tmp  # relative model paths, as on the driver
         started = time.time()
         with open(log_path, "w") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "harness.bench.cell", "--spec", str(spec), "--result", str(result)],
-                stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env={**os.environ, **payload["env"]},
-                preexec_fn=_die_with_parent)
-            try:
-                timed_out = _wait(proc, payload["timeout_s"])
-            except BaseException:  # a gentle cancel (KeyboardInterrupt in the task): stop the cell with it
-                _stop(proc)
-                raise
+            proc = start_cell(cell_command(spec, result), out, env={**os.environ, **payload["env"]}, cwd=cwd)
+            timed_out = wait_cell(proc, payload["timeout_s"])
         return {
             "result": result.read_text() if result.exists() and not timed_out else None,
             "log": log_path.read_text(errors="replace"),
@@ -253,8 +222,6 @@ class _Progress:
         self.done = self.failed = 0
 
     def started(self, item: _Pending, node: dict[str, str]) -> None:
-        from harness.bench.executors import Event
-
         if item.started is not None:
             return
         item.started, item.node = time.time(), node or item.node
@@ -263,8 +230,6 @@ class _Progress:
         log.info("cell %s started%s; %s", item.job.spec.id, f" on {node['hostname']}" if node else "", self.summary())
 
     def finished(self, item: _Pending, status: str, message: str) -> None:
-        from harness.bench.executors import Event
-
         self.started(item, item.node)  # a task that died before reporting its start still started
         self.running.discard(item.job.spec.id)
         self.done += 1
@@ -277,23 +242,25 @@ class _Progress:
         return f"{self.done}/{self.total} done ({self.failed} failed), {len(self.running)} running, {queued} queued"
 
 
-def describe_ray_error(err: Exception) -> tuple[str, str]:
-    """(error kind, one-line message) of a task that returned no answer."""
+def describe_ray_error(err: Exception) -> Failure:
+    """Why a task returned no answer."""
     from ray import exceptions as rex
 
     if isinstance(err, rex.OutOfMemoryError):
-        return "killed", "Ray's memory monitor killed the cell's worker: the node ran out of memory (raise memory_per_cell_gb)"
+        return Failure("killed", "Ray's memory monitor killed the cell's worker: "
+                                 "the node ran out of memory (raise memory_per_cell_gb)")
     if isinstance(err, rex.WorkerCrashedError):
-        return "killed", "the Ray worker running the cell died (killed, or out of memory)"
+        return Failure("killed", "the Ray worker running the cell died (killed, or out of memory)")
     if isinstance(err, (rex.NodeDiedError, rex.ObjectLostError, rex.LocalRayletDiedError)):
-        return "killed", "the Ray node running the cell was lost"
+        return Failure("killed", "the Ray node running the cell was lost")
     if isinstance(err, rex.TaskCancelledError):
-        return "killed", "the Ray task was cancelled"
+        return Failure("killed", "the Ray task was cancelled")
     if isinstance(err, rex.RayTaskError):  # the task body raised on the worker (e.g. prunebench missing there)
         cause = err.cause if isinstance(err.cause, BaseException) else err
-        return "exception", f"{type(cause).__name__} in the Ray task: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}"[:500]
+        return Failure("exception", (f"{type(cause).__name__} in the Ray task: "
+                                     f"{str(cause).strip().splitlines()[0] if str(cause).strip() else ''}")[:500])
     text = str(err).strip().splitlines()
-    return "exception", f"{type(err).__name__}: {text[0] if text else ''}"[:500]
+    return Failure("exception", f"{type(err).__name__}: {text[0] if text else ''}"[:500])
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -414,7 +381,7 @@ class RayExecutor:
                 for job in jobs}
 
     def _payload(self, job: CellJob, resources: CellResources, progress: Any) -> dict[str, Any]:
-        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        env = {k: os.environ[k] for k in HUB_ENV if k in os.environ}  # secrets (HF_TOKEN) stay with each node
         # The cell's torch threads are the CPUs it reserved, whatever the node's size: cells on a node do
         # not oversubscribe it, and the same cell computes the same way on any node.
         env.update(OMP_NUM_THREADS=str(resources.threads()), MKL_NUM_THREADS=str(resources.threads()),
@@ -427,8 +394,6 @@ class RayExecutor:
 
     def _run(self, jobs: list[CellJob], on_event: OnEvent) -> None:
         from ray.util.queue import Queue
-
-        from harness.bench.executors import BenchInterrupted
 
         resources = self._resources(jobs)
         progress = _Progress(len(jobs), on_event)
@@ -473,10 +438,10 @@ class RayExecutor:
         try:
             answer = self.ray.get(ref)
         except self.ray.exceptions.RayError as err:
-            kind, message = describe_ray_error(err)
-            self._append_log(item, "", f"=== the Ray task died: {message}\n")
-            self._record_failure(item, item.started or item.submitted, kind, message)
-            progress.finished(item, "failed", message)
+            failure = describe_ray_error(err)
+            self._append_log(item, "", f"=== the Ray task died: {failure.message}\n")
+            self._record_failure(item, item.started or item.submitted, failure)
+            progress.finished(item, "failed", failure.message)
             return
         item.node = answer["node"]
         started = time.time() - answer["seconds"]
@@ -486,23 +451,21 @@ class RayExecutor:
 
     def _write_answer(self, item: _Pending, answer: dict[str, Any], started: float) -> tuple[str, str]:
         """The cell's own result when it wrote one, else a failed one saying how the cell ended."""
-        from harness.bench.executors import describe_exit
         from harness.results import CellResult, write_result
 
         job, where = item.job, f"on {item.node.get('hostname', '?')}"
         if answer["timed_out"]:
-            message = f"the cell exceeded its time limit of {job.timeout_s:g} s"
-            self._record_failure(item, started, "timeout", message)
+            self._record_failure(item, started, timeout_failure(job.timeout_s))
             return "failed", "timeout"
         if answer["result"] is None:
-            kind, message = describe_exit(answer["returncode"])
-            self._record_failure(item, started, kind, message)
-            return "failed", f"{message} {where}"
+            failure = describe_exit(answer["returncode"])
+            self._record_failure(item, started, failure)
+            return "failed", f"{failure.message} {where}"
         try:
             result = CellResult.model_validate_json(answer["result"])
         except ValidationError as err:
             message = f"the cell wrote a result that does not match the schema: {str(err).splitlines()[0]}"
-            self._record_failure(item, started, "exception", message)
+            self._record_failure(item, started, Failure("exception", message))
             return "failed", message
         result.environment["ray"] = self._provenance(item)
         write_result(job.result_path, result)
@@ -515,15 +478,9 @@ class RayExecutor:
         return {"version": self.ray.__version__, "address": self.options.address or "local", **item.node,
                 "resources": {"cpus": r.cpus, "gpus": r.gpus, "memory_bytes": r.memory_bytes}}
 
-    def _record_failure(self, item: _Pending, started: float, kind: str, message: str) -> None:
-        """As executors.record_failure, with where the cell ran (the schema leaves the environment open)."""
-        from harness.bench.cell import failed, now
-        from harness.bench.executors import log_tail
-        from harness.results import write_result
-
-        result = failed(item.job.spec, now(), time.time() - started, kind, message, log_tail(item.job.log_path))
-        result.environment["ray"] = self._provenance(item)
-        write_result(item.job.result_path, result)
+    def _record_failure(self, item: _Pending, started: float, failure: Failure) -> None:
+        """The failed result, with where the cell ran (the schema leaves the environment open)."""
+        record_failure(item.job, started, failure, environment={"ray": self._provenance(item)})
 
     def _append_log(self, item: _Pending, text: str, note: str = "") -> None:
         """The cell's log beside its result, after those of earlier runs (as the local executor keeps them)."""
@@ -542,10 +499,11 @@ class RayExecutor:
     def _unschedulable(self, item: _Pending, progress: _Progress, nodes: list[dict[str, float]]) -> None:
         largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("memory", 0)), default={})
         message = (f"no node of the cluster can hold the cell ({item.resources.describe()}; the largest has "
-                   f"{largest.get('CPU', 0):g} CPU, {largest.get('GPU', 0):g} GPU, {largest.get('memory', 0) / GIB:.1f} GiB): "
+                   f"{largest.get('CPU', 0):g} CPU, {largest.get('GPU', 0):g} GPU, "
+                   f"{largest.get('memory', 0) / GIB:.1f} GiB): "
                    "set cpus_per_cell, gpus_per_cell or memory_per_cell_gb, or autoscaling: true")
         self._append_log(item, "", f"=== not submitted: {message}\n")
-        self._record_failure(item, time.time(), "invalid", message)
+        self._record_failure(item, time.time(), Failure("invalid", message))
         progress.finished(item, "failed", message)
 
     def _cancel(self, refs: list[Any]) -> None:
