@@ -112,7 +112,8 @@ def main() -> int:
     ref = resolve_model(bench.cells[0].model)
     dense = load_model(ref, dtype="float32", device="cpu")
     source = {"name": ref.name, "kind": ref.kind, "dtype": "float32", "device": "cpu"}
-    prompt = torch.randint(0, dense.model.config.vocab_size, (args.prompt,), generator=torch.Generator().manual_seed(0)).tolist()
+    prompt = torch.randint(0, dense.model.config.vocab_size, (args.prompt,),
+                           generator=torch.Generator().manual_seed(0)).tolist()
     context = args.prompt + (args.decode_tokens + 1) / 2  # steps attend to prompt + 1 ... prompt + n tokens
     n_ctx = args.prompt + args.decode_tokens + 1
 
@@ -140,9 +141,9 @@ def main() -> int:
             s = speedup(summarize(rates["dense"]), summarize(rates["pruned"]), higher_is_faster=True)
             rows.append([spec.method, f"{100 * spec.sparsity:g} %", f"{ideal:.2f}x",
                          f"{s.value:.2f}x [{s.interval.low:.2f}, {s.interval.high:.2f}]", f"{s.value / ideal:.2f}"])
-    print(f"SmolLM2-135M in llama.cpp (llama-cpp-python {package_version()}), GGUF {args.dtype}, threads {args.threads}; "
-          f"decode {args.decode_tokens} greedy tokens after a {args.prompt}-token prompt, {args.warmup} warm-ups, "
-          f"{args.repeats} repeats alternating with the dense model; dense median "
+    print(f"SmolLM2-135M in llama.cpp (llama-cpp-python {package_version()}), GGUF {args.dtype}, "
+          f"threads {args.threads}; decode {args.decode_tokens} greedy tokens after a {args.prompt}-token prompt, "
+          f"{args.warmup} warm-ups, {args.repeats} repeats alternating with the dense model; dense median "
           f"{summarize(dense_rates).median:.1f} tokens/s")
     print(f"build: {system_info()}")
     print(f"ideal = multiply-adds per decoded token (projections, FFN, LM head, attention over a {context:g}-token "
