@@ -45,15 +45,18 @@ $(RAY_STAMP): $(STAMP) requirements-ray.lock
 # and installed from there. Portably (-DGGML_NATIVE=OFF: AVX2, FMA, F16C on x86-64), not for this CPU: a
 # -march=native build on the project's Xeon VMs (AMX) dies with an illegal instruction in ggml's AMX code
 # as soon as a quantised GGUF runs. pip's own wheel cache cannot be trusted with this: it keys a build by
-# the sdist alone, not by CMAKE_ARGS, so it would hand back a native build made before.
+# the sdist alone, not by CMAKE_ARGS, so it would hand back a native build made before; and a llama-cpp-python
+# 0.3.36 already installed (a native build) is replaced, not taken as satisfying the pin.
 LLAMA_PIN := $(shell grep -i '^llama-cpp-python==' requirements-engine.lock)
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 WHEELS ?= $(or $(PRUNEBENCH_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/prunebench)/wheels/llama-cpp-python-portable
+LLAMA_WHEEL = $(WHEELS)/llama_cpp_python-$(word 2,$(subst ==, ,$(LLAMA_PIN)))-*.whl
 $(ENGINE_STAMP): $(STAMP) requirements-engine.lock
-	@ls $(WHEELS)/llama_cpp_python-$(word 2,$(subst ==, ,$(LLAMA_PIN)))-*.whl >/dev/null 2>&1 || \
+	@ls $(LLAMA_WHEEL) >/dev/null 2>&1 || \
 		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip wheel -q --disable-pip-version-check --no-deps --no-cache-dir \
 		-w $(WHEELS) $(LLAMA_PIN)
-	$(PY) -m pip install -q --disable-pip-version-check --find-links $(WHEELS) -r requirements-engine.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --force-reinstall $(LLAMA_WHEEL)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-engine.lock
 	@touch $(ENGINE_STAMP)
 
 install: $(STAMP)
