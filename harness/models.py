@@ -19,7 +19,7 @@ from filelock import FileLock
 
 from harness.checkpoint import MANIFEST_NAME, base_config, read_manifest
 from harness.errors import ModelUnavailable, PrunebenchError
-from harness.hub import hub_reachable, offline_mode
+from harness.hub import cache_root, cached_commit, describe_failure, hub_endpoint, hub_reachable, offline_mode
 from harness.paths import cache_dir
 from methods.arch import adapter_class, supported_model_types
 from methods.errors import MethodError
@@ -60,6 +60,7 @@ class ModelRef:
     name: str
     kind: Literal["embedded", "local", "hub", "pruned"]
     location: str
+    revision: str | None = None  # hub: the commit the local cache holds (what a cell loads), None before a download
 
 
 @dataclass
@@ -89,12 +90,14 @@ def resolve_model(name: str | None) -> ModelRef:
     looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1
     if looks_like_path:
         raise ModelUnavailable(f"model directory '{name}' does not exist")
-    if not offline_mode() and not hub_reachable():  # offline mode: the user's local hub cache may have it
+    commit = cached_commit(name)
+    if not offline_mode() and commit is None and not hub_reachable():
         raise ModelUnavailable(
-            f"model '{name}' is not a local directory and the Hugging Face hub is unreachable; "
+            f"model '{name}' is not a local directory, the Hugging Face hub ({hub_endpoint()}) does not answer "
+            f"and the local Hugging Face cache ({cache_root()}) does not hold it; "
             f"offline models: {', '.join(EMBEDDED_MODELS)} or a local model directory"
         )
-    return ModelRef(name, "hub", name)
+    return ModelRef(name, "hub", name, commit)
 
 
 def embedded_dir(name: str) -> Path:
@@ -113,13 +116,15 @@ def checked_config(ref: ModelRef, trust_remote_code: bool = False):
     if ref.kind == "pruned":
         return base_config(read_manifest(ref.location))
     try:
-        config = AutoConfig.from_pretrained(ref.location, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(ref.location, revision=ref.revision, trust_remote_code=trust_remote_code)
     except Exception as err:  # transformers raises OSError/ValueError/KeyError for unknown ids and bad files
         if ref.kind == "hub" and offline_mode():
             raise ModelUnavailable(
-                f"model '{ref.name}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
-                f"offline models: {', '.join(EMBEDDED_MODELS)} or a local model directory"
+                f"model '{ref.name}' is not in the local Hugging Face cache ({cache_root()}) and HF_HUB_OFFLINE "
+                f"is set; offline models: {', '.join(EMBEDDED_MODELS)} or a local model directory"
             ) from err
+        if ref.kind == "hub":
+            raise ModelUnavailable(describe_failure(err, f"model '{ref.name}'")) from err
         raise ModelUnavailable(f"cannot read the config of model '{ref.name}': {_first_line(err)}") from err
     architectures = getattr(config, "architectures", None) or []
     causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
@@ -207,7 +212,10 @@ def load_model(
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     model = load_weights(ref, dt, dev, trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(ref.location, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(ref.location, revision=ref.revision, trust_remote_code=trust_remote_code)
+    if ref.kind == "hub":
+        where = "the local Hugging Face cache (offline)" if offline_mode() else "the Hugging Face hub or its cache"
+        log.info("model %s at commit %s, from %s %s", ref.name, ref.revision or "main", where, cache_root())
     return LoadedModel(ref, model, tokenizer, dt, dev)
 
 
@@ -221,7 +229,8 @@ def load_weights(ref: ModelRef, dtype: torch.dtype, device: torch.device, trust_
 
         model = load_pruned(ref.location, dtype=dtype, device=device)
     else:
-        model = AutoModelForCausalLM.from_pretrained(ref.location, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(ref.location, revision=ref.revision, dtype=dtype,
+                                                     trust_remote_code=trust_remote_code)
         model.to(device)
     return model.eval()
 

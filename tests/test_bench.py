@@ -406,5 +406,8 @@ def test_a_profile_that_needs_the_hub_fails_at_once_without_it(tmp_path):
                              "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
                             env={**env, "HF_ENDPOINT": "http://127.0.0.1:9"})
     assert result.returncode == 2
-    assert "the Hugging Face hub is unreachable, and profile 'paper' needs it for c4" in result.stderr
-    assert "use --profile cpu-quick" in result.stderr and not (tmp_path / "out" / "cells").exists()
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "data source 'c4': allenai/c4@1588ec454efa en/c4-train.00000-of-01024.json.gz is " \
+        "not in prunebench's data cache" in errors[0], result.stderr
+    assert "the Hugging Face hub is unreachable" in errors[0] and "profile cpu-quick" in errors[0]
+    assert "does not answer: reading the" in result.stderr and not (tmp_path / "out" / "cells").exists()

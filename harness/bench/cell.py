@@ -69,7 +69,9 @@ def model_identity(ref) -> str:
             stat = file.stat()
             digest.update(f"\0{file.name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
         return f"{ref.location}#{digest.hexdigest()[:16]}"
-    return ref.location
+    from harness.hub import cached_commit
+
+    return f"{ref.location}@{ref.revision or cached_commit(ref.location) or 'main'}"  # a hub id at its commit
 
 
 class PeakMemory:

@@ -145,15 +145,17 @@ def _calibration(method, profile: str, source: str, asked: CalibrationConfig) ->
                              samples=asked.samples or needs.samples, seq_len=asked.seq_len or needs.seq_len)
 
 
-def check_hub_needs(profile: str, needs: list[str]) -> None:
-    """Hub data and tasks with no hub (and no offline cache asked for) fail now, not in every cell."""
-    from harness.hub import hub_reachable, offline_mode
+def hub_needs(bench: ResolvedBench) -> tuple[list[tuple[str, str]], list[str]]:
+    """The hub corpora (source, role) and lm-eval hub tasks the bench's cells read (harness.bench.inputs)."""
+    from harness.data.sources import hub_source
+    from harness.metrics.downstream import PAPER_TASKS
 
-    if needs and not offline_mode() and not hub_reachable():
-        raise PrunebenchError(
-            f"the Hugging Face hub is unreachable, and profile '{profile}' needs it for {', '.join(needs)}; "
-            "use --profile cpu-quick (offline data and tasks), or set HF_HUB_OFFLINE=1 to use a local hub cache"
-        )
+    first = bench.cells[0]
+    corpora = sorted({(c.calibration.source, "calibration") for c in bench.cells if hub_source(c.calibration.source)})
+    if first.perplexity.enabled:
+        corpora += [(d, "evaluation") for d in first.perplexity.datasets if hub_source(d)]
+    tasks = [t for t in first.downstream.tasks if t in PAPER_TASKS] if first.downstream.enabled else []
+    return corpora, tasks
 
 
 def validate(bench: ResolvedBench) -> None:
@@ -162,7 +164,7 @@ def validate(bench: ResolvedBench) -> None:
     With ``--num-prune -1`` (every step), cells beyond a method's feasible range are dropped with a
     note; otherwise an infeasible cell is an error.
     """
-    from harness.data.sources import hub_source, validate_source
+    from harness.data.sources import validate_source
     from harness.models import checked_config, resolve_model
     from harness.pruning import skeleton_adapter
 
@@ -170,10 +172,8 @@ def validate(bench: ResolvedBench) -> None:
     calibration = sorted({c.calibration.source for c in bench.cells if c.calibration.source != "none"})
     for source in calibration:
         validate_source(source)
-    needs = [s for s in calibration if hub_source(s)]
     for name, metric in METRICS.items():
-        needs += [n for n in metric.validate(getattr(first, name)) if n not in needs]
-    check_hub_needs(bench.profile, needs)
+        metric.validate(getattr(first, name))
     ref = resolve_model(bench.config.model)
     config = checked_config(ref, bench.config.trust_remote_code)
     skeleton = skeleton_adapter(ref, config, bench.config.trust_remote_code)

@@ -13,7 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from harness.bench.config import BenchConfig
 from harness.bench.executors import BenchInterrupted, CellJob, Event, make_executor
-from harness.bench.expand import ResolvedBench, resolve, validate
+from harness.bench.expand import ResolvedBench, hub_needs, resolve, validate
+from harness.bench.inputs import prepare as prepare_inputs
 from harness.metrics.registry import METRICS
 from harness.results import EXPORTS_DIR, InvalidResult, read_result, write_text_atomic
 
@@ -58,7 +59,7 @@ def describe(bench: ResolvedBench) -> list[str]:
     return lines + bench.notes
 
 
-def plan_jobs(bench: ResolvedBench, force: bool) -> tuple[list[CellJob], list[str]]:
+def plan_jobs(bench: ResolvedBench, force: bool, env: dict[str, str] | None = None) -> tuple[list[CellJob], list[str]]:
     """Jobs for the cells without a current, successful result; the ids of the cells skipped.
 
     ``force`` runs every cell and has each prune again rather than reuse the pruned-model cache.
@@ -82,7 +83,8 @@ def plan_jobs(bench: ResolvedBench, force: bool) -> tuple[list[CellJob], list[st
                 log.warning("%s; moved aside to %s and running the cell again", err, aside.name)
         spec_path = cells_dir / f"{spec.id}.spec.json"
         write_text_atomic(spec_path, spec.model_dump_json(indent=2))
-        jobs.append(CellJob(spec, spec_path, result_path, cells_dir / f"{spec.id}.log", bench.config.timeout_s))
+        jobs.append(CellJob(spec, spec_path, result_path, cells_dir / f"{spec.id}.log", bench.config.timeout_s,
+                            dict(env or {})))
     return jobs, skipped
 
 
@@ -92,13 +94,16 @@ def run_bench(config: BenchConfig, force: bool = False, console: Console | None 
     bench = resolve(config)
     validate(bench)
     executor = make_executor(config.executor, config.executor_options)  # a missing engine or image fails here
+    inputs = prepare_inputs(config.model, *hub_needs(bench))  # the only hub access of a local bench
     for line in describe(bench):
         console.print(line, highlight=False, soft_wrap=True)
+    if inputs.mode != "none":
+        console.print(inputs.describe(), highlight=False, soft_wrap=True)
     bench.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(bench.out / "bench.json", json.dumps(
         {"config": config.model_dump(mode="json"), "profile": bench.profile, "sparsities": bench.sparsities,
          "protocol": describe(bench)}, indent=2))
-    jobs, skipped = plan_jobs(bench, force)
+    jobs, skipped = plan_jobs(bench, force, inputs.cell_env(config.executor))
     outcome = BenchOutcome(bench.out, skipped=skipped)
     if skipped:
         console.print(f"{len(skipped)} cells already done (re-run with --force to redo): {', '.join(skipped)}",

