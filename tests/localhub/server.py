@@ -21,6 +21,7 @@ import fnmatch
 import hashlib
 import json
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -112,7 +113,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         hub = self.server.hub
-        hub.requests.append(f"{self.command} {self.path}")
+        ranged = self.headers.get("Range")
+        hub.requests.append(f"{self.command} {self.path}" + (f" [{ranged}]" if ranged else ""))
         if hub.faults.slow_s:
             time.sleep(hub.faults.slow_s)
         url = urlsplit(self.path)
@@ -120,6 +122,9 @@ class _Handler(BaseHTTPRequestHandler):
         query = parse_qs(url.query)
         if not parts:
             self._reply(200, b"local hub", {"Content-Type": "text/plain"})
+            return
+        if parts == ["api", "agent-harnesses"]:  # huggingface_hub >= 2.4 fetches it once a day (agent detection)
+            self._json({"standardEnvVars": [], "harnesses": {}})
             return
         if parts[0] == "api" and len(parts) >= 4 and parts[1] in KINDS:
             self._api(KINDS[parts[1]], f"{parts[2]}/{parts[3]}", parts[4:], query)
@@ -141,14 +146,25 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- repositories ---------------------------------------------------------------------------
 
-    def _repo(self, kind: str, repo_id: str, revision: str | None) -> HubRepo | None:
-        """The repository at ``revision``, or None after answering with the hub's error."""
+    def _authenticated(self) -> bool:
+        return bool(self.headers.get("Authorization"))
+
+    def _repo(self, kind: str, repo_id: str, revision: str | None, content: bool = False) -> HubRepo | None:
+        """The repository at ``revision``, or None after answering with the hub's error. ``content``: the call
+        reads a file, which a gated repository refuses (its info and file listing stay public, as on the hub)."""
         repo = self.server.hub.repos.get((kind, repo_id))
         if repo is None:
-            self._error(401, "RepoNotFound", "Repository not found")
+            # The hub does not tell anonymous callers whether a repository exists: 401, as for a private one.
+            status = 404 if self._authenticated() else 401
+            self._error(status, "RepoNotFound", "Repository not found")
             return None
-        if repo.gated:
-            self._error(403, "GatedRepo", f"Access to {kind} {repo_id} is restricted. You must have access to it.")
+        if repo.gated and content:
+            if self._authenticated():
+                self._error(403, "GatedRepo", f"Access to {kind} {repo_id} is restricted and you are not in the "
+                            "authorized list. Visit the repository page to ask for access.")
+            else:
+                self._error(401, "GatedRepo", f"Access to {kind} {repo_id} is restricted. You must have access to "
+                            "it and be authenticated to access it. Please log in.")
             return None
         if revision is not None and revision not in ("main", repo.commit()):
             self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
@@ -170,7 +186,8 @@ class _Handler(BaseHTTPRequestHandler):
         files = repo.files()
         if not rest or rest[0] == "revision":
             info: dict[str, object] = {
-                "_id": repo.commit()[:24], "id": repo_id, "sha": repo.commit(), "private": False, "gated": False,
+                "_id": repo.commit()[:24], "id": repo_id, "sha": repo.commit(), "private": False,
+                "gated": "manual" if repo.gated else False,
                 "disabled": False, "downloads": 0, "likes": 0, "tags": [], "cardData": {},
                 "lastModified": "2026-01-01T00:00:00.000Z", "createdAt": "2026-01-01T00:00:00.000Z",
                 "siblings": [{"rfilename": name} for name in files],
@@ -220,7 +237,7 @@ class _Handler(BaseHTTPRequestHandler):
         return entries
 
     def _resolve(self, kind: str, repo_id: str, revision: str, name: str) -> None:
-        repo = self._repo(kind, repo_id, revision)
+        repo = self._repo(kind, repo_id, revision, content=True)
         if repo is None:
             return
         path = repo.files().get(name)
@@ -237,6 +254,9 @@ class _Handler(BaseHTTPRequestHandler):
                 start, stop = int(first), min(size, int(last) + 1 if last else size)
             else:  # a suffix: the last N bytes
                 start, stop = max(0, size - int(last)), size
+            if start >= size or start >= stop:
+                self._reply(416, b"", {"Content-Range": f"bytes */{size}", "X-Repo-Commit": repo.commit()})
+                return
             status = 206
         headers = {
             "X-Repo-Commit": repo.commit(),
@@ -255,21 +275,32 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "HEAD":
             return
         dropped = any(fnmatch.fnmatch(f"{repo_id}/{name}", pat) for pat in self.server.hub.faults.drop)
+        # A dropped answer sends half the promised bytes, then the connection goes away.
+        end = start + (stop - start) // 2 if dropped else stop
         with path.open("rb") as f:
             f.seek(start)
-            body = f.read(stop - start)
-        if dropped:  # half the promised bytes, then the connection goes away
-            self.wfile.write(body[: len(body) // 2])
+            while f.tell() < end:
+                chunk = f.read(min(1 << 20, end - f.tell()))
+                if not chunk:
+                    break
+                self.wfile.write(chunk)
+        if dropped:
             self.wfile.flush()
             self.close_connection = True
             self.connection.shutdown(2)
-            return
-        self.wfile.write(body)
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     hub: LocalHub
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that gave up (its timeout, a cut download) is part of the tests: no traceback on stderr."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError, TimeoutError)):
+            log.debug("localhub: client %s went away (%s)", client_address, exc)
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
 class LocalHub:

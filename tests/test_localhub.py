@@ -1,0 +1,255 @@
+"""The users' hub path end to end against the local hub stand-in (tests/localhub): models by hub id, the paper's
+datasets at their pinned revisions, lm-eval's six tasks, and what the unmodified libraries raise when the hub
+refuses, lacks something, drops a download or is too slow.
+
+Every library call runs in a subprocess (``hub_run``): huggingface_hub reads HF_ENDPOINT and HF_HUB_OFFLINE once,
+at import, and this test process runs with HF_HUB_OFFLINE=1 (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.data import sources
+from tests.localhub.fixtures import (
+    ARC,
+    GATED_MODEL,
+    HELLASWAG,
+    MMLU,
+    MMLU_SUBJECTS,
+    PIQA,
+    SMOLLM2_ID,
+    TINY_MODELS,
+    WINOGRANDE,
+)
+from tests.localhub.pytest_fixtures import RESULT, hub_run, local_hub  # noqa: F401 (pytest fixtures)
+
+PRELUDE = f"import json\nRESULT = {RESULT!r}\n"
+LLAMA = "meta-llama/Llama-2-7b-hf"
+FAMILIES = {"meta-llama/Llama-2-7b-hf": ("llama", "LlamaForCausalLM"),
+            "mistralai/Mistral-7B-v0.3": ("mistral", "MistralForCausalLM"),
+            "Qwen/Qwen2.5-7B": ("qwen2", "Qwen2ForCausalLM"),
+            "microsoft/Phi-3-mini-4k-instruct": ("phi3", "Phi3ForCausalLM"),
+            "google/gemma-3-1b-pt": ("gemma3_text", "Gemma3ForCausalLM")}
+
+
+def _script(body: str, **values: object) -> str:
+    return PRELUDE + "".join(f"{key} = {value!r}\n" for key, value in values.items()) + body
+
+
+MODELS = """
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+text = "The quick brown fox jumps over the lazy dog. Anarchism is a political philosophy."
+reference = AutoTokenizer.from_pretrained(SMOLLM2_ID)(text).input_ids
+out = {}
+for repo_id in IDS:
+    config = AutoConfig.from_pretrained(repo_id)
+    tokenizer = AutoTokenizer.from_pretrained(repo_id)
+    model = AutoModelForCausalLM.from_pretrained(repo_id).eval()
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(ids).logits
+    out[repo_id] = {
+        "model_type": config.model_type, "class": type(model).__name__, "dtype": str(model.dtype),
+        "shape": list(logits.shape), "finite": bool(torch.isfinite(logits).all()),
+        "same_ids": ids[0].tolist() == reference,
+        "special": [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id],
+    }
+print(RESULT + json.dumps(out))
+"""
+
+
+def test_each_family_loads_by_hub_id(hub_run):  # noqa: F811
+    out = hub_run(_script(MODELS, IDS=list(TINY_MODELS), SMOLLM2_ID=SMOLLM2_ID))
+    assert set(out) == set(FAMILIES) == set(TINY_MODELS)
+    for repo_id, (model_type, cls) in FAMILIES.items():
+        got = out[repo_id]
+        assert (got["model_type"], got["class"], got["dtype"]) == (model_type, cls, "torch.float32"), repo_id
+        assert got["finite"] and got["shape"][-1] == 49152, repo_id
+        assert got["same_ids"], f"{repo_id}: its tokenizer does not tokenize as SmolLM2's"
+        assert got["special"] == [1, 2, 2], repo_id
+
+
+SMOLLM2 = """
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from harness.models import ensure_embedded
+offline = ensure_embedded("smollm2-135m")
+text = "The capital of France is Paris, and the capital of Italy is"
+results = []
+for source in (SMOLLM2_ID, offline):
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    with torch.no_grad():
+        results.append((ids, model(ids).logits))
+    del model
+(ids_hub, hub), (ids_off, off) = results
+print(RESULT + json.dumps({"same_ids": torch.equal(ids_hub, ids_off), "max_diff": float((hub - off).abs().max()),
+                           "finite": bool(torch.isfinite(hub).all())}))
+"""
+
+
+def test_smollm2_by_hub_id_matches_the_offline_copy(hub_run):  # noqa: F811
+    out = hub_run(_script(SMOLLM2, SMOLLM2_ID=SMOLLM2_ID))
+    assert out == {"same_ids": True, "max_diff": 0.0, "finite": True}
+
+
+PAPER_DATA = """
+from harness.data import sources
+out = {}
+for name in NAMES:
+    for role in ("evaluation", "calibration"):
+        corpus = sources.load_corpus(name, role)
+        p = corpus.protocol
+        source = sources.hub_source(name)
+        cache = sources._hub_cache_file(sources._hub_protocol(source, source.part(role)))
+        out[f"{name}/{role}"] = {"documents": p["documents"], "revision": p["revision"], "characters": p["characters"],
+                                 "cached": cache.exists()}
+print(RESULT + json.dumps(out))
+"""
+
+
+def test_paper_datasets_load_at_their_pinned_revisions(hub_run, tmp_path):  # noqa: F811
+    """sources.load_corpus (datasets.load_dataset, streaming for c4 and FineWeb-Edu) through the hub."""
+    names = ["wikitext2", "c4", "fineweb-edu"]
+    out = hub_run(_script(PAPER_DATA, NAMES=names), PRUNEBENCH_CACHE=str(tmp_path / "cache"))
+    for name in names:
+        source = sources.hub_source(name)
+        for role in ("evaluation", "calibration"):
+            got = out[f"{name}/{role}"]
+            part = source.part(role)
+            assert got["revision"] == source.revision
+            assert got["cached"], f"{name}/{role}: documents not cached for offline runs"
+            if part.stop is not None:
+                assert got["documents"] == part.stop - part.start, (name, role)
+            else:
+                assert got["documents"] > 30 and got["characters"] > 5000, (name, role)
+
+
+LM_EVAL = """
+from lm_eval.tasks import TaskManager, get_task_dict
+tasks = get_task_dict(NAMES, TaskManager())
+def leaves(d):
+    for key, value in d.items():
+        if isinstance(value, dict):
+            yield from leaves(value)
+        else:
+            yield value
+out = {}
+for task in leaves(tasks):
+    docs = list(task.eval_docs)
+    doc = docs[0]
+    out[task.config.task] = {"dataset": task.config.dataset_path, "docs": len(docs),
+                             "target": task.doc_to_target(doc), "choices": len(task.doc_to_choice(doc)),
+                             "text": str(task.doc_to_text(doc))[:200]}
+print(RESULT + json.dumps(out))
+"""
+
+
+def test_lm_eval_six_tasks_load(hub_run):  # noqa: F811
+    out = hub_run(_script(LM_EVAL, NAMES=["winogrande", "arc_easy", "arc_challenge", "hellaswag", "piqa", "mmlu"]),
+                  timeout=300)
+    expected = {"winogrande": WINOGRANDE, "arc_easy": ARC, "arc_challenge": ARC, "hellaswag": HELLASWAG,
+                "piqa": PIQA, **{f"mmlu_{s}": MMLU for s in MMLU_SUBJECTS}}
+    assert {k: v["dataset"] for k, v in out.items()} == expected
+    for task, got in out.items():
+        assert got["docs"] >= 4 and got["text"], task
+        assert got["choices"] == (2 if task in ("winogrande", "piqa") else 4), task
+        assert 0 <= int(got["target"]) < got["choices"], task
+
+
+ERRORS = """
+import datasets, huggingface_hub as hh, transformers
+from huggingface_hub import hf_hub_download, list_repo_files
+def kind(fn):
+    try:
+        fn()
+    except Exception as exc:
+        return [type(exc).__name__] + [c.__name__ for c in type(exc).__mro__[1:-2]] + [" ".join(str(exc).split())[:240]]
+    return None
+sha = hh.model_info(LLAMA).sha
+out = {
+    "same_path": hf_hub_download(LLAMA, "config.json", revision="main") == hf_hub_download(LLAMA, "config.json",
+                                                                                           revision=sha),
+    "same_files": list_repo_files(LLAMA, revision="main") == list_repo_files(LLAMA, revision=sha),
+    "sha": sha, "gated_info": hh.model_info(GATED).gated,
+    "revision": kind(lambda: hf_hub_download(LLAMA, "config.json", revision="0" * 40)),
+    "branch": kind(lambda: hf_hub_download(LLAMA, "config.json", revision="no-such-branch")),
+    "gated": kind(lambda: hf_hub_download(GATED, "config.json")),
+    "missing_repo": kind(lambda: hf_hub_download("nobody/no-such-model", "config.json")),
+    "missing_file": kind(lambda: hf_hub_download(LLAMA, "no-such-file.json")),
+    "tf_revision": kind(lambda: transformers.AutoConfig.from_pretrained(LLAMA, revision="0" * 40)),
+    "tf_gated": kind(lambda: transformers.AutoConfig.from_pretrained(GATED)),
+    "tf_missing_repo": kind(lambda: transformers.AutoConfig.from_pretrained("nobody/no-such-model")),
+    "ds_revision": kind(lambda: datasets.load_dataset(WIKITEXT, name="wikitext-2-raw-v1", revision="0" * 40,
+                                                      split="test")),
+    "ds_missing_repo": kind(lambda: datasets.load_dataset("nobody/no-such-dataset", split="train")),
+    "ds_missing_file": kind(lambda: datasets.load_dataset(WIKITEXT, revision=WIKITEXT_REV, split="train",
+                                                          data_files={"train": "no/such/file.parquet"})),
+}
+print(RESULT + json.dumps(out))
+"""
+
+
+def test_revisions_and_hub_errors(hub_run, local_hub):  # noqa: F811
+    out = hub_run(_script(ERRORS, LLAMA=LLAMA, GATED=GATED_MODEL, WIKITEXT=sources.WIKITEXT2_DATASET,
+                          WIKITEXT_REV=sources.WIKITEXT2_REVISION))
+    assert out["same_path"] and out["same_files"]
+    assert out["sha"] == local_hub.repos[("model", LLAMA)].commit()
+    assert out["gated_info"] == "manual"
+    assert "RevisionNotFoundError" in out["revision"] and "RevisionNotFoundError" in out["branch"]
+    assert out["gated"][0] == "GatedRepoError"
+    assert out["missing_repo"][0] == "RepositoryNotFoundError"
+    assert "EntryNotFoundError" in out["missing_file"]
+    # transformers turns each into an OSError with a readable message.
+    assert out["tf_revision"][0] == out["tf_gated"][0] == out["tf_missing_repo"][0] == "OSError"
+    # datasets: one DatasetNotFoundError (a FileNotFoundError) for a missing repository and a missing revision.
+    assert out["ds_revision"][0] == "DatasetNotFoundError" and "Revision" in out["ds_revision"][-1]
+    assert out["ds_missing_repo"][0] == "DatasetNotFoundError"
+    assert out["ds_missing_file"][0] == "FileNotFoundError"
+
+
+DOWNLOAD = """
+import time
+from huggingface_hub import hf_hub_download
+out = {}
+for label, repo_id, filename in CALLS:
+    start = time.monotonic()
+    try:
+        hf_hub_download(repo_id, filename)
+        out[label] = ["ok"]
+    except Exception as exc:
+        out[label] = [type(exc).__name__] + [c.__name__ for c in type(exc).__mro__[1:-2]]
+    out[label].append(round(time.monotonic() - start, 1))
+print(RESULT + json.dumps(out))
+"""
+
+
+@pytest.fixture
+def faults(local_hub):  # noqa: F811
+    yield local_hub.faults
+    local_hub.faults.drop = []
+    local_hub.faults.slow_s = 0.0
+
+
+def test_dropped_download_fails_after_the_retries(hub_run, faults, tmp_path):  # noqa: F811
+    faults.drop = [f"{LLAMA}/model.safetensors"]
+    home = str(tmp_path / "hf")
+    out = hub_run(_script(DOWNLOAD, CALLS=[("dropped", LLAMA, "model.safetensors")]), HF_HOME=home)
+    # huggingface_hub retries 5 times (Range from what it kept), then lets httpx's error through.
+    assert out["dropped"][0] == "RemoteProtocolError", out
+    faults.drop = []
+    out = hub_run(_script(DOWNLOAD, CALLS=[("again", LLAMA, "model.safetensors")]), HF_HOME=home)
+    assert out["again"][0] == "ok"
+
+
+def test_slow_hub_past_the_timeouts(hub_run, faults, tmp_path):  # noqa: F811
+    home = str(tmp_path / "hf")
+    hub_run(_script(DOWNLOAD, CALLS=[("warm", LLAMA, "config.json")]), HF_HOME=home)
+    faults.slow_s = 2.0
+    out = hub_run(_script(DOWNLOAD, CALLS=[("cached", LLAMA, "config.json"), ("uncached", LLAMA, "tokenizer.json")]),
+                  HF_HOME=home, HF_HUB_ETAG_TIMEOUT="1", HF_HUB_DOWNLOAD_TIMEOUT="1")
+    assert out["cached"][0] == "ok", out  # the metadata call times out; the cached copy is used
+    assert out["uncached"][0] == "ReadTimeout", out  # after 5 retries of the download itself
