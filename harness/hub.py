@@ -98,18 +98,22 @@ def fetch_model(repo_id: str, revision: str | None = None) -> str:
 
 
 def cached_model(repo_id: str, revision: str | None = None) -> str:
-    """The commit of the complete copy of ``repo_id`` in the local cache; ``HubFailure`` naming what is missing."""
+    """The commit of the copy of ``repo_id`` in the local cache that holds what ``fetch_model`` downloads;
+    ``HubFailure`` naming what is missing."""
     from huggingface_hub import snapshot_download
 
-    try:
-        path = snapshot_download(repo_id, revision=revision, local_files_only=True)
-    except Exception as exc:
-        raise HubFailure(
-            f"model '{repo_id}' is not in the local Hugging Face cache ({cache_root()}): {one_line(exc)}"
-        ) from exc
-    if not any(Path(path).glob(p[0]) for p in _WEIGHTS):
-        raise HubFailure(f"model '{repo_id}': the local Hugging Face cache ({path}) holds no weight file")
-    return Path(path).name
+    failure: Exception | None = None
+    for weights in _WEIGHTS:
+        try:
+            path = snapshot_download(repo_id, revision=revision, local_files_only=True,
+                                     allow_patterns=[*_CONFIG_FILES, *weights])
+        except Exception as exc:
+            failure = failure or exc
+            continue
+        if any(Path(path).glob(weights[0])):
+            return Path(path).name
+    why = one_line(failure) if failure else "no weight file"
+    raise HubFailure(f"model '{repo_id}' is not in the local Hugging Face cache ({cache_root()}): {why}")
 
 
 class HubFailure(Exception):

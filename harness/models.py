@@ -179,6 +179,14 @@ def _convert_gguf(spec: EmbeddedModel, target: Path) -> None:
     os.replace(tmp, target)
 
 
+def model_record(loaded: LoadedModel) -> dict[str, str]:
+    """Where a loaded model came from, as results record it: name, kind, dtype, device (and a hub commit)."""
+    ref = loaded.ref
+    record = {"name": ref.name, "kind": ref.kind, "dtype": str(loaded.dtype).removeprefix("torch."),
+              "device": str(loaded.device)}
+    return record | ({"revision": ref.revision} if ref.revision else {})
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

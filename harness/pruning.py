@@ -19,7 +19,7 @@ from harness.data.tokens import calibration_samples, tokenize
 from harness.errors import PrunebenchError
 from harness.hub import hub_reachable
 from harness.metrics.base import Scalar, as_scalars
-from harness.models import LoadedModel, ModelRef, checked_config, load_model, resolve_model
+from harness.models import LoadedModel, ModelRef, checked_config, load_model, model_record, resolve_model
 from harness.results import PruningReport
 from methods import get_method
 from methods.arch import ModelAdapter, adapt
@@ -179,8 +179,7 @@ def execute(prepared: Prepared, progress: Progress = no_progress, loaded: Loaded
         plan=prepared.plan,
         options=prepared.options.model_dump(mode="json"),
         calibration=calib_protocol,
-        model={"name": prepared.ref.name, "kind": prepared.ref.kind, "dtype": str(loaded.dtype).removeprefix("torch."),
-               "device": str(loaded.device)},
+        model=model_record(loaded),
     )
     return PruneOutcome(loaded, adapter, report)
 

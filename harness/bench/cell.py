@@ -208,7 +208,7 @@ def run(spec: CellSpec, exports_dir: Path | None = None) -> CellResult:
     the exports the spec asks for into ``exports_dir`` (after the measurements, outside every timing)."""
     from harness.metrics.base import MeasureContext
     from harness.metrics.registry import METRICS
-    from harness.models import load_model, resolve_model
+    from harness.models import load_model, model_record, resolve_model
     from methods.arch import adapt
 
     started, t0 = now(), time.perf_counter()
@@ -220,8 +220,7 @@ def run(spec: CellSpec, exports_dir: Path | None = None) -> CellResult:
     enabled = {name: m for name, m in METRICS.items() if getattr(spec, name).enabled}
     is_dense = spec.method == "dense"
     # Where the model came from (a prune report's model record): what an export, the engine's or --export's, names.
-    source = {"name": ref.name, "kind": ref.kind, "dtype": str(loaded.dtype).removeprefix("torch."),
-              "device": str(loaded.device)}
+    source = model_record(loaded)
     dense_ctx = MeasureContext(loaded.model, dense, loaded.tokenizer, spec.seed, is_dense, source)
     measured_before = {name: m.before_pruning(getattr(spec, name), dense_ctx) for name, m in enabled.items()}
     del dense_ctx, dense  # from here on ``loaded`` alone holds the dense model (a cached pruned one replaces it)

@@ -70,7 +70,8 @@ def prepare(model: str | None, corpora: list[tuple[str, str]], tasks: list[str])
         try:
             inputs.model_commit = (fetch_model if mode == "online" else cached_model)(ref.location)
         except HubFailure as err:
-            raise ModelUnavailable(str(err)) from err
+            silent = f"; the hub ({inputs.endpoint}) does not answer" if mode == "unreachable" else ""
+            raise ModelUnavailable(f"{err}{silent}") from err
         log.info("model %s: commit %s %s", ref.name, inputs.model_commit,
                  "downloaded" if mode == "online" else "from the local Hugging Face cache")
     for source, role in corpora:

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -435,12 +436,17 @@ def _load_task(manager: Any, name: str, stored: StoredTask | None) -> _LoadedTas
 
 
 def _data_files(tasks: Any) -> tuple[str, ...]:
-    """The files each task's dataset was built from, as the datasets library names them (``hf://...@commit``)."""
+    """What each task's dataset was read from: ``<dataset>@<commit>:<config>/<split>``. The datasets library
+    keeps a hub dataset under a folder named by the commit it resolved, which its Arrow files sit in."""
     files: set[str] = set()
     for task in tasks:
-        dataset = getattr(task, "dataset", None)
-        for split in dataset.values() if hasattr(dataset, "values") else []:
-            files.update((getattr(getattr(split, "info", None), "download_checksums", None) or {}).keys())
+        dataset, config = getattr(task, "dataset", None), getattr(task, "config", None)
+        path = getattr(config, "dataset_path", None)
+        for split_name, split in dataset.items() if hasattr(dataset, "items") else []:
+            for entry in getattr(split, "cache_files", None) or []:
+                commit = Path(entry["filename"]).parent.name
+                if path and re.fullmatch(r"[0-9a-f]{40}", commit):
+                    files.add(f"{path}@{commit}:{getattr(config, 'dataset_name', None) or 'default'}/{split_name}")
     return tuple(sorted(files))
 
 
