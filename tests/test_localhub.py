@@ -189,6 +189,7 @@ out = {
     "same_path": hf_hub_download(LLAMA, "config.json", revision="main") == hf_hub_download(LLAMA, "config.json",
                                                                                            revision=sha),
     "same_files": list_repo_files(LLAMA, revision="main") == list_repo_files(LLAMA, revision=sha),
+    "files": list_repo_files(LLAMA),
     "sha": sha, "gated_info": hh.model_info(GATED).gated,
     "revision": kind(lambda: hf_hub_download(LLAMA, "config.json", revision="0" * 40)),
     "branch": kind(lambda: hf_hub_download(LLAMA, "config.json", revision="no-such-branch")),
@@ -209,9 +210,15 @@ print(RESULT + json.dumps(out))
 
 
 def test_revisions_and_hub_errors(hub_run, local_hub):  # noqa: F811
-    out = hub_run(_script(ERRORS, LLAMA=LLAMA, GATED=GATED_MODEL, WIKITEXT=sources.WIKITEXT2_DATASET,
-                          WIKITEXT_REV=sources.WIKITEXT2_REVISION))
+    local_hub.tree_page_size = 2  # file listings come in pages here, as they do from the hub for large repos
+    try:
+        out = hub_run(_script(ERRORS, LLAMA=LLAMA, GATED=GATED_MODEL, WIKITEXT=sources.WIKITEXT2_DATASET,
+                              WIKITEXT_REV=sources.WIKITEXT2_REVISION))
+    finally:
+        local_hub.tree_page_size = 1000
+    assert any("cursor=" in r for r in local_hub.requests)
     assert out["same_path"] and out["same_files"]
+    assert sorted(out["files"]) == sorted(local_hub.repos[("model", LLAMA)].files())
     assert out["sha"] == local_hub.repos[("model", LLAMA)].commit()
     assert out["gated_info"] == "manual"
     assert "RevisionNotFoundError" in out["revision"] and "RevisionNotFoundError" in out["branch"]

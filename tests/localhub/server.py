@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,20 @@ class _Handler(BaseHTTPRequestHandler):
         if rest[0] == "tree":
             prefix = "/".join(rest[2:]).strip("/")
             recursive = (query.get("recursive") or ["false"])[0].lower() == "true"
-            self._json(self._tree(files, prefix, recursive))
+            if prefix and not any(name.startswith(prefix + "/") for name in files):
+                # a file or nothing: the hub lists folders only (HfFileSystem then looks the file up in the parent)
+                self._error(404, "EntryNotFound", f"{prefix} does not exist on \"{revision}\"")
+                return
+            entries = self._tree(files, prefix, recursive)
+            # Pages as the hub's: a ``Link: <...>; rel="next"`` header while entries remain (opaque cursor).
+            size = self.server.hub.tree_page_size
+            offset = int((query.get("cursor") or ["0"])[0])
+            headers = {"Content-Type": "application/json"}
+            if offset + size < len(entries):
+                nxt = {k: v[0] for k, v in query.items()} | {"cursor": str(offset + size)}
+                url = f"http://{self.headers.get('Host')}{urlsplit(self.path).path}?{urlencode(nxt)}"
+                headers["Link"] = f'<{url}>; rel="next"'
+            self._reply(200, json.dumps(entries[offset : offset + size]).encode(), headers)
             return
         if rest[0] == "paths-info":
             paths = self._posted_paths()
@@ -309,6 +322,7 @@ class LocalHub:
     def __init__(self, repos: list[HubRepo], port: int = 0) -> None:
         self.repos = {(r.kind, r.repo_id): r for r in repos}
         self.faults = Faults()
+        self.tree_page_size = 1000  # entries per page of a tree listing
         self.requests: list[str] = []
         self._server = _Server(("127.0.0.1", port), _Handler)
         self._server.hub = self
