@@ -22,7 +22,7 @@ from tests.localhub.fixtures import (
     TINY_MODELS,
     WINOGRANDE,
 )
-from tests.localhub.pytest_fixtures import RESULT, hub_run, local_hub  # noqa: F401 (pytest fixtures)
+from tests.localhub.pytest_fixtures import RESULT, hub_run, local_hub, run_in_hub  # noqa: F401 (fixtures)
 
 PRELUDE = f"import json\nRESULT = {RESULT!r}\n"
 LLAMA = "meta-llama/Llama-2-7b-hf"
@@ -56,24 +56,9 @@ for repo_id in IDS:
         "same_ids": ids[0].tolist() == reference,
         "special": [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id],
     }
-print(RESULT + json.dumps(out))
 """
 
-
-def test_each_family_loads_by_hub_id(hub_run):  # noqa: F811
-    out = hub_run(_script(MODELS, IDS=list(TINY_MODELS), SMOLLM2_ID=SMOLLM2_ID))
-    assert set(out) == set(FAMILIES) == set(TINY_MODELS)
-    for repo_id, (model_type, cls) in FAMILIES.items():
-        got = out[repo_id]
-        assert (got["model_type"], got["class"], got["dtype"]) == (model_type, cls, "torch.float32"), repo_id
-        assert got["finite"] and got["shape"][-1] == 49152, repo_id
-        assert got["same_ids"], f"{repo_id}: its tokenizer does not tokenize as SmolLM2's"
-        assert got["special"] == [1, 2, 2], repo_id
-
-
 SMOLLM2 = """
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 from harness.models import ensure_embedded
 offline = ensure_embedded("smollm2-135m")
 text = "The capital of France is Paris, and the capital of Italy is"
@@ -86,14 +71,32 @@ for source in (SMOLLM2_ID, offline):
         results.append((ids, model(ids).logits))
     del model
 (ids_hub, hub), (ids_off, off) = results
-print(RESULT + json.dumps({"same_ids": torch.equal(ids_hub, ids_off), "max_diff": float((hub - off).abs().max()),
-                           "finite": bool(torch.isfinite(hub).all())}))
+smollm2 = {"same_ids": torch.equal(ids_hub, ids_off), "max_diff": float((hub - off).abs().max()),
+           "finite": bool(torch.isfinite(hub).all())}
+print(RESULT + json.dumps({"families": out, "smollm2": smollm2}))
 """
 
 
-def test_smollm2_by_hub_id_matches_the_offline_copy(hub_run):  # noqa: F811
-    out = hub_run(_script(SMOLLM2, SMOLLM2_ID=SMOLLM2_ID))
-    assert out == {"same_ids": True, "max_diff": 0.0, "finite": True}
+@pytest.fixture(scope="module")
+def models_out(local_hub, tmp_path_factory):  # noqa: F811
+    """One subprocess for both model tests (torch and transformers are imported once)."""
+    code = _script(MODELS + SMOLLM2, IDS=list(TINY_MODELS), SMOLLM2_ID=SMOLLM2_ID)
+    return run_in_hub(local_hub, code, tmp_path_factory.mktemp("hf-models"), timeout=240)
+
+
+def test_each_family_loads_by_hub_id(models_out):
+    out = models_out["families"]
+    assert set(out) == set(FAMILIES) == set(TINY_MODELS)
+    for repo_id, (model_type, cls) in FAMILIES.items():
+        got = out[repo_id]
+        assert (got["model_type"], got["class"], got["dtype"]) == (model_type, cls, "torch.float32"), repo_id
+        assert got["finite"] and got["shape"][-1] == 49152, repo_id
+        assert got["same_ids"], f"{repo_id}: its tokenizer does not tokenize as SmolLM2's"
+        assert got["special"] == [1, 2, 2], repo_id
+
+
+def test_smollm2_by_hub_id_matches_the_offline_copy(models_out):
+    assert models_out["smollm2"] == {"same_ids": True, "max_diff": 0.0, "finite": True}
 
 
 PAPER_DATA = """
@@ -156,11 +159,10 @@ print(RESULT + json.dumps({"tasks": out, "acc": accuracies, "seconds": seconds})
 """
 
 
-def test_lm_eval_six_tasks_load(hub_run, record_property):  # noqa: F811
+def test_lm_eval_six_tasks_load(hub_run):  # noqa: F811
     names = ["winogrande", "arc_easy", "arc_challenge", "hellaswag", "piqa", "mmlu"]
     result = hub_run(_script(LM_EVAL, NAMES=names, MODEL=LLAMA), timeout=300)
     out, acc = result["tasks"], result["acc"]
-    record_property("seconds", result["seconds"])  # lm-eval's own time: index, task loading, HFLM, evaluation
     assert result["seconds"]["load"] < 200, result["seconds"]
     assert set(names) <= set(acc), acc  # mmlu's group mean too
     assert all(value is not None and 0.0 <= value <= 1.0 for name, value in acc.items() if name in out), acc
