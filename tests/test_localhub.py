@@ -262,18 +262,25 @@ def test_dropped_download_fails_after_the_retries(hub_run, faults, tmp_path):  #
     faults.drop = [f"{LLAMA}/model.safetensors"]
     home = str(tmp_path / "hf")
     out = hub_run(_script(DOWNLOAD, CALLS=[("dropped", LLAMA, "model.safetensors")]), HF_HOME=home)
-    # huggingface_hub retries 5 times (Range from what it kept), then lets httpx's error through.
+    # huggingface_hub retries 5 times, 1 s apart, then lets httpx's error through. It resumes with a Range from
+    # what it kept, but it keeps whole 10 MB chunks only, so a cut before the first 10 MB restarts from byte 0.
     assert out["dropped"][0] == "RemoteProtocolError", out
     faults.drop = []
     out = hub_run(_script(DOWNLOAD, CALLS=[("again", LLAMA, "model.safetensors")]), HF_HOME=home)
     assert out["again"][0] == "ok"
 
 
-def test_slow_hub_past_the_timeouts(hub_run, faults, tmp_path):  # noqa: F811
+def test_slow_hub_past_the_timeouts(hub_run, faults, local_hub, tmp_path):  # noqa: F811
     home = str(tmp_path / "hf")
     hub_run(_script(DOWNLOAD, CALLS=[("warm", LLAMA, "config.json")]), HF_HOME=home)
     faults.slow_s = 2.0
+    first = len(local_hub.requests)
     out = hub_run(_script(DOWNLOAD, CALLS=[("cached", LLAMA, "config.json"), ("uncached", LLAMA, "tokenizer.json")]),
                   HF_HOME=home, HF_HUB_ETAG_TIMEOUT="1", HF_HUB_DOWNLOAD_TIMEOUT="1")
-    assert out["cached"][0] == "ok", out  # the metadata call times out; the cached copy is used
-    assert out["uncached"][0] == "ReadTimeout", out  # after 5 retries of the download itself
+    # A cached file: the metadata HEAD times out (HF_HUB_ETAG_TIMEOUT) and the cached copy is used.
+    assert out["cached"][0] == "ok", out
+    # An uncached one: the HEAD times out, is retried with huggingface_hub's own 60 s timeout and answers; the
+    # GET then times out (HF_HUB_DOWNLOAD_TIMEOUT) six times, and httpx's ReadTimeout comes through.
+    assert out["uncached"][0] == "ReadTimeout", out
+    calls = [r.split()[0] for r in local_hub.requests[first:] if r.endswith("/tokenizer.json")]
+    assert calls == ["HEAD", "HEAD"] + ["GET"] * 6, calls
