@@ -22,7 +22,7 @@ from tests.localhub.fixtures import (
     TINY_MODELS,
     WINOGRANDE,
 )
-from tests.localhub.pytest_fixtures import RESULT, hub_run, local_hub  # noqa: F401 (pytest fixtures)
+from tests.localhub.pytest_fixtures import RESULT, hub_run, local_hub, run_in_hub  # noqa: F401 (fixtures)
 
 PRELUDE = f"import json\nRESULT = {RESULT!r}\n"
 LLAMA = "meta-llama/Llama-2-7b-hf"
@@ -56,24 +56,9 @@ for repo_id in IDS:
         "same_ids": ids[0].tolist() == reference,
         "special": [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id],
     }
-print(RESULT + json.dumps(out))
 """
 
-
-def test_each_family_loads_by_hub_id(hub_run):  # noqa: F811
-    out = hub_run(_script(MODELS, IDS=list(TINY_MODELS), SMOLLM2_ID=SMOLLM2_ID))
-    assert set(out) == set(FAMILIES) == set(TINY_MODELS)
-    for repo_id, (model_type, cls) in FAMILIES.items():
-        got = out[repo_id]
-        assert (got["model_type"], got["class"], got["dtype"]) == (model_type, cls, "torch.float32"), repo_id
-        assert got["finite"] and got["shape"][-1] == 49152, repo_id
-        assert got["same_ids"], f"{repo_id}: its tokenizer does not tokenize as SmolLM2's"
-        assert got["special"] == [1, 2, 2], repo_id
-
-
 SMOLLM2 = """
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 from harness.models import ensure_embedded
 offline = ensure_embedded("smollm2-135m")
 text = "The capital of France is Paris, and the capital of Italy is"
@@ -86,14 +71,32 @@ for source in (SMOLLM2_ID, offline):
         results.append((ids, model(ids).logits))
     del model
 (ids_hub, hub), (ids_off, off) = results
-print(RESULT + json.dumps({"same_ids": torch.equal(ids_hub, ids_off), "max_diff": float((hub - off).abs().max()),
-                           "finite": bool(torch.isfinite(hub).all())}))
+smollm2 = {"same_ids": torch.equal(ids_hub, ids_off), "max_diff": float((hub - off).abs().max()),
+           "finite": bool(torch.isfinite(hub).all())}
+print(RESULT + json.dumps({"families": out, "smollm2": smollm2}))
 """
 
 
-def test_smollm2_by_hub_id_matches_the_offline_copy(hub_run):  # noqa: F811
-    out = hub_run(_script(SMOLLM2, SMOLLM2_ID=SMOLLM2_ID))
-    assert out == {"same_ids": True, "max_diff": 0.0, "finite": True}
+@pytest.fixture(scope="module")
+def models_out(local_hub, tmp_path_factory):  # noqa: F811
+    """One subprocess for both model tests (torch and transformers are imported once)."""
+    code = _script(MODELS + SMOLLM2, IDS=list(TINY_MODELS), SMOLLM2_ID=SMOLLM2_ID)
+    return run_in_hub(local_hub, code, tmp_path_factory.mktemp("hf-models"), timeout=240)
+
+
+def test_each_family_loads_by_hub_id(models_out):
+    out = models_out["families"]
+    assert set(out) == set(FAMILIES) == set(TINY_MODELS)
+    for repo_id, (model_type, cls) in FAMILIES.items():
+        got = out[repo_id]
+        assert (got["model_type"], got["class"], got["dtype"]) == (model_type, cls, "torch.float32"), repo_id
+        assert got["finite"] and got["shape"][-1] == 49152, repo_id
+        assert got["same_ids"], f"{repo_id}: its tokenizer does not tokenize as SmolLM2's"
+        assert got["special"] == [1, 2, 2], repo_id
+
+
+def test_smollm2_by_hub_id_matches_the_offline_copy(models_out):
+    assert models_out["smollm2"] == {"same_ids": True, "max_diff": 0.0, "finite": True}
 
 
 PAPER_DATA = """
@@ -129,35 +132,49 @@ def test_paper_datasets_load_at_their_pinned_revisions(hub_run, tmp_path):  # no
 
 
 LM_EVAL = """
-from lm_eval.tasks import TaskManager, get_task_dict
-tasks = get_task_dict(NAMES, TaskManager())
-def leaves(d):
-    for key, value in d.items():
-        if isinstance(value, dict):
-            yield from leaves(value)
-        else:
-            yield value
+import time
+clock = [time.monotonic()]
+from lm_eval.tasks import TaskManager
+manager = TaskManager()
+clock.append(time.monotonic())
+tasks = manager.load(NAMES)
+clock.append(time.monotonic())
 out = {}
-for task in leaves(tasks):
+for task in tasks["tasks"].values():
     docs = list(task.eval_docs)
     doc = docs[0]
     out[task.config.task] = {"dataset": task.config.dataset_path, "docs": len(docs),
                              "target": task.doc_to_target(doc), "choices": len(task.doc_to_choice(doc)),
                              "text": str(task.doc_to_text(doc))[:200]}
-print(RESULT + json.dumps(out))
+# and a real (if tiny) evaluation of them all: the tiny Llama by hub id, one document per task
+from lm_eval.evaluator import evaluate
+from lm_eval.models.huggingface import HFLM
+lm = HFLM(pretrained=MODEL, dtype="float32", batch_size=8, device="cpu")
+clock.append(time.monotonic())
+results = evaluate(lm=lm, task_dict=tasks, limit=1, bootstrap_iters=0)["results"]
+clock.append(time.monotonic())
+accuracies = {name: r.get("acc,none") for name, r in results.items()}
+seconds = dict(zip(["index", "load", "hflm", "evaluate"], [round(b - a, 1) for a, b in zip(clock, clock[1:])]))
+print(RESULT + json.dumps({"tasks": out, "acc": accuracies, "seconds": seconds}))
 """
 
 
 def test_lm_eval_six_tasks_load(hub_run):  # noqa: F811
-    out = hub_run(_script(LM_EVAL, NAMES=["winogrande", "arc_easy", "arc_challenge", "hellaswag", "piqa", "mmlu"]),
-                  timeout=300)
+    names = ["winogrande", "arc_easy", "arc_challenge", "hellaswag", "piqa", "mmlu"]
+    result = hub_run(_script(LM_EVAL, NAMES=names, MODEL=LLAMA), timeout=300)
+    out, acc = result["tasks"], result["acc"]
+    assert result["seconds"]["load"] < 200, result["seconds"]
+    assert set(names) <= set(acc), acc  # mmlu's group mean too
+    assert all(value is not None and 0.0 <= value <= 1.0 for name, value in acc.items() if name in out), acc
     expected = {"winogrande": WINOGRANDE, "arc_easy": ARC, "arc_challenge": ARC, "hellaswag": HELLASWAG,
                 "piqa": PIQA, **{f"mmlu_{s}": MMLU for s in MMLU_SUBJECTS}}
     assert {k: v["dataset"] for k, v in out.items()} == expected
     for task, got in out.items():
         assert got["docs"] >= 4 and got["text"], task
         assert got["choices"] == (2 if task in ("winogrande", "piqa") else 4), task
-        assert 0 <= int(got["target"]) < got["choices"], task
+        # winogrande's prompt is the index of the right option, its target the sentence's continuation
+        answer = got["text"] if task == "winogrande" else got["target"]
+        assert 0 <= int(answer) < got["choices"], task
 
 
 ERRORS = """
@@ -174,6 +191,7 @@ out = {
     "same_path": hf_hub_download(LLAMA, "config.json", revision="main") == hf_hub_download(LLAMA, "config.json",
                                                                                            revision=sha),
     "same_files": list_repo_files(LLAMA, revision="main") == list_repo_files(LLAMA, revision=sha),
+    "files": list_repo_files(LLAMA),
     "sha": sha, "gated_info": hh.model_info(GATED).gated,
     "revision": kind(lambda: hf_hub_download(LLAMA, "config.json", revision="0" * 40)),
     "branch": kind(lambda: hf_hub_download(LLAMA, "config.json", revision="no-such-branch")),
@@ -194,9 +212,15 @@ print(RESULT + json.dumps(out))
 
 
 def test_revisions_and_hub_errors(hub_run, local_hub):  # noqa: F811
-    out = hub_run(_script(ERRORS, LLAMA=LLAMA, GATED=GATED_MODEL, WIKITEXT=sources.WIKITEXT2_DATASET,
-                          WIKITEXT_REV=sources.WIKITEXT2_REVISION))
+    local_hub.tree_page_size = 2  # file listings come in pages here, as they do from the hub for large repos
+    try:
+        out = hub_run(_script(ERRORS, LLAMA=LLAMA, GATED=GATED_MODEL, WIKITEXT=sources.WIKITEXT2_DATASET,
+                              WIKITEXT_REV=sources.WIKITEXT2_REVISION))
+    finally:
+        local_hub.tree_page_size = 1000
+    assert any("cursor=" in r for r in local_hub.requests)
     assert out["same_path"] and out["same_files"]
+    assert sorted(out["files"]) == sorted(local_hub.repos[("model", LLAMA)].files())
     assert out["sha"] == local_hub.repos[("model", LLAMA)].commit()
     assert out["gated_info"] == "manual"
     assert "RevisionNotFoundError" in out["revision"] and "RevisionNotFoundError" in out["branch"]
@@ -238,18 +262,25 @@ def test_dropped_download_fails_after_the_retries(hub_run, faults, tmp_path):  #
     faults.drop = [f"{LLAMA}/model.safetensors"]
     home = str(tmp_path / "hf")
     out = hub_run(_script(DOWNLOAD, CALLS=[("dropped", LLAMA, "model.safetensors")]), HF_HOME=home)
-    # huggingface_hub retries 5 times (Range from what it kept), then lets httpx's error through.
+    # huggingface_hub retries 5 times, 1 s apart, then lets httpx's error through. It resumes with a Range from
+    # what it kept, but it keeps whole 10 MB chunks only, so a cut before the first 10 MB restarts from byte 0.
     assert out["dropped"][0] == "RemoteProtocolError", out
     faults.drop = []
     out = hub_run(_script(DOWNLOAD, CALLS=[("again", LLAMA, "model.safetensors")]), HF_HOME=home)
     assert out["again"][0] == "ok"
 
 
-def test_slow_hub_past_the_timeouts(hub_run, faults, tmp_path):  # noqa: F811
+def test_slow_hub_past_the_timeouts(hub_run, faults, local_hub, tmp_path):  # noqa: F811
     home = str(tmp_path / "hf")
     hub_run(_script(DOWNLOAD, CALLS=[("warm", LLAMA, "config.json")]), HF_HOME=home)
     faults.slow_s = 2.0
+    first = len(local_hub.requests)
     out = hub_run(_script(DOWNLOAD, CALLS=[("cached", LLAMA, "config.json"), ("uncached", LLAMA, "tokenizer.json")]),
                   HF_HOME=home, HF_HUB_ETAG_TIMEOUT="1", HF_HUB_DOWNLOAD_TIMEOUT="1")
-    assert out["cached"][0] == "ok", out  # the metadata call times out; the cached copy is used
-    assert out["uncached"][0] == "ReadTimeout", out  # after 5 retries of the download itself
+    # A cached file: the metadata HEAD times out (HF_HUB_ETAG_TIMEOUT) and the cached copy is used.
+    assert out["cached"][0] == "ok", out
+    # An uncached one: the HEAD times out, is retried with huggingface_hub's own 60 s timeout and answers; the
+    # GET then times out (HF_HUB_DOWNLOAD_TIMEOUT) six times, and httpx's ReadTimeout comes through.
+    assert out["uncached"][0] == "ReadTimeout", out
+    calls = [r.split()[0] for r in local_hub.requests[first:] if r.endswith("/tokenizer.json")]
+    assert calls == ["HEAD", "HEAD"] + ["GET"] * 6, calls

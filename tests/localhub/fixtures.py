@@ -93,10 +93,14 @@ def load_repos(root: Path) -> list[HubRepo]:
 
 
 def _built(root: Path) -> bool:
+    """``root`` holds this FIXTURE_VERSION, and the SmolLM2 files its symlinks point at are still there."""
     try:
-        return json.loads((root / REPOS_FILE).read_text()).get("fixture_version") == FIXTURE_VERSION
+        if json.loads((root / REPOS_FILE).read_text()).get("fixture_version") != FIXTURE_VERSION:
+            return False
+        links = [p for p in (root / "models" / SMOLLM2_ID).iterdir() if p.is_symlink()]
     except (OSError, ValueError):
         return False
+    return bool(links) and all(p.exists() for p in links)
 
 
 def build_hub(root: Path) -> list[HubRepo]:
@@ -104,6 +108,7 @@ def build_hub(root: Path) -> list[HubRepo]:
     root = Path(root)
     if _built(root):
         return load_repos(root)
+    (root / REPOS_FILE).unlink(missing_ok=True)
     for sub in ("models", "datasets"):
         shutil.rmtree(root / sub, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)

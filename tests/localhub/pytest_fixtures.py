@@ -56,22 +56,25 @@ def local_hub() -> Iterator[LocalHub]:
         hub.stop()
 
 
+def run_in_hub(hub: LocalHub, code: str, hf_home: Path, timeout: float = 120, **env: str) -> Any:
+    """Run ``code`` in a fresh Python against ``hub`` and return what it printed as
+    ``print(RESULT + json.dumps(x))``; a failed run raises AssertionError with its output."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=hub_env(hub, hf_home, **env), cwd=REPO_ROOT, capture_output=True,
+        text=True, timeout=timeout,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]
+    if proc.returncode != 0 or not lines:
+        raise AssertionError(f"subprocess failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return json.loads(lines[-1][len(RESULT) :])
+
+
 @pytest.fixture
 def hub_run(local_hub: LocalHub, tmp_path: Path) -> Callable[..., Any]:
-    """``hub_run(code, timeout=..., **env)``: run ``code`` in a fresh Python against the hub (its own empty
-    HF_HOME unless ``HF_HOME`` is given) and return what it printed as ``print(RESULT + json.dumps(x))``."""
+    """``hub_run(code, timeout=..., **env)``: ``run_in_hub`` with its own empty HF_HOME unless ``HF_HOME`` is given."""
 
     def run(code: str, timeout: float = 120, **env: str) -> Any:
         home = Path(env.pop("HF_HOME", tmp_path / "hf-home"))
-        proc = subprocess.run(
-            [sys.executable, "-c", code], env=hub_env(local_hub, home, **env), cwd=REPO_ROOT, capture_output=True,
-            text=True, timeout=timeout,
-        )
-        lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]
-        if proc.returncode != 0 or not lines:
-            raise AssertionError(
-                f"subprocess failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-            )
-        return json.loads(lines[-1][len(RESULT) :])
+        return run_in_hub(local_hub, code, home, timeout=timeout, **env)
 
     return run

@@ -6,11 +6,14 @@ the hub's error codes), and it cannot show what a dropped connection or a slow h
 
 What it answers (as huggingface.co does, for the calls the pinned libraries make):
 - ``HEAD|GET /{repo}/resolve/{rev}/{path}`` and ``/datasets/{repo}/resolve/...``: file bytes, ``X-Repo-Commit``,
-  ``ETag``, ``Content-Length``, byte ranges (206);
+  ``ETag`` (git blob id, or sha256 with ``X-Linked-Etag``/``X-Linked-Size`` for LFS files), ``Content-Length``,
+  byte ranges (206, 416);
 - ``GET /api/{models|datasets}/{repo}[/revision/{rev}]``: repository info with its siblings;
-- ``GET /api/{kind}/{repo}/tree/{rev}[/{path}]`` (``recursive``) and ``POST .../paths-info/{rev}``;
-- errors with the hub's ``X-Error-Code``: RepoNotFound (401, as the hub answers anonymous users), GatedRepo
-  (403), RevisionNotFound and EntryNotFound (404).
+- ``GET /api/{kind}/{repo}/tree/{rev}[/{path}]`` (``recursive``; pages with ``Link: rel="next"``) and
+  ``POST .../paths-info/{rev}``; ``GET /api/agent-harnesses`` (an empty registry);
+- errors with the hub's ``X-Error-Code``: RepoNotFound (401 to anonymous users, as the hub answers, 404 with a
+  token), GatedRepo (files of a gated repo: 401 anonymous, 403 with a token; its info and listing stay public),
+  RevisionNotFound and EntryNotFound (404; also the tree of a file or a missing folder).
 Faults for tests: ``slow_s`` delays every answer, ``drop`` cuts the body of matching files half-way.
 """
 
@@ -28,7 +31,7 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -57,23 +60,40 @@ class HubRepo:
         return digest.hexdigest()
 
 
-_DIGESTS: dict[tuple[str, float, int], str] = {}
+_DIGESTS: dict[tuple[str, str, float, int], str] = {}
 _DIGESTS_LOCK = threading.Lock()
+# What the hub's .gitattributes sends to LFS: binary formats, and anything from 10 MB on.
+LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".parquet", ".arrow", ".gz", ".zst", ".model")
+LFS_MIN_SIZE = 10 * 1024 * 1024
 
 
-def _file_sha256(path: Path) -> str:
+def _digest(path: Path, kind: str) -> str:
+    """sha256 of the file, or (``kind="git"``) its git blob id, computed once per file version."""
     stat = path.stat()
-    key = (str(path), stat.st_mtime, stat.st_size)
+    key = (kind, str(path), stat.st_mtime, stat.st_size)
     with _DIGESTS_LOCK:
         if key in _DIGESTS:
             return _DIGESTS[key]
-    digest = hashlib.sha256()
+    digest = hashlib.sha256() if kind == "sha256" else hashlib.sha1(f"blob {stat.st_size}\0".encode())
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     with _DIGESTS_LOCK:
         _DIGESTS[key] = digest.hexdigest()
     return _DIGESTS[key]
+
+
+def _file_sha256(path: Path) -> str:
+    return _digest(path, "sha256")
+
+
+def _is_lfs(name: str, path: Path) -> bool:
+    return name.endswith(LFS_SUFFIXES) or path.stat().st_size >= LFS_MIN_SIZE
+
+
+def _etag(name: str, path: Path) -> str:
+    """The hub's ETag: the sha256 for an LFS file, the git blob id for a file kept in git."""
+    return _file_sha256(path) if _is_lfs(name, path) else _digest(path, "git")
 
 
 @dataclass
@@ -173,8 +193,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _entry(self, name: str, path: Path) -> dict[str, object]:
         size = path.stat().st_size
-        return {"type": "file", "oid": _file_sha256(path)[:40], "size": size, "path": name,
-                "lfs": {"oid": _file_sha256(path), "size": size, "pointerSize": 134}}
+        if not _is_lfs(name, path):
+            return {"type": "file", "oid": _digest(path, "git"), "size": size, "path": name}
+        pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{_file_sha256(path)}\nsize {size}\n"
+        return {"type": "file", "oid": hashlib.sha1(f"blob {len(pointer)}\0{pointer}".encode()).hexdigest(),
+                "size": size, "path": name, "lfs": {"oid": _file_sha256(path), "size": size,
+                                                    "pointerSize": len(pointer)}}
 
     def _api(self, kind: str, repo_id: str, rest: list[str], query: dict[str, list[str]]) -> None:
         revision = rest[1] if len(rest) >= 2 and rest[0] == "revision" else None
@@ -197,7 +221,20 @@ class _Handler(BaseHTTPRequestHandler):
         if rest[0] == "tree":
             prefix = "/".join(rest[2:]).strip("/")
             recursive = (query.get("recursive") or ["false"])[0].lower() == "true"
-            self._json(self._tree(files, prefix, recursive))
+            if prefix and not any(name.startswith(prefix + "/") for name in files):
+                # a file or nothing: the hub lists folders only (HfFileSystem then looks the file up in the parent)
+                self._error(404, "EntryNotFound", f"{prefix} does not exist on \"{revision}\"")
+                return
+            entries = self._tree(files, prefix, recursive)
+            # Pages as the hub's: a ``Link: <...>; rel="next"`` header while entries remain (opaque cursor).
+            size = self.server.hub.tree_page_size
+            offset = int((query.get("cursor") or ["0"])[0])
+            headers = {"Content-Type": "application/json"}
+            if offset + size < len(entries):
+                nxt = {k: v[0] for k, v in query.items()} | {"cursor": str(offset + size)}
+                url = f"http://{self.headers.get('Host')}{urlsplit(self.path).path}?{urlencode(nxt)}"
+                headers["Link"] = f'<{url}>; rel="next"'
+            self._reply(200, json.dumps(entries[offset : offset + size]).encode(), headers)
             return
         if rest[0] == "paths-info":
             paths = self._posted_paths()
@@ -260,11 +297,13 @@ class _Handler(BaseHTTPRequestHandler):
             status = 206
         headers = {
             "X-Repo-Commit": repo.commit(),
-            "ETag": f'"{_file_sha256(path)}"',
+            "ETag": f'"{_etag(name, path)}"',
             "Accept-Ranges": "bytes",
             "Content-Type": "application/octet-stream",
             "Last-Modified": formatdate(path.stat().st_mtime, usegmt=True),
         }
+        if _is_lfs(name, path):  # what the hub sends beside its redirect of an LFS file to the CDN
+            headers |= {"X-Linked-Etag": f'"{_file_sha256(path)}"', "X-Linked-Size": str(size)}
         if status == 206:
             headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
         self.send_response(status)
@@ -309,6 +348,7 @@ class LocalHub:
     def __init__(self, repos: list[HubRepo], port: int = 0) -> None:
         self.repos = {(r.kind, r.repo_id): r for r in repos}
         self.faults = Faults()
+        self.tree_page_size = 1000  # entries per page of a tree listing
         self.requests: list[str] = []
         self._server = _Server(("127.0.0.1", port), _Handler)
         self._server.hub = self
