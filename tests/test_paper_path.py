@@ -40,22 +40,16 @@ def bench(hub: LocalHub | str, home: Path, out: Path, model: str, *args: str, ti
     config = home / "small.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(SMALL)
-    endpoint = hub if isinstance(hub, str) else hub.endpoint
-    env = hub_env_for(endpoint, home)
+    env = hub_env_for(hub, home)
     command = [sys.executable, "-m", "harness.cli", "bench", "-c", str(config), "--model", model, "--out", str(out),
                *args]
     return subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-def hub_env_for(endpoint: str, home: Path) -> dict[str, str]:
+def hub_env_for(hub: LocalHub | str, home: Path) -> dict[str, str]:
     """The hub's environment with this test's own Hugging Face and prunebench caches (so that fixture data
     never lands in the caches of a real run)."""
-    class _Endpoint:  # hub_env reads only .endpoint
-        pass
-
-    stand_in = _Endpoint()
-    stand_in.endpoint = endpoint  # type: ignore[attr-defined]
-    return hub_env(stand_in, home / "hf", PRUNEBENCH_CACHE=str(home / "prunebench"))  # type: ignore[arg-type]
+    return hub_env(hub, home / "hf", PRUNEBENCH_CACHE=str(home / "prunebench"))
 
 
 def results(out: Path) -> dict[str, dict]:

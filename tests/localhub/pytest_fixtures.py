@@ -25,13 +25,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULT = "LOCALHUB-RESULT "
 
 
-def hub_env(hub: LocalHub, hf_home: Path, **extra: str) -> dict[str, str]:
-    """The environment of a process that uses ``hub`` as its Hugging Face hub."""
+def hub_env(hub: LocalHub | str, hf_home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a process that uses ``hub`` (a LocalHub, or an endpoint URL) as its Hugging Face hub."""
     env = dict(os.environ)
     for key in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         env.pop(key, None)
     env.update(
-        HF_ENDPOINT=hub.endpoint, HF_HOME=str(hf_home), HF_HUB_OFFLINE="0", HF_HUB_DISABLE_TELEMETRY="1",
+        HF_ENDPOINT=hub if isinstance(hub, str) else hub.endpoint, HF_HOME=str(hf_home), HF_HUB_OFFLINE="0",
+        HF_HUB_DISABLE_TELEMETRY="1",
         HF_HUB_DISABLE_PROGRESS_BARS="1", HF_DATASETS_DISABLE_PROGRESS_BARS="1", TOKENIZERS_PARALLELISM="false",
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
     )
