@@ -90,8 +90,11 @@ def resolve_model(name: str | None) -> ModelRef:
     looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1
     if looks_like_path:
         raise ModelUnavailable(f"model directory '{name}' does not exist")
+    if not offline_mode() and hub_reachable():
+        return ModelRef(name, "hub", name)  # transformers resolves the current commit of main
+    # No hub: the commit the local cache holds (what a bench's driver fetched for its cells, or an earlier run).
     commit = cached_commit(name)
-    if not offline_mode() and commit is None and not hub_reachable():
+    if commit is None and not offline_mode():
         raise ModelUnavailable(
             f"model '{name}' is not a local directory, the Hugging Face hub ({hub_endpoint()}) does not answer "
             f"and the local Hugging Face cache ({cache_root()}) does not hold it; "
