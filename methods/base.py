@@ -43,6 +43,12 @@ class CalibrationNeeds:
 ProtocolName = Literal["full", "quick"]
 PROTOCOLS: tuple[ProtocolName, ...] = ("full", "quick")
 
+# How scores are computed (docs/reference-harness.md): ``exact`` is prunebench's own (float32 logits and
+# norms, float64 sums); ``reference`` computes as the 2SSP authors' harness does, in the model's dtype
+# (half precision on a GPU), so that its ties and roundings, and hence its decisions, are reproduced.
+Numerics = Literal["exact", "reference"]
+NUMERICS: tuple[Numerics, ...] = ("exact", "reference")
+
 
 class Progress(Protocol):
     """``with progress("what", total) as advance: ... advance(1)``: the harness draws bars, tests pass nothing."""
@@ -85,6 +91,7 @@ class PruneContext:
     seed: int = 0
     progress: Progress = no_progress
     timer: StageTimer = field(default_factory=StageTimer)
+    numerics: Numerics = "exact"
 
 
 class PruningMethod(ABC):
