@@ -19,6 +19,16 @@ The target sparsity ``s`` maps to a width in one of two ways (option ``mapping``
   model would not be smaller than the dense one is refused.
 - ``parameters``: the widest multiple-of-8 width whose achieved parameter sparsity reaches ``s``.
 
+Two variants (option ``variant``; docs/methods.md, docs/reference-harness.md):
+- ``reference`` (default), as the 2SSP authors' harness runs Microsoft's SliceGPT code: the tied head is
+  untied, then every embedding row's mean is subtracted (this changes the model's function); the
+  replaced norms use eps 1e-5 and compute in the model dtype (float16 upcast to float32); each kept basis
+  is turned by a random orthogonal k x k matrix (numpy's legacy RNG seeded with the run's seed); the
+  calibration states and the shortcut matrices are multiplied in the model dtype, and fused weights
+  are cast back before they are rotated.
+- ``paper``: the function-preserving fusion above; each replaced norm keeps its own eps and computes
+  in at least float32; the bases are the PCA eigenvectors; states and shortcuts in float64, one rounding.
+
 Ablation: ``directions="random"`` deletes the same number of Haar-random orthonormal directions
 (seeded) instead of the smallest principal ones.
 """
@@ -30,6 +40,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
@@ -46,15 +57,14 @@ from methods.base import (
     module_parameters,
     no_progress,
 )
-from methods.errors import MethodError
+from methods.errors import MethodError, UnsupportedArchitecture
 from methods.runner import LayerRunner
 from methods.slicegpt_layers import (
+    NormSpec,
     SlicedLayerMixin,
-    SliceRMSNorm,
     apply_structure,
     is_tied,
     make_sliced,
-    norm_eps,
     replace_child,
     set_embedding,
     set_linear,
@@ -62,9 +72,30 @@ from methods.slicegpt_layers import (
 )
 
 OP = "slicegpt"
+Variant = Literal["reference", "paper"]
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """What a variant changes; the PCA, the widths and the structure are the same in both."""
+
+    mean_subtract: bool  # subtract each embedding row's mean before fusing (the head, untied first, keeps it)
+    norm: NormSpec  # epsilon and compute dtype of the replaced norms
+    random_orientation: bool  # turn each kept basis by a random orthogonal k x k matrix (numpy's legacy RNG)
+    dtype_rounding: bool  # states and shortcuts multiplied in the model dtype; fused weights cast before rotating
+
+
+VARIANTS: dict[str, VariantSpec] = {
+    "reference": VariantSpec(True, NormSpec(1e-5, "input"), True, True),
+    "paper": VariantSpec(False, NormSpec(), False, False),
+}
 
 
 class SliceGPTOptions(MethodOptions):
+    variant: Variant = Field(
+        "reference", description="reference: the 2SSP authors' harness (embedding mean subtracted, eps 1e-5 in "
+        "the model dtype, random orientation); paper: function-preserving fusion, PCA orientation"
+    )
     mapping: Literal["slicing", "parameters"] = Field(
         "slicing", description="sparsity is the slicing fraction (reference) or the parameter sparsity to reach"
     )
@@ -80,7 +111,7 @@ def check_rotatable(adapter: ModelAdapter) -> None:
     """Refuse models whose structure the rotation cannot go through, with the reason in one line."""
     kind = adapter.config.model_type
     if not adapter.supports_rotation:
-        raise MethodError(
+        raise UnsupportedArchitecture(
             f"SliceGPT cannot rotate {kind}: its norms after the attention/FFN outputs do not commute with "
             "a rotation of the residual stream"
         )
@@ -276,6 +307,14 @@ def random_orthogonal(d: int, generator: torch.Generator) -> torch.Tensor:
     return q * torch.sign(torch.diagonal(r))
 
 
+def random_orientation(rng: np.random.RandomState, k: int) -> torch.Tensor:
+    """The reference's random final orientation of a k-wide kept basis: the Q factor of numpy's QR of a
+    uniform k x k draw (float64). numpy's QR, as the reference: torch's matches it on the CPU only to
+    rounding (1e-15), and another backend's QR need not choose the same column signs."""
+    q, _ = np.linalg.qr(rng.rand(k, k))
+    return torch.from_numpy(q)
+
+
 def principal_directions(h: torch.Tensor, width: int, damp: float) -> tuple[torch.Tensor, float]:
     """The ``width`` leading eigenvectors of the damped ``X^T X`` (columns, float64) and the energy they keep.
 
@@ -288,11 +327,14 @@ def principal_directions(h: torch.Tensor, width: int, damp: float) -> tuple[torc
     return q, float((q * (h @ q)).sum() / h.diagonal().sum())
 
 
-def _rotate_inputs(linears: list[nn.Linear], scale: torch.Tensor, q: torch.Tensor) -> None:
-    """``W <- (W diag(scale)) Q``: the fused norm scale, then the stream's basis (float64, one rounding)."""
+def _rotate_inputs(linears: list[nn.Linear], scale: torch.Tensor, q: torch.Tensor, round_fused: bool) -> None:
+    """``W <- (W diag(scale)) Q``: the fused norm scale, then the stream's basis, in float64. ``round_fused``
+    casts the fused weight to the model dtype before rotating (the reference fuses first, rotates later)."""
     for lin in linears:
-        w = (lin.weight.double() * scale.double()) @ q.to(lin.weight.device)
-        set_linear(lin, w.to(lin.weight.dtype), lin.bias)
+        fused = lin.weight.double() * scale.double()
+        if round_fused:
+            fused = fused.to(lin.weight.dtype).double()
+        set_linear(lin, (fused @ q.to(lin.weight.device)).to(lin.weight.dtype), lin.bias)
 
 
 def _rotate_output(lin: nn.Linear, q: torch.Tensor) -> None:
@@ -313,17 +355,30 @@ class _Slicer:
     """
 
     def __init__(self, adapter: ModelAdapter, widths: list[int], directions: str, damp: float, seed: int,
-                 timer: StageTimer):
-        self.adapter, self.widths, self.damp, self.timer = adapter, widths, damp, timer
+                 timer: StageTimer, spec: VariantSpec):
+        self.adapter, self.widths, self.damp, self.timer, self.spec = adapter, widths, damp, timer, spec
         self.pca = directions == "pca"
         self.generator = torch.Generator().manual_seed(seed)
+        # The reference seeds numpy's global legacy RNG once per run and draws only the orientations from it;
+        # a RandomState of the same seed is that stream, without touching the global one.
+        self.orientations = np.random.RandomState(seed) if spec.random_orientation else None
         self.d = adapter.hidden_size
         self.device = adapter.embedding().weight.device
         self.runner = LayerRunner(adapter)
         self.mass: dict[str, Any] = {"embedding": None, "attention": [], "mlp": []}
 
     def _basis(self, width: int, signals: Iterator[torch.Tensor]) -> tuple[torch.Tensor, float | None]:
-        """Kept directions at one stream point: PCA of the signals, or random ones (signals not even computed)."""
+        """Kept directions at one stream point (PCA of the signals, or random ones), in the variant's orientation.
+
+        The random orientation turns the basis within the kept subspace, so the energy share is unchanged.
+        """
+        q, mass = self._directions(width, signals)
+        if self.orientations is not None:
+            with self.timer.stage("scoring"):
+                q = q @ random_orientation(self.orientations, width).to(q.device)
+        return q, mass
+
+    def _directions(self, width: int, signals: Iterator[torch.Tensor]) -> tuple[torch.Tensor, float | None]:
         if not self.pca:
             with self.timer.stage("scoring"):
                 return random_orthogonal(self.d, self.generator)[:, :width].to(self.device), None
@@ -339,6 +394,19 @@ class _Slicer:
     def _forward(self, run: Callable[[], torch.Tensor]) -> torch.Tensor:
         with self.timer.stage("calibration_forward"):
             return run()
+
+    def _rotated(self, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """Calibration states in the new basis, kept directions only: a model-dtype product (reference) or a
+        float64 one with one rounding (paper)."""
+        if self.spec.dtype_rounding:
+            return x @ q.to(x.dtype)
+        return (x.double() @ q).to(x.dtype)
+
+    def _shortcut(self, left: torch.Tensor, right: torch.Tensor, like: torch.Tensor) -> nn.Parameter:
+        """The shortcut ``left @ right``: a product of model-dtype matrices (reference) or of float64 ones."""
+        if self.spec.dtype_rounding:
+            return _shortcut(left.to(like.dtype) @ right.to(like.dtype), like)
+        return _shortcut(left @ right, like)
 
     def _layer0_inputs(self, calibration: torch.Tensor, batch: int,
                        states: list[torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -360,8 +428,20 @@ class _Slicer:
             outs.append(self._forward(lambda x=x: self.runner.run(x, i, i + 1)))
             yield outs[-1]
 
+    def center_embedding(self) -> None:
+        """The reference's first step: untie the head (it keeps the original rows), then subtract each
+        embedding row's mean (float64, cast back). The calibration signals see the centred embedding."""
+        with self.timer.stage("surgery"):
+            if is_tied(self.adapter):
+                untie(self.adapter)
+            emb = self.adapter.embedding()
+            w = emb.weight.double()
+            set_embedding(emb, (w - w.mean(dim=-1, keepdim=True)).to(emb.weight.dtype))
+
     def embedding(self, calibration: torch.Tensor, batch: int) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Rotate the embedding by Q_0 (PCA of the first layer's inputs) and slice it."""
+        if self.spec.mean_subtract:
+            self.center_embedding()
         states: list[torch.Tensor] = []
         q, self.mass["embedding"] = self._basis(self.widths[0], self._layer0_inputs(calibration, batch, states))
         with self.timer.stage("surgery"):
@@ -369,46 +449,41 @@ class _Slicer:
                 untie(self.adapter)
             emb = self.adapter.embedding()
             set_embedding(emb, (emb.weight.double() @ q).to(emb.weight.dtype))
-            return [_rotated(s, q) for s in states], q
+            return [self._rotated(s, q) for s in states], q
 
     def layer(self, i: int, states: list[torch.Tensor], q_in: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Slice layer i whose input stream is in basis ``q_in``; return its rotated outputs and ``q_out``."""
-        adapter, d = self.adapter, self.d
+        adapter, d, spec = self.adapter, self.d, self.spec
         with self.timer.stage("surgery"):
             norm = adapter.attn_norms(i)[0]
             layer = make_sliced(adapter, i)
-            _rotate_inputs(adapter.attn_inputs(i), norm.weight, q_in)
-            setattr(layer, adapter.attn_norm_names[0], SliceRMSNorm(d, norm_eps(norm)))
+            _rotate_inputs(adapter.attn_inputs(i), norm.weight, q_in, spec.dtype_rounding)
+            setattr(layer, adapter.attn_norm_names[0], spec.norm.replacing(norm, d))
             like = adapter.ffn_down(i).weight
             layer.attn_shortcut_Q = _shortcut(q_in.T, like)  # for now the attention half writes the dense basis
         q_mid, mass = self._basis(self.widths[2 * i + 1], self._mids(i, states))
         self.mass["attention"].append(mass)
         with self.timer.stage("surgery"):
             _rotate_output(adapter.attn_output(i), q_mid)
-            layer.attn_shortcut_Q = _shortcut(q_in.T @ q_mid, like)
+            layer.attn_shortcut_Q = self._shortcut(q_in.T, q_mid, like)
             norm = adapter.ffn_norms(i)[0]
-            _rotate_inputs(adapter.ffn_inputs(i), norm.weight, q_mid)
-            setattr(layer, adapter.ffn_norm_names[0], SliceRMSNorm(d, norm_eps(norm)))
+            _rotate_inputs(adapter.ffn_inputs(i), norm.weight, q_mid, spec.dtype_rounding)
+            setattr(layer, adapter.ffn_norm_names[0], spec.norm.replacing(norm, d))
             layer.mlp_shortcut_Q = _shortcut(q_mid.T, like)  # for now the FFN half writes the dense basis
         outs: list[torch.Tensor] = []
         q_out, mass = self._basis(self.widths[2 * i + 2], self._outputs(i, states, outs))
         self.mass["mlp"].append(mass)
         with self.timer.stage("surgery"):
             _rotate_output(adapter.ffn_down(i), q_out)
-            layer.mlp_shortcut_Q = _shortcut(q_mid.T @ q_out, like)
-            return [_rotated(o, q_out) for o in outs], q_out
+            layer.mlp_shortcut_Q = self._shortcut(q_mid.T, q_out, like)
+            return [self._rotated(o, q_out) for o in outs], q_out
 
     def head(self, q: torch.Tensor) -> None:
         """Fuse the final norm's scale into the head and read the last stream basis; the norm becomes plain RMS."""
         with self.timer.stage("surgery"):
             final = self.adapter.final_norm()
-            _rotate_inputs([self.adapter.lm_head()], final.weight, q)
-            replace_child(self.adapter.model, final, SliceRMSNorm(self.d, norm_eps(final)))
-
-
-def _rotated(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Calibration states in the new basis, kept directions only (float64 product, one rounding)."""
-    return (x.double() @ q).to(x.dtype)
+            _rotate_inputs([self.adapter.lm_head()], final.weight, q, self.spec.dtype_rounding)
+            replace_child(self.adapter.model, final, self.spec.norm.replacing(final, self.d))
 
 
 @torch.no_grad()
@@ -422,11 +497,14 @@ def rotate_and_slice(
     seed: int = 0,
     timer: StageTimer | None = None,
     progress: Progress = no_progress,
+    variant: Variant = "reference",
 ) -> dict[str, Any] | None:
     """Rotate and slice the model in place to the stream ``widths`` (see ``apply_structure``); logs one op.
 
-    ``widths`` all equal to the hidden size rotates without deleting anything (the model's function is
-    unchanged up to rounding). Returns the share of each PCA signal's energy that the kept directions hold
+    With ``variant="paper"``, ``widths`` all equal to the hidden size rotates without deleting anything
+    (the model's function is unchanged up to rounding); ``reference`` also subtracts the embedding rows'
+    means and changes the norms' epsilon. ``seed`` draws the random directions and the reference's
+    random orientation. Returns the share of each PCA signal's energy that the kept directions hold
     (None for random directions).
     """
     check_rotatable(adapter)
@@ -436,23 +514,36 @@ def rotate_and_slice(
     if calibration.ndim != 2 or calibration.shape[0] == 0 or calibration.shape[1] < 1:
         raise MethodError("SliceGPT needs calibration token ids [samples, tokens], "
                           f"got shape {tuple(calibration.shape)}")
-    untied = is_tied(adapter)
-    slicer = _Slicer(adapter, widths, directions, damp, seed, timer or StageTimer())
+    untied, spec = is_tied(adapter), VARIANTS[variant]
+    if spec.random_orientation and not 0 <= seed < 2**32:
+        raise MethodError(f"SliceGPT variant=reference: the seed draws numpy's legacy RNG, which takes 0..2**32-1; "
+                          f"got {seed}")
+    slicer = _Slicer(adapter, widths, directions, damp, seed, timer or StageTimer(), spec)
     with progress("SliceGPT: rotate and slice layers", L) as advance:
         states, q = slicer.embedding(calibration, batch)
         for i in range(L):
             states, q = slicer.layer(i, states, q)
             advance(1)
     slicer.head(q)
-    adapter.ops.append({"op": OP, "widths": list(widths), "untied": untied})
+    # What replay needs besides the shapes: the replaced norms' epsilon (None: each norm's own) and compute.
+    adapter.ops.append({"op": OP, "widths": list(widths), "untied": untied, "variant": variant,
+                        "norm_eps": spec.norm.eps, "norm_compute": spec.norm.compute})
     if not slicer.pca:
         return None  # random directions: no signal was computed
     return {k: [round(x, 4) for x in v] if isinstance(v, list) else round(v, 4) for k, v in slicer.mass.items()}
 
 
 def replay(adapter: ModelAdapter, op: dict[str, Any]) -> None:
-    """Rebuild the sliced structure on a weightless skeleton (checkpoint reload); the weights come after."""
-    apply_structure(adapter, [int(w) for w in op["widths"]], bool(op["untied"]))
+    """Rebuild the sliced structure on a weightless skeleton (checkpoint reload); the weights come after.
+
+    An op logged before the variants existed has no norm keys: its norms are the paper's (own eps, float32).
+    """
+    compute = op.get("norm_compute", "float32")
+    if compute not in ("float32", "input"):
+        raise MethodError(f"slicegpt op: unknown norm_compute {compute!r}")
+    eps = op.get("norm_eps")
+    norm = NormSpec(None if eps is None else float(eps), compute)
+    apply_structure(adapter, [int(w) for w in op["widths"]], bool(op["untied"]), norm)
     adapter.ops.append(dict(op))
 
 
@@ -486,9 +577,13 @@ class SliceGPT(PruningMethod):
         plan = self.plan(adapter, ctx.sparsity, options)
         before = adapter.block_parameters()
         widths = stream_widths(adapter.num_layers, plan["width"], plan["head_width"])
-        mass = rotate_and_slice(adapter, ctx.calibration, widths, options.directions, options.damp, options.batch,
-                                ctx.seed, ctx.timer, ctx.progress)
+        mass = rotate_and_slice(adapter, ctx.calibration, widths, directions=options.directions, damp=options.damp,
+                                batch=options.batch, seed=ctx.seed, timer=ctx.timer, progress=ctx.progress,
+                                variant=options.variant)
         return {
+            "variant": options.variant,
+            # The seed of the reference's random final orientation (numpy's legacy RNG); paper has none.
+            "random_orientation_seed": ctx.seed if VARIANTS[options.variant].random_orientation else None,
             "mapping": options.mapping,
             "slicing_fraction": plan["slicing_fraction"],
             "width": plan["width"],

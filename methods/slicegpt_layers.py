@@ -6,6 +6,7 @@ A sliced model carries its residual stream in a rotated, narrower basis. Three p
   left is ``x / rms(x)``, which commutes with an orthogonal rotation. The mean of squares divides by
   the ORIGINAL hidden size: after slicing, the dropped coordinates held little energy, so the sum over
   the kept ones divided by ``d`` is the dense model's RMS (dividing by the sliced width would inflate it).
+  :class:`NormSpec` says which epsilon and compute dtype the replaced norms get (the variants differ).
 - :class:`SlicedLayerMixin`: the forward of a pre-norm decoder layer whose two residual adds go through
   shortcut matrices ``Q_in^T Q_mid`` and ``Q_mid^T Q_out`` (each branch writes in its own basis).
 - :func:`apply_structure`: the final shapes from the list of stream widths alone, on a weightless
@@ -20,7 +21,8 @@ attention module and are untouched by the rotation.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -28,23 +30,46 @@ from torch import nn
 from methods.arch import ModelAdapter
 from methods.errors import MethodError
 
+NormCompute = Literal["float32", "input"]
+
 
 class SliceRMSNorm(nn.Module):
-    """``x / sqrt(sum(x**2) / mean_dim + eps)`` without a scale (fused away), ``mean_dim`` = the dense width."""
+    """``x / sqrt(sum(x**2) / mean_dim + eps)`` without a scale (fused away), ``mean_dim`` = the dense width.
 
-    def __init__(self, mean_dim: int, eps: float):
+    ``compute``: ``float32`` computes in at least float32, as the models' own RMSNorms do (float64 models
+    keep float64); ``input`` computes in the input's dtype, float16 upcast to float32 (bf16 stays bf16), as
+    the reference harness's ``RMSN`` does.
+    """
+
+    def __init__(self, mean_dim: int, eps: float, compute: NormCompute = "float32"):
         super().__init__()
         self.mean_dim = mean_dim
         self.eps = eps
+        self.compute = compute
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # At least float32, as the models' own RMSNorms compute; float64 models keep float64.
-        work = x.to(torch.promote_types(x.dtype, torch.float32))
+        work = x.to(self._work_dtype(x.dtype))
         variance = work.pow(2).sum(-1, keepdim=True) / self.mean_dim
         return (work * torch.rsqrt(variance + self.eps)).to(x.dtype)
 
+    def _work_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        if self.compute == "input":
+            return torch.float32 if dtype == torch.float16 else dtype
+        return torch.promote_types(dtype, torch.float32)
+
     def extra_repr(self) -> str:
-        return f"mean_dim={self.mean_dim}, eps={self.eps}"
+        return f"mean_dim={self.mean_dim}, eps={self.eps}, compute={self.compute}"
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    """How the replaced norms compute: ``eps`` None keeps each replaced norm's own epsilon."""
+
+    eps: float | None = None
+    compute: NormCompute = "float32"
+
+    def replacing(self, norm: nn.Module, mean_dim: int) -> SliceRMSNorm:
+        return SliceRMSNorm(mean_dim, norm_eps(norm) if self.eps is None else self.eps, self.compute)
 
 
 def _shortcut(residual: torch.Tensor, q: torch.Tensor | None) -> torch.Tensor:
@@ -156,25 +181,27 @@ def _meta_out(linear: nn.Linear, width: int) -> None:
     set_linear(linear, _meta((width, linear.in_features), linear.weight), bias)
 
 
-def apply_structure(adapter: ModelAdapter, widths: list[int], untied: bool) -> None:
+def apply_structure(adapter: ModelAdapter, widths: list[int], untied: bool, norm: NormSpec | None = None) -> None:
     """Shapes of the sliced model on a weightless skeleton (checkpoint replay); the weights come afterwards.
 
     ``widths`` are the residual-stream widths: entry 0 after the embedding, 2i+1 between layer i's
-    attention and FFN, 2i+2 after layer i (the last one is the LM head's input).
+    attention and FFN, 2i+2 after layer i (the last one is the LM head's input). ``norm``: how the
+    replaced norms compute (default: each norm's own epsilon, at least float32).
     """
     L, d = adapter.num_layers, adapter.hidden_size
     if len(widths) != 2 * L + 1 or not all(0 < w <= d for w in widths):
         raise MethodError(f"slicegpt op: {len(widths)} widths for {L} layers (need {2 * L + 1}, each in 1..{d})")
+    norm = norm or NormSpec()
     if untied:
         untie(adapter)
     emb = adapter.embedding()
     set_embedding(emb, _meta((emb.weight.shape[0], widths[0]), emb.weight))
     for i in range(L):
         a, m, o = widths[2 * i : 2 * i + 3]
-        eps = (norm_eps(adapter.attn_norms(i)[0]), norm_eps(adapter.ffn_norms(i)[0]))
+        norms = (norm.replacing(adapter.attn_norms(i)[0], d), norm.replacing(adapter.ffn_norms(i)[0], d))
         layer = make_sliced(adapter, i)
-        setattr(layer, adapter.attn_norm_names[0], SliceRMSNorm(d, eps[0]))
-        setattr(layer, adapter.ffn_norm_names[0], SliceRMSNorm(d, eps[1]))
+        setattr(layer, adapter.attn_norm_names[0], norms[0])
+        setattr(layer, adapter.ffn_norm_names[0], norms[1])
         for lin in adapter.attn_inputs(i):
             _meta_in(lin, a)
         _meta_out(adapter.attn_output(i), m)
@@ -186,4 +213,4 @@ def apply_structure(adapter: ModelAdapter, widths: list[int], untied: bool) -> N
         layer.mlp_shortcut_Q = nn.Parameter(_meta((m, o), like), requires_grad=like.requires_grad)
     _meta_in(adapter.lm_head(), widths[-1])
     final = adapter.final_norm()
-    replace_child(adapter.model, final, SliceRMSNorm(d, norm_eps(final)))
+    replace_child(adapter.model, final, norm.replacing(final, d))

@@ -1,18 +1,23 @@
-"""SliceGPT: exact rotation, exact slicing, parameter counts, refusals, KV cache, reload, and quality."""
+"""SliceGPT: exact rotation, exact slicing, parameter counts, refusals, KV cache, reload, quality, and the
+reference harness's variant (centred embedding, eps 1e-5 in the model dtype, random orientation)."""
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 
+import numpy as np
 import pytest
 import torch
 from conftest import meta_adapter, tiny_config, windows_perplexity
+from torch import nn
 
 from methods import get_method
 from methods.arch import adapt
 from methods.base import PruneContext
 from methods.errors import MethodError
-from methods.slicegpt import rotate_and_slice, slicing_width, stream_widths
+from methods.slicegpt import random_orientation, rotate_and_slice, slicing_width, stream_widths
+from methods.slicegpt_layers import SliceRMSNorm
 
 ROTATABLE = ("llama", "mistral", "qwen2", "phi3")
 
@@ -35,8 +40,8 @@ def calib(n: int = 4, t: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.randint(3, 128, (n, t), generator=torch.Generator().manual_seed(seed))
 
 
-def prune_tiny(arch="llama", sparsity=0.3, seed=0, tied=False, layers=3, **options):
-    adapter = adapt(tiny(arch, layers, tied))
+def prune_tiny(arch="llama", sparsity=0.3, seed=0, tied=False, layers=3, dtype=torch.float32, **options):
+    adapter = adapt(tiny(arch, layers, tied, dtype))
     method = get_method("slicegpt")
     decisions = method.prune(adapter, method.options(options), PruneContext(calib(), sparsity, seed))
     return adapter, decisions
@@ -46,13 +51,31 @@ def greedy(model, x, n=6, cache=True):
     return model.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=cache, pad_token_id=0)
 
 
+def centred_like_the_reference(model: nn.Module) -> nn.Module:
+    """The dense model as the reference variant changes its function, by hand: the embedding rows' means
+    subtracted (a tied head keeps the original rows) and every norm's epsilon set to 1e-5."""
+    emb = model.get_input_embeddings()
+    w = emb.weight.detach().double()
+    emb.weight = nn.Parameter((w - w.mean(-1, keepdim=True)).to(emb.weight.dtype))  # the head keeps its Parameter
+    model.config.tie_word_embeddings = False
+    for module in model.modules():
+        if hasattr(module, "variance_epsilon"):
+            module.variance_epsilon = 1e-5
+    return model
+
+
+def slice_norms(model: nn.Module) -> list[SliceRMSNorm]:
+    return [m for m in model.modules() if isinstance(m, SliceRMSNorm)]
+
+
 @pytest.mark.parametrize("arch", ROTATABLE)
 def test_rotation_alone_keeps_the_function(arch):
-    """Slicing fraction 0: fused norms + rotations (+ shortcuts) compute the dense model's logits, cache or not."""
+    """Slicing fraction 0, paper variant: fused norms + rotations (+ shortcuts) compute the dense model's
+    logits, cache or not."""
     dense = tiny(arch, dtype=torch.float64)
     rotated = adapt(tiny(arch, dtype=torch.float64))
     d = rotated.hidden_size
-    rotate_and_slice(rotated, calib(), stream_widths(rotated.num_layers, d, d))
+    rotate_and_slice(rotated, calib(), stream_widths(rotated.num_layers, d, d), variant="paper")
     x = calib(2, 20, seed=1)
     with torch.no_grad():
         # The dense RMSNorms compute in float32 even for float64 models: that rounding is the tolerance.
@@ -65,18 +88,23 @@ def recovered_basis(dense_weight: torch.Tensor, sliced_weight: torch.Tensor) -> 
     return torch.linalg.lstsq(dense_weight.double(), sliced_weight.double()).solution
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "phi3"])
-def test_slicing_is_the_dense_model_with_every_stream_point_projected(arch):
+@pytest.mark.parametrize(("arch", "variant"), [("qwen2", "paper"), ("phi3", "paper"), ("qwen2", "reference")])
+def test_slicing_is_the_dense_model_with_every_stream_point_projected(arch, variant):
     """The sliced model equals the dense one whose residual stream is projected onto the kept directions
     after the embedding, between attention and FFN, and after every layer; each basis spans the leading
     principal directions of the stream there, computed on the model sliced up to that point. \
 The bases are read back from the sliced weights: this checks the rotation
-    of every weight, the shortcuts and the narrow RMS norm independently of the code that made them."""
+    of every weight, the shortcuts and the narrow RMS norm independently of the code that made them.
+    For the reference variant the dense model is the centred one (embedding rows' means subtracted, eps
+    1e-5), and each basis is the PCA basis turned by the next draw of numpy's RandomState(seed): the
+    embedding's, then per layer the mid and the output one, the last at the full width."""
     dense = adapt(tiny(arch, dtype=torch.float64))
+    if variant == "reference":
+        centred_like_the_reference(dense.model)
     sliced = adapt(tiny(arch, dtype=torch.float64))
     L, d, w = dense.num_layers, dense.hidden_size, 40
     samples = calib()
-    rotate_and_slice(sliced, samples, stream_widths(L, w, d))
+    rotate_and_slice(sliced, samples, stream_widths(L, w, d), variant=variant)
 
     def fused(weights, norm):
         return torch.cat([m.weight for m in weights]) * norm.weight
@@ -99,6 +127,13 @@ The bases are read back from the sliced weights: this checks the rotation
     signals = [dense.embedding()(samples), *[x for pair in zip(raw["mid"], raw["out"], strict=True) for x in pair]]
     for q, x in zip([bases[0], *bases[2:]], signals, strict=True):
         torch.testing.assert_close(q @ q.T, top_subspace(x, q.shape[1]), rtol=0, atol=1e-6)  # the PCA's top directions
+    if variant == "reference":
+        rng = np.random.RandomState(0)
+        for q, x in zip([bases[0], *bases[2:]], signals, strict=True):
+            # q = V D R with V the PCA's top eigenvectors and D their signs (eigh's choice): V^T q = D R.
+            turn, drawn = top_vectors(x, q.shape[1]).T @ q, np.linalg.qr(rng.rand(q.shape[1], q.shape[1]))[0]
+            torch.testing.assert_close(turn * turn[:, :1].sign(), torch.from_numpy(drawn * np.sign(drawn[:, :1])),
+                                       rtol=0, atol=1e-5)
 
     x = calib(2, 20, seed=1)
     with torch.no_grad(), projected(dense, bases[0] @ bases[0].T, mids, outs):
@@ -107,12 +142,17 @@ The bases are read back from the sliced weights: this checks the rotation
         torch.testing.assert_close(sliced.model(x).logits, expected, rtol=0, atol=1e-5)
 
 
-def top_subspace(x: torch.Tensor, width: int) -> torch.Tensor:
-    """Projector onto the ``width`` leading eigenvectors of the damped X^T X (SliceGPT's PCA, written again)."""
+def top_vectors(x: torch.Tensor, width: int) -> torch.Tensor:
+    """The ``width`` leading eigenvectors of the damped X^T X (SliceGPT's PCA, written again)."""
     flat = x.reshape(-1, x.shape[-1]).double()
     h = flat.T @ flat
     values, vectors = torch.linalg.eigh(h + 0.01 * h.diagonal().mean() * torch.eye(h.shape[0], dtype=h.dtype))
-    top = vectors[:, values.argsort(descending=True)[:width]]
+    return vectors[:, values.argsort(descending=True)[:width]]
+
+
+def top_subspace(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Projector onto the ``width`` leading eigenvectors of the damped X^T X."""
+    top = top_vectors(x, width)
     return top @ top.T
 
 
@@ -234,20 +274,144 @@ def test_decisions_are_deterministic_for_a_seed():
     assert not torch.equal(a3.embedding().weight, a2.embedding().weight)  # the seed draws the random directions
 
 
-@pytest.mark.parametrize(("arch", "tied"), [("llama", True), ("qwen2", False), ("phi3", False)])
-def test_save_and_reload_give_identical_logits(arch, tied, tmp_path):
+def test_paper_variant_is_the_slicegpt_of_before_the_variants():
+    """``variant=paper`` is the code path that was the only one before the reference variant was added:
+    these logits were recorded with that code (float64, so that only eigh's and BLAS's last bits vary
+    across machines: 1e-13 relative between thread counts). The same code was also checked bit-identical
+    (weights and logits, float32/float64/bf16, random directions, SmolLM2) when the variants were added."""
+    adapter, decisions = prune_tiny(tied=True, dtype=torch.float64, variant="paper")
+    assert decisions["variant"] == "paper" and decisions["random_orientation_seed"] is None
+    with torch.no_grad():
+        logits = adapter.model(calib(2, 20, seed=1)).logits
+    assert logits.sum().item() == pytest.approx(27.313997970662907, rel=1e-9)
+    assert (logits**2).sum().item() == pytest.approx(1193.711711352429, rel=1e-9)
+    assert logits[0, -1, :3].tolist() == pytest.approx([-0.5302275451861084, 0.027424803228327962,
+                                                       -0.8176276311700088], rel=1e-9)
+    assert all(n.eps == 1e-6 and n.compute == "float32" for n in slice_norms(adapter.model))  # each norm's own eps
+
+
+def test_random_orientation_is_numpys_legacy_stream():
+    """The reference draws from numpy's global legacy RNG after ``np.random.seed(seed)``; a RandomState of
+    the same seed is the same stream, and the orientation is the Q factor of numpy's QR (not torch's)."""
+    state = np.random.get_state()
+    try:
+        np.random.seed(7)
+        expected = [np.linalg.qr(np.random.rand(k, k))[0] for k in (5, 5, 8)]
+    finally:
+        np.random.set_state(state)
+    rng = np.random.RandomState(7)
+    for k, e in zip((5, 5, 8), expected, strict=True):
+        r = random_orientation(rng, k)
+        assert r.dtype == torch.float64 and torch.equal(r, torch.from_numpy(e))
+        torch.testing.assert_close(r.T @ r, torch.eye(k, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_reference_embedding_is_the_rotated_centred_embedding():
+    """Reference variant, float32, tied: the head is untied first, then the embedding rows are centred;
+    the sliced embedding is the centred rows in the kept basis ``V_k R`` (V_k: the PCA of the centred rows
+    the calibration tokens select, R: the first orientation draw). The head keeps the uncentred rows.
+    The basis is read back from layer 0's attention inputs, independently of the embedding."""
+    dense = adapt(tiny("llama", tied=True))
+    adapter, decisions = prune_tiny(tied=True)  # the default variant
+    assert decisions["variant"] == "reference" and decisions["random_orientation_seed"] == 0
+    k = decisions["width"]
+
+    def fused(linears, norm):
+        return torch.cat([m.weight for m in linears]) * norm.weight
+
+    q = recovered_basis(fused(dense.attn_inputs(0), dense.attn_norms(0)[0]),
+                        torch.cat([m.weight for m in adapter.attn_inputs(0)]))
+    torch.testing.assert_close(q.T @ q, torch.eye(k, dtype=q.dtype), rtol=0, atol=1e-5)
+    e = dense.embedding().weight.double()
+    centred = (e - e.mean(-1, keepdim=True)).float()
+    sliced = adapter.embedding().weight.double()
+    torch.testing.assert_close(sliced, centred.double() @ q, rtol=0, atol=1e-5)
+    assert (sliced @ q.T).mean(-1).abs().max() < 1e-6  # the centred rows' zero mean survives the rotation
+
+    turn = top_vectors(centred[calib()], k).T @ q  # = D R, D the eigenvectors' signs
+    drawn = np.linalg.qr(np.random.RandomState(0).rand(k, k))[0]
+    torch.testing.assert_close(turn * turn[:, :1].sign(), torch.from_numpy(drawn * np.sign(drawn[:, :1])),
+                               rtol=0, atol=1e-4)
+
+    head = fused([dense.lm_head()], dense.final_norm())  # the uncentred rows, fused
+    q_head = recovered_basis(head, adapter.lm_head().weight)
+    torch.testing.assert_close(q_head.T @ q_head, torch.eye(q_head.shape[1], dtype=q_head.dtype), rtol=0, atol=1e-5)
+    norms = slice_norms(adapter.model)
+    assert len(norms) == 2 * adapter.num_layers + 1 and all(n.eps == 1e-5 and n.compute == "input" for n in norms)
+
+
+def test_the_reference_orientation_seed_turns_the_weights_not_the_function():
+    """Another seed gives other weights, but R only turns each basis within the kept subspace, which the
+    shortcuts and the next layer's inputs follow: in exact arithmetic the function is the same, so the
+    logits differ only by float32 rounding (and the PCA of slightly differently rounded signals)."""
+    a0, d0 = prune_tiny(seed=0)
+    again, _ = prune_tiny(seed=0)
+    a1, d1 = prune_tiny(seed=1)
+    assert (d0["random_orientation_seed"], d1["random_orientation_seed"]) == (0, 1)
+    s0, s1 = again.model.state_dict(), a0.model.state_dict()
+    assert all(torch.equal(s0[k], s1[k]) for k in s0)
+    assert (a0.embedding().weight - a1.embedding().weight).abs().max() > 1e-2
+    assert (a0.layers[1].mlp_shortcut_Q - a1.layers[1].mlp_shortcut_Q).abs().max() > 1e-2
+    x = calib(2, 20, seed=1)
+    with torch.no_grad():
+        torch.testing.assert_close(a1.model(x).logits, a0.model(x).logits, rtol=0, atol=2e-5)
+
+
+def test_reference_without_slicing_is_the_dense_model_with_centred_embedding_rows():
+    """Width d everywhere, reference variant: the function is the dense model's with the embedding rows'
+    means subtracted (the untied head keeps the original rows) and the norms' eps 1e-5; nothing else
+    (float64: the dense norms' float32 computation is the tolerance, as without slicing in the paper)."""
+    dense = tiny("llama", tied=True, dtype=torch.float64)
+    rotated = adapt(tiny("llama", tied=True, dtype=torch.float64))
+    d = rotated.hidden_size
+    rotate_and_slice(rotated, calib(), stream_widths(rotated.num_layers, d, d))
+    x = calib(2, 20, seed=1)
+    with torch.no_grad():
+        before = dense(x).logits
+        centred = centred_like_the_reference(dense)(x).logits
+        assert (centred - before).abs().max() > 1e-2  # the centring changes the function
+        torch.testing.assert_close(rotated.model(x).logits, centred, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("arch", "tied", "dtype", "variant"), [
+    ("llama", True, torch.float32, "reference"), ("qwen2", False, torch.float32, "reference"),
+    ("phi3", False, torch.float32, "reference"), ("llama", True, torch.bfloat16, "reference"),
+    ("llama", True, torch.bfloat16, "paper"),
+])
+def test_save_and_reload_give_identical_logits(arch, tied, dtype, variant, tmp_path):
+    """The op carries the replaced norms' eps and compute dtype: in bf16 the reference's norms compute in
+    bf16 and the paper's in float32, and a reload that mixed them up would not give identical logits."""
     from harness.checkpoint import load_pruned, read_manifest, save_pruned
 
-    adapter, _ = prune_tiny(arch, sparsity=0.3, tied=tied, slice_head=arch == "qwen2")
+    adapter, _ = prune_tiny(arch, sparsity=0.3, tied=tied, dtype=dtype, slice_head=arch == "qwen2", variant=variant)
     out = save_pruned(adapter, None, tmp_path / "ckpt")
     ops = read_manifest(out)["ops"]
-    assert [op["op"] for op in ops] == ["slicegpt"] and ops[0]["untied"] is tied
+    assert [op["op"] for op in ops] == ["slicegpt"] and ops[0]["untied"] is tied and ops[0]["variant"] == variant
     reloaded = load_pruned(out)
     assert adapt(reloaded).total_parameters() == adapter.total_parameters()
+    norms = [(n.eps, n.compute) for n in slice_norms(reloaded)]
+    assert norms == [(n.eps, n.compute) for n in slice_norms(adapter.model)]
     x = calib(2, 16, seed=5)
     with torch.no_grad():
         assert torch.equal(reloaded(x).logits, adapter.model(x).logits)
         assert torch.equal(greedy(reloaded, x[:1]), greedy(adapter.model, x[:1]))
+
+
+def test_a_checkpoint_logged_before_the_variants_replays_as_before(tmp_path):
+    """An op without the norm keys (written before the variants) rebuilds the norms as they were: each
+    norm's own eps, at least float32. In bf16 either difference would change the logits."""
+    from harness.checkpoint import MANIFEST_NAME, load_pruned, save_pruned
+
+    adapter, _ = prune_tiny(tied=True, dtype=torch.bfloat16, variant="paper")
+    out = save_pruned(adapter, None, tmp_path / "ckpt")
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    manifest["ops"] = [{k: op[k] for k in ("op", "widths", "untied")} for op in manifest["ops"]]
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    reloaded = load_pruned(out)
+    assert all(n.eps == 1e-6 and n.compute == "float32" for n in slice_norms(reloaded))
+    x = calib(2, 16, seed=5)
+    with torch.no_grad():
+        assert torch.equal(reloaded(x).logits, adapter.model(x).logits)
 
 
 def test_gemma_is_refused_in_one_line():
@@ -281,6 +445,12 @@ def test_bad_options_are_one_line_errors():
             method.options(bad)
 
 
+def test_a_seed_numpy_cannot_take_is_refused_by_the_reference_variant():
+    with pytest.raises(MethodError, match=r"takes 0\.\.2\*\*32-1; got -1$"):
+        prune_tiny(seed=-1)
+    prune_tiny(seed=-1, variant="paper")  # no orientation to draw: torch's generator takes it
+
+
 def test_a_sliced_model_is_not_sliced_again():
     adapter, _ = prune_tiny()
     method = get_method("slicegpt")
@@ -291,8 +461,9 @@ def test_a_sliced_model_is_not_sliced_again():
 @pytest.mark.real_model
 def test_slicegpt_beats_random_directions_on_smollm2_and_reloads(smollm2, enwiki_tokens, tmp_path):
     """At slicing fraction 0.25 (width 432 of 576), deleting the smallest principal directions beats
-    deleting as many Haar-random orthonormal directions. Measured (4 x 256 calibration tokens, 4
-    evaluation windows of 256): dense 20.5, SliceGPT 498, random directions 8e6-3e7 (seeds 0-2)."""
+    deleting as many Haar-random orthonormal directions (default, reference variant). Measured (4 x 256
+    calibration tokens, 4 evaluation windows of 256): dense 20.5, SliceGPT 498.2 (paper variant 497.2),
+    random directions 2e6-7e7 (seeds 0-2)."""
     from harness.checkpoint import load_pruned, save_pruned
     from harness.data.tokens import calibration_samples, eval_windows
     from harness.models import load_model
@@ -305,6 +476,7 @@ def test_slicegpt_beats_random_directions_on_smollm2_and_reloads(smollm2, enwiki
     method = get_method("slicegpt")
     decisions = method.prune(adapter, method.options(), PruneContext(samples, 0.25))
     assert decisions["width"] == 432 and decisions["head_width"] == 576 and decisions["untied"] is True
+    assert decisions["variant"] == "reference"
     # 30 layers of 3,540,096 parameters; sliced: 6144 w + 2 w^2 each, the last layer writes the full width.
     assert decisions["achieved_parameter_sparsity"] == pytest.approx(0.14214, abs=1e-5)
     ppl = windows_perplexity(adapter, windows)
@@ -325,15 +497,16 @@ def test_slicegpt_beats_random_directions_on_smollm2_and_reloads(smollm2, enwiki
 
 @pytest.mark.real_model
 def test_a_small_slice_of_smollm2_stays_near_dense(smollm2, enwiki_tokens):
-    """Deleting the 8 smallest of 576 directions everywhere (slicing fraction 1.4 %) costs a third of the
-    perplexity on SmolLM2 (measured 20.5 -> 28.2): the deleted directions hold < 0.05 % of the signal's
-    energy, yet this small model is that sensitive. The rotation alone is exact (20.4582 both)."""
+    """Paper variant: deleting the 8 smallest of 576 directions everywhere (slicing fraction 1.4 %) costs a
+    third of the perplexity on SmolLM2 (measured 20.5 -> 28.2): the deleted directions hold < 0.05 % of
+    the signal's energy, yet this small model is that sensitive. The rotation alone is exact (20.4582 both)."""
     from harness.data.tokens import calibration_samples, eval_windows
 
     calib_tokens, eval_tokens = enwiki_tokens
     windows = eval_windows(eval_tokens, 256, max_windows=4)
     adapter = adapt(smollm2.model)
     dense_ppl = windows_perplexity(adapter, windows)
-    mass = rotate_and_slice(adapter, calibration_samples(calib_tokens, 4, 256), stream_widths(30, 568, 576))
+    mass = rotate_and_slice(adapter, calibration_samples(calib_tokens, 4, 256), stream_widths(30, 568, 576),
+                            variant="paper")
     assert min(mass["attention"] + mass["mlp"]) > 0.999
     assert dense_ppl < windows_perplexity(adapter, windows) < 1.5 * dense_ppl
