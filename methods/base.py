@@ -119,6 +119,11 @@ class PruningMethod(ABC):
                             f"protocol_options only those; got {sorted(cls.calibration)} and "
                             f"{sorted(cls.protocol_options)}")
 
+    def calibration_needs(self, protocol: str, model_type: str, construction: str = "joined") -> CalibrationNeeds:
+        """The calibration this method asks for under ``protocol`` for a model of ``model_type`` built by
+        ``construction`` (harness.pruning.CalibrationSpec); a method whose amount depends on either overrides it."""
+        return self.calibration[protocol]
+
     def options(self, values: dict[str, Any] | None = None, protocol: str | None = None) -> MethodOptions:
         """The options from ``values`` over the defaults of ``protocol`` (None: the class defaults alone)."""
         from pydantic import ValidationError

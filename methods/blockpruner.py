@@ -265,9 +265,8 @@ def _probe(adapter: ModelAdapter, options: Any, ctx: PruneContext) -> tuple[Perp
         raise MethodError(f"BlockPruner measures perplexity on {count} calibration sample(s); "
                           f"got {tuple(ctx.calibration.shape)}")
     with ctx.timer.stage("search"):  # the probe's first trace is part of the search, as in 2SSP stage 2
-        probe = PerplexityProbe(
-            adapter, samples, cached=options.cached_search, batch=options.search_batch, screen=options.screen_vocab
-        )
+        probe = PerplexityProbe(adapter, samples, cached=options.cached_search, batch=options.search_batch,
+                                screen=options.screen_vocab, numerics=ctx.numerics)
     return probe, samples
 
 
@@ -281,8 +280,9 @@ def _run(search: GreedySearch, ctx: PruneContext, total: int, unit: str) -> None
             run_search(search, lambda s, n: advance(n))
 
 
-def _decisions(search: GreedySearch, dense_blocks: int, samples: torch.Tensor) -> dict[str, Any]:
+def _decisions(search: GreedySearch, dense_blocks: int, samples: torch.Tensor, ctx: PruneContext) -> dict[str, Any]:
     return {
+        "numerics": ctx.numerics,
         "removed": [s.asdict() for s in search.steps],  # in order: kind, original layer, perplexity after, parameters
         "steps": len(search.steps),
         "block_parameters": dense_blocks,
@@ -320,7 +320,7 @@ class BlockPruner(_BlockPrunerBase):
         else:
             search = GreedySearch(adapter, probe, "free", target=plan["target_parameters"], timer=ctx.timer)
             _run(search, ctx, plan["target_parameters"], "parameters")
-        return {**plan, **_decisions(search, dense, samples)}
+        return {**plan, **_decisions(search, dense, samples, ctx)}
 
 
 class BlockPrunerBlock(_BlockPrunerBase):
@@ -340,7 +340,7 @@ class BlockPrunerBlock(_BlockPrunerBase):
         return {
             "blocks": n,
             "removed_layers": sorted(s.layer for s in search.steps),  # original numbering
-            **_decisions(search, dense, samples),
+            **_decisions(search, dense, samples, ctx),
         }
 
 

@@ -368,6 +368,13 @@ class Evolution:
         return result
 
 
+# The authors' EvoPress calibration, built per document (docs/reference-harness.md): 131,072 tokens, cut into
+# samples whose length depends on the model family.
+REFERENCE_CALIBRATION_TOKENS = 131072
+REFERENCE_SEQ_LEN: dict[str, int] = {"llama": 4096, "phi3": 4096, "qwen2": 2048}
+REFERENCE_DEFAULT_SEQ_LEN = 8192
+
+
 def _short(x: float) -> float:
     return float(f"{x:.4g}")
 
@@ -390,6 +397,15 @@ class EvoPress(PruningMethod):
             "generations": 6,
         }
     }
+
+    def calibration_needs(self, protocol: str, model_type: str, construction: str = "joined") -> CalibrationNeeds:
+        """Built per document under the ``full`` protocol, the authors' amount: 131,072 tokens in samples of a
+        length that depends on the family (their script: 4096 for Llama and Phi-3, 2048 for Qwen2, 8192 for
+        every other model, Mistral among them)."""
+        if protocol != "full" or construction != "per-document":
+            return super().calibration_needs(protocol, model_type, construction)
+        seq_len = REFERENCE_SEQ_LEN.get(model_type, REFERENCE_DEFAULT_SEQ_LEN)
+        return CalibrationNeeds(REFERENCE_CALIBRATION_TOKENS // seq_len, seq_len)
 
     def plan(self, adapter: ModelAdapter, sparsity: float, options: SearchOptions) -> dict[str, Any]:
         L = adapter.num_layers

@@ -1,7 +1,15 @@
-"""Next-token negative log-likelihood from final hidden states, in bounded memory.
+"""Next-token negative log-likelihood from final hidden states.
 
-Full logits of a 2048-token window over a large vocabulary are big (Qwen-2.5: 2048 x 152k floats);
-the head is applied a chunk of positions at a time and only the summed loss is kept.
+Two numerics (``methods.base.Numerics``, docs/reference-harness.md):
+
+- ``exact`` (:func:`summed_nll`): logits cast to float32, summed in float64. Full logits of a 2048-token
+  window over a large vocabulary are big (Qwen-2.5: 2048 x 152k floats), so the head is applied a chunk
+  of positions at a time and only the summed loss is kept.
+- ``reference`` (:func:`reference_window_loss`, :class:`ReferenceMean`): as the 2SSP authors' harness
+  computes perplexity: the logits of the whole window stay in the model's dtype, ``cross_entropy``
+  takes their mean in that dtype, windows are combined by the running mean ``a * loss + b * running``
+  in that dtype, and ``exp`` is taken in it too. In bf16 many candidates of a search then share one
+  perplexity, and the lowest layer index wins, as the authors' strict ``<`` does.
 """
 
 import torch
@@ -72,3 +80,46 @@ class VocabularyScreen:
             target = logits.gather(-1, self.targets[:, start:stop, None])[..., 0]
             total += (torch.logsumexp(logits, -1) - target).sum().double()
         return float(total)
+
+
+@torch.no_grad()
+def reference_window_loss(adapter: ModelAdapter, normed_hidden: torch.Tensor, input_ids: torch.Tensor,
+                          first: int = 0) -> torch.Tensor:
+    """The mean next-token cross entropy of one window, computed as the authors' harness does it.
+
+    One ``cross_entropy`` over the whole window's logits, left in the model's dtype (no upcast, no
+    chunking: either would change the rounding being reproduced). Returns a 0-dim tensor of that dtype.
+    ``first`` skips context-only positions (a prepended BOS), as in :func:`summed_nll`.
+    """
+    logits = adapter.logits(normed_hidden[:, first:-1])
+    targets = input_ids[:, first + 1 :].to(logits.device)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+class ReferenceMean:
+    """The running token-weighted mean of window losses, kept as the authors' loop keeps it.
+
+    ``running = a * loss + b * running`` with Python-float weights ``a = n / (seen + n)``, ``b = seen / (seen
+    + n)``, starting from the integer 0: the result stays in the losses' dtype, and so does ``exp``.
+    """
+
+    def __init__(self) -> None:
+        self.running: torch.Tensor | int = 0
+        self.tokens = 0
+
+    def add(self, loss: torch.Tensor, targets: int) -> None:
+        a = targets / (self.tokens + targets)
+        b = self.tokens / (self.tokens + targets)
+        self.running = a * loss + b * self.running
+        self.tokens += targets
+
+    def loss(self) -> float:
+        """The running mean loss, as a Python float of the dtype's value."""
+        if isinstance(self.running, int):
+            raise ValueError("no window was added")
+        return float(self.running.item())
+
+    def perplexity(self) -> float:
+        if isinstance(self.running, int):
+            raise ValueError("no window was added")
+        return float(self.running.exp().item())

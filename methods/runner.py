@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from methods.arch import ModelAdapter
-from methods.nll import summed_nll
 
 
 class LayerRunner:
@@ -66,8 +65,3 @@ class LayerRunner:
             out = self.adapter.layers[i](hidden, **kwargs[i])
             hidden = out[0] if isinstance(out, tuple) else out
         return hidden
-
-    @torch.no_grad()
-    def nll(self, last_hidden: torch.Tensor, input_ids: torch.Tensor) -> tuple[float, int]:
-        """Summed next-token NLL from the last layer's output (applies the final norm and the head)."""
-        return summed_nll(self.adapter, self.adapter.final_norm()(last_hidden), input_ids)

@@ -28,7 +28,8 @@ import torch
 from pydantic import Field
 
 from methods.arch import ModelAdapter
-from methods.nll import VocabularyScreen, summed_nll
+from methods.base import Numerics
+from methods.nll import ReferenceMean, VocabularyScreen, reference_window_loss, summed_nll
 from methods.runner import LayerRunner
 
 
@@ -57,40 +58,54 @@ class PerplexityProbe:
     MARGIN_PER_TOKEN = 1e-4
 
     def __init__(self, adapter: ModelAdapter, samples: torch.Tensor, cached: bool = True, batch: int = 8,
-                 screen: float = 0.0):
+                 screen: float = 0.0, numerics: Numerics = "exact"):
         self.adapter = adapter
         self.samples = [s[None] for s in samples]  # batch 1 per sample, as the reference does
         self.cached = cached
         self.batch = max(1, batch)
+        self.numerics = numerics
         # The screen needs the reference states (cached) and float32 logits: in half precision the full
-        # head's own rounding (~0.4 % of a logit) is larger than the gaps the bound has to resolve.
-        self.screen = screen if cached and adapter.lm_head().weight.dtype in (torch.float32, torch.float64) else 0.0
+        # head's own rounding (~0.4 % of a logit) is larger than the gaps the bound has to resolve. It bounds
+        # the exact NLL only: the reference numerics rank by another (rounded) number.
+        float_head = adapter.lm_head().weight.dtype in (torch.float32, torch.float64)
+        self.screen = screen if cached and float_head and numerics == "exact" else 0.0
         self.exact_evaluations = 0  # full-head evaluations made by best() (for the logs and benchmarks)
         self.runner = LayerRunner(adapter)
         self.traces: list[list[torch.Tensor]] = [self.runner.trace(s) for s in self.samples] if cached else []
 
     @torch.no_grad()
     def perplexities(self, candidates: list[Candidate]) -> list[float]:
-        """Perplexity of the model with each candidate's sub-blocks removed (one at a time)."""
+        """Perplexity of the model with each candidate's sub-blocks removed (one at a time).
+
+        ``exact``: exp of the summed float32 NLL over all samples' tokens. ``reference``: each sample is
+        one window of the authors' loop (methods.nll.ReferenceMean), in the model's dtype.
+        """
+        if self.numerics == "reference":
+            means = [ReferenceMean() for _ in candidates]
+            for i, ids in enumerate(self.samples):
+                for k, normed in self._normed_states(i, candidates):
+                    means[k].add(reference_window_loss(self.adapter, normed, ids), ids.shape[1] - 1)
+            return [m.perplexity() for m in means]
         nll = [0.0] * len(candidates)
         count = [0] * len(candidates)
         for i, ids in enumerate(self.samples):
-            per_sample = self._cached(i, candidates) if self.cached else [self._uncached(ids, c) for c in candidates]
-            for k, (s, c) in enumerate(per_sample):
+            for k, normed in self._normed_states(i, candidates):
+                s, c = summed_nll(self.adapter, normed, ids)
                 nll[k] += s
                 count[k] += c
         return [math.exp(s / c) for s, c in zip(nll, count, strict=True)]
 
-    def _uncached(self, ids: torch.Tensor, candidate: Candidate) -> tuple[float, int]:
-        with self.adapter.without(**candidate.removal()):
-            hidden = self.adapter.model.model(input_ids=ids.to(self._device()), use_cache=False).last_hidden_state
-            return summed_nll(self.adapter, hidden, ids)
-
-    def _cached(self, sample: int, candidates: list[Candidate]) -> list[tuple[float, int]]:
-        results: list[tuple[float, int]] = [(0.0, 0)] * len(candidates)
-        for k, last in self._last_states(sample, candidates):
-            results[k] = self.runner.nll(last, self.samples[sample])
-        return results
+    def _normed_states(self, sample: int, candidates: list[Candidate]) -> Iterator[tuple[int, torch.Tensor]]:
+        """(candidate index, output of the final norm) on one sample, for each candidate."""
+        if self.cached:
+            norm = self.adapter.final_norm()
+            for k, last in self._last_states(sample, candidates):
+                yield k, norm(last)
+            return
+        ids = self.samples[sample].to(self._device())
+        for k, candidate in enumerate(candidates):
+            with self.adapter.without(**candidate.removal()):
+                yield k, self.adapter.model.model(input_ids=ids, use_cache=False).last_hidden_state
 
     def _last_states(self, sample: int, candidates: list[Candidate]) -> Iterator[tuple[int, torch.Tensor]]:
         """(candidate index, last layer's output) for each candidate, a batch of candidates at a time."""

@@ -11,6 +11,11 @@ Two variants (docs/methods.md):
   is a candidate (the paper scores layer 0 like any other; in practice its BI is among the highest).
 ``tokens`` and ``protect_first`` override one dimension of the variant each, for ablations.
 
+``PruneContext.numerics``: ``exact`` computes each cosine in float32 and averages in float64;
+``reference`` as the authors' code, each sample's cosine in the hidden states' own dtype (bf16 in their
+runs), read as a Python float and averaged as ``sum(list) / len(list)``. Ties in BI (common with bf16
+cosines) go to the lower layer, as Python's stable ``sorted`` in their code.
+
 The output of the last layer is taken before the final norm: that is the block's output; the norm
 rescales channels and would tilt the cosine of the last layer only.
 """
@@ -24,7 +29,14 @@ from pydantic import Field
 
 from methods.arch import ModelAdapter
 from methods.base import CalibrationNeeds, MethodOptions, PruneContext, PruningMethod
-from methods.similarity import cosine, forward_each_sample, plan_layer_removal, remove_and_report
+from methods.similarity import (
+    authors_cosine,
+    authors_mean,
+    cosine,
+    forward_each_sample,
+    plan_layer_removal,
+    remove_and_report,
+)
 
 Variant = Literal["reference", "paper"]
 
@@ -53,7 +65,10 @@ def block_cosines(adapter: ModelAdapter, ctx: PruneContext, tokens: Literal["las
     """Per layer, cos(input, output) averaged over the chosen positions of every sample (float64, CPU).
 
     Samples have equal length, so the mean over all tokens equals the mean of per-sample means.
+    ``numerics=reference``: :func:`authors_block_cosines`.
     """
+    if ctx.numerics == "reference":
+        return authors_block_cosines(adapter, ctx, tokens)
     L = adapter.num_layers
     sums: list[torch.Tensor | None] = [None] * L  # on the model's device: no host sync per layer
 
@@ -67,6 +82,29 @@ def block_cosines(adapter: ModelAdapter, ctx: PruneContext, tokens: Literal["las
     if any(s is None for s in sums):
         raise RuntimeError("a layer was not reached by the calibration forward")
     return torch.stack([s.cpu() for s in sums]) / len(ctx.calibration)  # type: ignore[union-attr]
+
+
+@torch.no_grad()
+def authors_block_cosines(adapter: ModelAdapter, ctx: PruneContext, tokens: Literal["last", "all"]) -> torch.Tensor:
+    """:func:`block_cosines` as the authors compute it: per sample, the cosine of the last token's input and
+    output vectors in their own dtype, as a Python float; the mean over samples of those floats.
+
+    Their harness has only the last token; for ``tokens=all`` each token's cosine is computed the same way,
+    in the states' dtype, and a sample's value is their float64 mean.
+    """
+    per_layer: list[list[float]] = [[] for _ in range(adapter.num_layers)]
+
+    def visit(i: int, hidden_in: torch.Tensor, hidden_out: torch.Tensor) -> None:
+        if tokens == "last":
+            per_layer[i].append(authors_cosine(hidden_in[0, -1], hidden_out[0, -1]))
+        else:
+            cos = torch.nn.functional.cosine_similarity(hidden_in[0], hidden_out[0], dim=-1)
+            per_layer[i].append(cos.double().mean().item())
+
+    forward_each_sample(adapter, ctx, visit, "ShortGPT")
+    if any(len(values) != len(ctx.calibration) for values in per_layer):
+        raise RuntimeError("a layer was not reached by the calibration forward")
+    return torch.tensor([authors_mean(values) for values in per_layer], dtype=torch.float64)
 
 
 def lowest(scores: torch.Tensor, n: int, excluded: list[int]) -> list[int]:
@@ -97,6 +135,7 @@ class ShortGPT(PruningMethod):
             "n": plan["n"],
             "variant": options.variant,
             "tokens": tokens,
+            "numerics": ctx.numerics,
             "protected": plan["protected"],
             "block_influence": [float(b) for b in influence],
             "removal_order": order,  # by increasing BI

@@ -68,6 +68,26 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1)
 
 
+def authors_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The 2SSP authors' cosine of two 1-D hidden states (``numerics=reference``): computed in the states'
+    own dtype (bf16 in their runs, so the result is rounded to 8 significant bits) and read as a Python float.
+
+    The same call as theirs; its kernel's internal rounding may still differ between devices and torch versions.
+    """
+    if a.dim() != 1 or b.dim() != 1:
+        raise ValueError(f"authors_cosine compares two vectors, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    return torch.nn.functional.cosine_similarity(a, b, dim=0).item()
+
+
+def authors_mean(values: list[float]) -> float:
+    """The authors' mean over samples: ``sum(list) / len(list)`` of Python floats (float64).
+
+    Python's ``sum`` adds left to right up to 3.11 and compensates rounding from 3.12 on; bf16 cosines
+    (8 significant bits) of similar magnitudes sum exactly in float64 either way.
+    """
+    return sum(values) / len(values)
+
+
 def angular_distance(cos: torch.Tensor) -> torch.Tensor:
     """Gromov et al.'s normalised angular distance arccos(cos) / pi, in [0, 1]."""
     return torch.arccos(cos.clamp(-1.0, 1.0)) / math.pi

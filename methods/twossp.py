@@ -7,11 +7,15 @@
    authors' code does.
 2. Stage 1 (width): per calibration sample and layer, the L2 norm over tokens of each neuron's
    activation (the input of ``down_proj``), averaged over samples; keep the top-k per layer.
+   ``PruneContext.numerics``: ``exact`` computes the norms in float32; ``reference`` as the authors'
+   code, on the CPU in the activations' dtype (bf16 there), with their running sum.
 3. Stage 2 (depth): on the stage-1 model, N_attn times, remove the attention whose absence gives the
    lowest perplexity on the first calibration sample(s).
 
 Ablations of the paper: ``stages`` (width only / depth only), ``norm`` (L1), ``scoring="channels"``
-(the authors' "rows vs columns": keep FFN input and output *hidden channels* by norm instead of neurons).
+(the authors' "rows vs columns": keep FFN input and output *hidden channels* by norm instead of neurons),
+and ``ffn_budget="whole"`` (that ablation as the authors ran it: the FFNs take the whole budget and stage 2
+still removes N_attn attention modules, so it removes more than s).
 """
 
 from __future__ import annotations
@@ -48,6 +52,10 @@ class TwoSSPOptions(MethodOptions):
     stages: Literal["both", "width", "depth"] = Field("both", description="ablation: run one stage only")
     norm: Literal["l2", "l1"] = Field("l2", description="ablation: norm of the activations over tokens")
     scoring: Literal["neurons", "channels"] = Field("neurons", description="ablation 'rows vs columns'")
+    ffn_budget: Literal["balanced", "whole"] = Field(
+        "balanced", description="FFN share of the budget: balanced (the rest after N_attn), or whole (s of the "
+                                "blocks, then N_attn attention modules too: the authors' rows-vs-columns run)"
+    )
     cached_search: bool = Field(True, description="reuse layer inputs in stage 2 (same decisions, faster)")
     search_batch: int = Field(8, ge=1, description="stage-2 candidates run through the layers together")
     screen_vocab: float = screen_vocab_field()
@@ -63,6 +71,9 @@ class Shape:
     ffn: int  # one layer's FFN module
     width: int  # FFN neurons per layer
     hidden: int
+    attn_freed: int  # what one attention removal frees: the module and the norms that only feed it
+    per_neuron: int  # FFN parameters one neuron owns
+    per_channel: int  # FFN parameters one hidden channel owns (an input column and an output row)
 
     @classmethod
     def of(cls, adapter: ModelAdapter) -> Shape:
@@ -79,11 +90,52 @@ class Shape:
             ffn=module_parameters(adapter.ffn(0)),
             width=widths.pop(),
             hidden=adapter.hidden_size,
+            attn_freed=adapter.attention_parameters(0),
+            per_neuron=adapter.ffn_neuron_parameters(0),
+            per_channel=_channel_parameters(adapter),
         )
+
+    def achieved(self, n_attn: int, kept: int, scoring: str) -> float:
+        """The fraction of block parameters removed by n_attn attention removals and ``kept`` neurons or
+        channels per FFN, counted as the surgery frees them (exact: every layer has the same shape)."""
+        full, unit = (self.width, self.per_neuron) if scoring == "neurons" else (self.hidden, self.per_channel)
+        return (n_attn * self.attn_freed + self.layers * (full - kept) * unit) / self.blocks
+
+
+def _channel_parameters(adapter: ModelAdapter) -> int:
+    down = adapter.ffn_down(0)
+    return sum(m.out_features for m in adapter.ffn_inputs(0)) + down.in_features + (down.bias is not None)
 
 
 def balanced_attention_count(shape: Shape, sparsity: float, alpha: float) -> int:
     return round(shape.layers * sparsity ** ((shape.ffn / shape.attn) / alpha))
+
+
+def whole_budget_kept(shape: Shape, sparsity: float, full: int) -> int:
+    """Neurons (or channels, ``full`` = d) kept when the FFNs take the whole budget s * P_blocks.
+
+    The authors' formula (their stage-1-only and rows-vs-columns ablations): the cut share of each FFN is
+    ``s * P_blocks / (L * P_ffn)``, with no rounding to whole parameters on the way; rounding the target
+    and the per-layer cut first moves the count by one neuron at some sparsities (Llama-2-7B at 55 %).
+    """
+    return round(full * (1 - sparsity * shape.blocks / (shape.layers * shape.ffn)))
+
+
+def _check_attention_count(shape: Shape, s: float, n: int) -> None:
+    """The two feasibility bounds of the balance, or MethodError naming the one that fails."""
+    if n > shape.layers:
+        raise MethodError(f"the attention bound fails: {n} attention modules asked for, "
+                          f"the model has {shape.layers}")
+    if n * shape.attn > s * shape.blocks:
+        raise MethodError(
+            f"the attention bound fails: removing {n} attention modules already removes "
+            f"{n * shape.attn / shape.blocks:.2%} > {s:.2%}"
+        )
+    if n * shape.attn + shape.layers * shape.ffn < s * shape.blocks:
+        raise MethodError(
+            f"the FFN bound fails: {n} attention modules and every FFN remove only "
+            f"{(n * shape.attn + shape.layers * shape.ffn) / shape.blocks:.2%} < {s:.2%}"
+        )
 
 
 def _plan(shape: Shape, s: float, opts: TwoSSPOptions) -> dict[str, Any]:
@@ -91,34 +143,30 @@ def _plan(shape: Shape, s: float, opts: TwoSSPOptions) -> dict[str, Any]:
     check_sparsity(s)
     target = round(s * shape.blocks)
     if opts.stages == "depth":
+        if opts.ffn_budget == "whole":
+            raise MethodError("ffn_budget=whole gives the FFNs a budget, stages=depth cuts no FFN")
         n = opts.n_attn if opts.n_attn is not None else round(target / shape.attn)
         if n > shape.layers:
             raise MethodError(f"removing only attention reaches at most {shape.layers * shape.attn / shape.blocks:.1%}")
-        return {"n_attn": n, "kept_width": shape.width, "ffn_cut_per_layer": 0}
+        return {"n_attn": n, "kept_width": shape.width, "ffn_cut_per_layer": 0, "ffn_budget": opts.ffn_budget,
+                "achieved_sparsity": shape.achieved(n, shape.width, "neurons")}
+    full = shape.width if opts.scoring == "neurons" else shape.hidden
     if opts.stages == "width":
-        n, cut = 0, round(target / shape.layers)  # the authors' stage-1-only ablation: all of s from FFNs
+        # The authors' stage-1-only ablation: all of s from the FFNs, by their formula.
+        n, cut, kept = 0, s * shape.blocks / shape.layers, whole_budget_kept(shape, s, full)
     else:
         n = opts.n_attn if opts.n_attn is not None else balanced_attention_count(shape, s, opts.alpha)
-        if n > shape.layers:
-            raise MethodError(f"the attention bound fails: {n} attention modules asked for, "
-                              f"the model has {shape.layers}")
-        if n * shape.attn > s * shape.blocks:
-            raise MethodError(
-                f"the attention bound fails: removing {n} attention modules already removes "
-                f"{n * shape.attn / shape.blocks:.2%} > {s:.2%}"
-            )
-        if n * shape.attn + shape.layers * shape.ffn < s * shape.blocks:
-            raise MethodError(
-                f"the FFN bound fails: {n} attention modules and every FFN remove only "
-                f"{(n * shape.attn + shape.layers * shape.ffn) / shape.blocks:.2%} < {s:.2%}"
-            )
-        cut = round((target - n * shape.attn) / shape.layers)
-    full = shape.width if opts.scoring == "neurons" else shape.hidden
-    kept = round(full * (1 - cut / shape.ffn))
+        _check_attention_count(shape, s, n)
+        if opts.ffn_budget == "whole":
+            cut, kept = s * shape.blocks / shape.layers, whole_budget_kept(shape, s, full)
+        else:
+            cut = round((target - n * shape.attn) / shape.layers)
+            kept = round(full * (1 - cut / shape.ffn))
     if kept < 1:
-        raise MethodError(f"the FFN bound fails: {cut} of {shape.ffn} FFN parameters per layer "
+        raise MethodError(f"the FFN bound fails: {cut:.0f} of {shape.ffn} FFN parameters per layer "
                           f"leaves no {opts.scoring}")
-    return {"n_attn": n, "kept_width": kept, "ffn_cut_per_layer": cut}
+    return {"n_attn": n, "kept_width": kept, "ffn_cut_per_layer": cut, "ffn_budget": opts.ffn_budget,
+            "achieved_sparsity": shape.achieved(n, kept, opts.scoring)}
 
 
 def feasible_range(shape: Shape, opts: TwoSSPOptions, step: float = 0.001) -> tuple[float, float] | None:
@@ -172,13 +220,50 @@ def replay_channels(adapter: ModelAdapter, op: dict[str, Any]) -> None:
     keep_ffn_channels(adapter, op["layer"], torch.arange(op["inputs"]), torch.arange(op["outputs"]))
 
 
+class AuthorsMean:
+    """The authors' mean of per-sample norms over tokens, computed as their stage 1 does it.
+
+    Per sample (batch 1) the activations ``[tokens, width]`` are moved to the CPU and reduced there, in
+    their own dtype (bf16 in their runs), with ``Tensor.norm``; the running sum starts from the Python
+    int 0 (so the first sample's norms are taken as they are) and is divided by the sample count in
+    place, all in that dtype. In half precision the sums round and many scores tie.
+    """
+
+    def __init__(self, p: int):
+        self.p = p
+        self.total: torch.Tensor | int = 0
+
+    def add(self, activations: torch.Tensor) -> None:
+        self.total += activations.to("cpu").norm(dim=0, p=self.p)
+
+    def mean(self, samples: int) -> torch.Tensor:
+        if not isinstance(self.total, torch.Tensor):
+            raise RuntimeError("a layer was not reached by the calibration forward")
+        self.total /= samples
+        return self.total
+
+
+def _add_input(acc: AuthorsMean):
+    def hook(module: nn.Module, args: tuple) -> None:  # None: the input goes on unchanged
+        acc.add(args[0][0])  # batch 1: the sample's [tokens, width]
+
+    return hook
+
+
 @torch.no_grad()
 def neuron_scores(adapter: ModelAdapter, ctx: PruneContext, p: int) -> list[torch.Tensor]:
-    """Per layer, the mean over samples of each neuron's activation norm over tokens (float32).
+    """Per layer, the mean over samples of each neuron's activation norm over tokens.
 
+    ``exact``: float32 norms, float32 sums; ``reference``: :class:`AuthorsMean`, in the model's dtype.
     One forward pass of the decoder stack per sample; hooks reduce the activations on the fly.
     """
-    sums = [torch.zeros(adapter.ffn_width(i), dtype=torch.float32) for i in range(adapter.num_layers)]
+    L = adapter.num_layers
+    if ctx.numerics == "reference":
+        means = [AuthorsMean(p) for _ in range(L)]
+        _forward_with_hooks(adapter, ctx, [adapter.ffn_down(i).register_forward_pre_hook(_add_input(means[i]))
+                                           for i in range(L)])
+        return [m.mean(len(ctx.calibration)) for m in means]
+    sums = [torch.zeros(adapter.ffn_width(i), dtype=torch.float32) for i in range(L)]
 
     def hook(i: int):
         def accumulate(module, args):
@@ -187,16 +272,31 @@ def neuron_scores(adapter: ModelAdapter, ctx: PruneContext, p: int) -> list[torc
 
         return accumulate
 
-    _forward_with_hooks(adapter, ctx, [adapter.ffn_down(i).register_forward_pre_hook(hook(i))
-                                       for i in range(adapter.num_layers)])
+    _forward_with_hooks(adapter, ctx, [adapter.ffn_down(i).register_forward_pre_hook(hook(i)) for i in range(L)])
     return [s / len(ctx.calibration) for s in sums]
 
 
 @torch.no_grad()
 def channel_scores(adapter: ModelAdapter, ctx: PruneContext, p: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer, mean norms over tokens of each hidden channel of the FFN input and of its output."""
+    """Per layer, mean norms over tokens of each hidden channel of the FFN input and of its output.
+
+    Numerics as :func:`neuron_scores`; ``reference`` reduces the FFN's ``input[0][0]`` and ``output[0]``.
+    """
+    L, n = adapter.num_layers, len(ctx.calibration)
+    if ctx.numerics == "reference":
+        means = [(AuthorsMean(p), AuthorsMean(p)) for _ in range(L)]
+
+        def reference_hook(i: int):
+            def accumulate(module, args, output):
+                means[i][0].add(args[0][0])
+                means[i][1].add(output[0])
+
+            return accumulate
+
+        _forward_with_hooks(adapter, ctx, [adapter.ffn(i).register_forward_hook(reference_hook(i)) for i in range(L)])
+        return [(a.mean(n), b.mean(n)) for a, b in means]
     d = adapter.hidden_size
-    sums = [(torch.zeros(d), torch.zeros(d)) for _ in range(adapter.num_layers)]
+    sums = [(torch.zeros(d), torch.zeros(d)) for _ in range(L)]
 
     def hook(i: int):
         def accumulate(module, args, output):
@@ -205,9 +305,7 @@ def channel_scores(adapter: ModelAdapter, ctx: PruneContext, p: int) -> list[tup
 
         return accumulate
 
-    _forward_with_hooks(adapter, ctx, [adapter.ffn(i).register_forward_hook(hook(i))
-                                       for i in range(adapter.num_layers)])
-    n = len(ctx.calibration)
+    _forward_with_hooks(adapter, ctx, [adapter.ffn(i).register_forward_hook(hook(i)) for i in range(L)])
     return [(a / n, b / n) for a, b in sums]
 
 
@@ -224,7 +322,12 @@ def _forward_with_hooks(adapter: ModelAdapter, ctx: PruneContext, handles: list)
 
 
 def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the k largest scores, ascending (ties go to the lower index, deterministically)."""
+    """Indices of the k largest scores, ascending (ties go to the lower index, deterministically).
+
+    The authors call ``torch.topk`` on their GPU, whose order among equal values is unspecified: with
+    half-precision scores (``numerics=reference``), where many tie at the cut, this is the one choice of
+    stage 1 that cannot be reproduced bit for bit; the lower index is a deterministic stand-in.
+    """
     order = torch.sort(scores, descending=True, stable=True).indices
     return order[:k].sort().values
 
@@ -246,7 +349,7 @@ class TwoSSP(PruningMethod):
 
     def prune(self, adapter: ModelAdapter, options: TwoSSPOptions, ctx: PruneContext) -> dict[str, Any]:
         plan = self.plan(adapter, ctx.sparsity, options)
-        decisions: dict[str, Any] = {**plan, "stages": options.stages}
+        decisions: dict[str, Any] = {**plan, "stages": options.stages, "numerics": ctx.numerics}
         if options.stages != "depth":
             decisions.update(self._stage1(adapter, options, ctx, plan["kept_width"]))
         if options.stages != "width":
@@ -263,7 +366,7 @@ class TwoSSP(PruningMethod):
             with ctx.timer.stage("stage1.surgery"):
                 for i, idx in enumerate(keep):
                     adapter.keep_ffn_neurons(i, idx)
-            return {"kept_ffn_width": kept}
+            return {"kept_ffn_width": kept, "stage1_score_dtype": _dtype_name(scores[0])}
         with ctx.timer.stage("stage1.calibration_forward"):
             scores2 = channel_scores(adapter, ctx, p)
         with ctx.timer.stage("stage1.scoring"):
@@ -271,7 +374,7 @@ class TwoSSP(PruningMethod):
         with ctx.timer.stage("stage1.surgery"):
             for i, (a, b) in enumerate(keep2):
                 keep_ffn_channels(adapter, i, a, b)
-        return {"kept_ffn_channels": kept}
+        return {"kept_ffn_channels": kept, "stage1_score_dtype": _dtype_name(scores2[0][0])}
 
     def _stage2(self, adapter: ModelAdapter, options: TwoSSPOptions, ctx: PruneContext, n: int) -> dict[str, Any]:
         samples = ctx.calibration[: options.stage2_samples]
@@ -282,6 +385,11 @@ class TwoSSP(PruningMethod):
             screen=options.screen_vocab
         )
         return {"removed_attention": order, "stage2_perplexity": perplexities}
+
+
+def _dtype_name(score: torch.Tensor) -> str:
+    """The dtype stage 1 summed its norms in (recorded: with numerics=reference it is the model's)."""
+    return str(score.dtype).removeprefix("torch.")
 
 
 def greedy_attention_removal(
@@ -295,14 +403,16 @@ def greedy_attention_removal(
 ) -> tuple[list[int], list[float]]:
     """Remove n attention modules one at a time, each time the one whose absence hurts perplexity least.
 
-    Ties go to the lower layer index; a NaN perplexity (a diverged half-precision run) counts as the
-    worst. Returns the removal order and the perplexity after each removal.
+    Ties go to the lower layer index (the authors' strict ``<``: frequent with ``numerics=reference``, whose
+    half-precision perplexities round); a NaN perplexity (a diverged half-precision run) counts as the
+    worst. The perplexity is computed as ``ctx.numerics`` says. Returns the removal order and the
+    perplexity after each removal.
     """
     L = adapter.num_layers
     order: list[int] = []
     best_ppl: list[float] = []
     with ctx.timer.stage("stage2.search"):
-        probe = PerplexityProbe(adapter, samples, cached=cached, batch=batch, screen=screen)
+        probe = PerplexityProbe(adapter, samples, cached=cached, batch=batch, screen=screen, numerics=ctx.numerics)
     with ctx.progress("2SSP stage 2: attention search", n * L - n * (n - 1) // 2) as advance:
         for _ in range(n):
             with ctx.timer.stage("stage2.search"):

@@ -33,6 +33,27 @@ def test_eval_prints_perplexity_with_its_protocol(smollm2_ref):
     assert text.returncode == 0 and text.stdout.startswith("perplexity ") and "BOS none" in text.stdout
 
 
+@pytest.mark.real_model
+def test_eval_records_numerics_and_tokenizer(smollm2_ref):
+    """The reference's arithmetic and tokenizer: named in the protocol; on SmolLM2 the slow tokenizer gives the
+    fast one's tokens, and bf16 arithmetic rounds the perplexity."""
+    args = ("eval", "--dataset", "enwiki-sample", "--seq-len", "256", "--max-windows", "2", "--dtype", "bfloat16",
+            "--json")
+    exact = json.loads(cli(*args).stdout)
+    result = cli(*args, "--numerics", "reference", "--tokenizer", "slow")
+    assert result.returncode == 0, result.stderr
+    reference = json.loads(result.stdout)
+    p = reference["protocol"]
+    assert p["numerics"] == "reference" and p["tokenizer"].startswith("slow: prunebench's Python byte-level BPE")
+    assert exact["protocol"]["numerics"] == "exact" and exact["protocol"]["tokenizer"] == "fast"
+    assert p["corpus_tokens"] == exact["protocol"]["corpus_tokens"]
+    assert reference["perplexity"] != exact["perplexity"]
+    assert abs(reference["perplexity"] / exact["perplexity"] - 1) < 0.02
+    # bf16 keeps 8 bits of mantissa: the reference's perplexity is a multiple of 2**(e - 7) for its exponent e.
+    mantissa = torch.tensor(reference["perplexity"]).frexp().mantissa.item() * 2**8
+    assert mantissa == int(mantissa)
+
+
 def test_gemma_gets_bos_per_window_and_it_is_recorded(tmp_path, smollm2_ref):
     """A tiny Gemma-3 with the SmolLM2 tokenizer: BOS is prepended to every window, the same tokens are scored."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3TextConfig
@@ -64,6 +85,15 @@ def test_gemma_gets_bos_per_window_and_it_is_recorded(tmp_path, smollm2_ref):
     (["bench", "--methods", "dense", "--export", "hf,nosuch"], "unknown export format 'nosuch'; choose "),
     (["bench", "--methods", "dense", "--export", "hf", "--executor", "ray"],
      "the ray executor keeps only a cell's result"),
+    (["eval", "--numerics", "approximate"], "unknown numerics 'approximate'; choose exact or reference"),
+    (["eval", "--tokenizer", "medium"], "unknown tokenizer 'medium'; choose fast or slow"),
+    (["prune", "--method", "2ssp", "--sparsity", "0.3", "--numerics", "half"], "unknown numerics 'half'"),
+    (["prune", "--method", "2ssp", "--sparsity", "0.3", "--calib-draw", "sometimes"],
+     "unknown calibration draw 'sometimes'"),
+    (["prune", "--method", "evopress", "--sparsity", "0.3", "--calib-construction", "per-document",
+      "--calib-draw", "random-chunks"], "needs construction 'joined'"),
+    (["bench", "--methods", "2ssp", "--calib-construction", "by-page"], "calibration.construction"),
+    (["bench", "--methods", "2ssp", "--tokenizer", "medium"], "bench setting 'tokenizer'"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, message):
     result = cli(*args, env={"HF_HUB_OFFLINE": "1"}, timeout=300)

@@ -28,7 +28,7 @@ def test_bench_resolves_num_prune_on_the_model(smollm2_ref, tmp_path):
 @pytest.mark.parametrize(("preset", "rows", "sparsities", "seeds"), [
     ("calibration", [f"2ssp-calib{n}" for n in (2, 4, 8, 16, 32, 64, 128, 256)], [0.5], [0, 1, 2, 3, 4]),
     ("one-stage", ["2ssp", "2ssp-stage1-only"], [0.25, 0.375, 0.5], [0]),
-    ("rows-vs-cols", ["2ssp", "2ssp-columns"], [0.25, 0.375, 0.5], [0]),
+    ("rows-vs-cols", ["2ssp", "2ssp-columns", "2ssp-columns-whole"], [0.25, 0.375, 0.5], [0]),
     ("l1-norm", ["2ssp", "2ssp-l1"], [0.25, 0.375, 0.5], [0]),
 ])
 def test_ablation_presets_expand_into_their_rows(preset, rows, sparsities, seeds, tmp_path):
@@ -42,7 +42,9 @@ def test_ablation_presets_expand_into_their_rows(preset, rows, sparsities, seeds
     if preset == "one-stage":
         assert {c.method_options["stages"] for c in bench.cells} == {"both", "width"}
     if preset == "rows-vs-cols":
-        assert {c.method_options["scoring"] for c in bench.cells} == {"neurons", "channels"}
+        options = {c.variant: (c.method_options["scoring"], c.method_options["ffn_budget"]) for c in bench.cells}
+        assert options == {"2ssp": ("neurons", "balanced"), "2ssp-columns": ("channels", "balanced"),
+                           "2ssp-columns-whole": ("channels", "whole")}
 
 
 def test_main_table_and_balancing_presets(smollm2_ref, tmp_path):
@@ -55,6 +57,25 @@ def test_main_table_and_balancing_presets(smollm2_ref, tmp_path):
     assert {c.sparsity for c in balancing.cells} == {k / 30 for k in range(1, 30)}
     with pytest.raises(PrunebenchError, match="unknown preset 'nope'"):
         resolve(BenchConfig(preset="nope", out=tmp_path))
+
+
+@pytest.mark.parametrize(("profile", "steps", "counts"), [
+    ("paper", range(1, 32), range(30)), ("cpu-quick", (8, 12, 16), range(0, 30, 3)),
+])
+def test_balancing_32_sweeps_i_over_32_whatever_the_layer_count(smollm2_ref, tmp_path, profile, steps, counts):
+    """The authors' grid i/32 on SmolLM2's 30 layers (balancing would use k/30); infeasible pairs are left out
+    with a note, and every sparsity of the grid keeps some feasible N."""
+    from harness.bench.expand import validate
+
+    bench = resolve(BenchConfig(preset="balancing-32", profile=profile, out=tmp_path))
+    assert {c.sparsity for c in bench.cells} == {i / 32 for i in steps}
+    assert {c.method_options["n_attn"] for c in bench.cells} == set(counts)
+    assert len(bench.cells) == len(steps) * len(counts) and all(c.method == "2ssp" for c in bench.cells)
+    assert {c.variant for c in bench.cells} == {f"2ssp-nattn{n}" for n in counts}  # the heat map's rows
+    validate(bench)
+    assert {c.sparsity for c in bench.cells} == {i / 32 for i in steps}
+    assert len(bench.cells) + len(bench.notes) == len(steps) * len(counts)
+    assert all("infeasible" in note for note in bench.notes) and (profile == "cpu-quick" or bench.notes)
 
 
 @pytest.mark.real_model

@@ -158,3 +158,73 @@ def test_window_beats_random_layers_on_smollm2(smollm2, enwiki_tokens):
         rand.remove_layers((torch.randperm(29, generator=g)[:8] + 1).tolist())
         random_ppl.append(windows_perplexity(rand, windows))
     assert ppl < sum(random_ppl) / len(random_ppl), (ppl, random_ppl)
+
+
+@pytest.mark.parametrize(("options", "start"), [
+    ({}, 3), ({"ties": "first"}, 1), ({"variant": "paper"}, 1), ({"variant": "paper", "ties": "last"}, 3),
+    ({"variant": "paper", "distance": "cosine"}, 1), ({"distance": "angular"}, 3),
+])
+@pytest.mark.parametrize("numerics", ["exact", "reference"])
+def test_exact_ties_follow_the_variant_or_the_option(options, start, numerics):
+    """Layers 1-4 return their input: the windows of 2 layers starting at 1, 2 and 3 compare one vector with
+    itself and score exactly the same; the reference variant takes the last of them, the paper variant the first."""
+    from methods.base import PruneContext
+
+    adapter = adapt(tiny_model("llama", layers=6))
+    make_identity(adapter, [1, 2, 3, 4])
+    method = get_method("window")
+    opts = method.options(options)
+    decisions = method.prune(adapter, opts, PruneContext(calibration(), 0.3, numerics=numerics))
+    cos, angular = decisions["window_cosine"], decisions["window_angular_distance"]
+    assert cos[1] == cos[2] == cos[3] > max(cos[0], cos[4]) and angular[1] == angular[2] == angular[3]
+    assert decisions["ties"] == options.get("ties", "last" if opts.variant == "reference" else "first")
+    assert decisions["numerics"] == numerics
+    assert decisions["start"] == start and decisions["removed_layers"] == [start, start + 1]
+
+
+def test_reference_numerics_agree_with_exact_in_float32():
+    from methods.base import PruneContext
+
+    method = get_method("window")
+    exact, reference = (method.prune(adapt(tiny_model("llama", layers=6)), method.options(),
+                                     PruneContext(calibration(), 0.3, numerics=numerics))
+                        for numerics in ("exact", "reference"))
+    for key in ("window_cosine", "window_angular_distance"):
+        assert reference[key] == pytest.approx(exact[key], abs=1e-6)
+    assert reference["start"] == exact["start"]
+
+
+@pytest.mark.real_model
+def test_reference_numerics_on_smollm2_in_bf16(smollm2_ref, enwiki_tokens):
+    """bf16 on the CPU, 4 x 128 tokens, 37.5 % (12 layers): numerics=reference gives exactly the window scores of
+    the authors' arithmetic written out here (bf16 cosines of last-token vectors, Python means; the angular
+    distance of each of those cosines, averaged the same way), and their choice: scanning starts 1 .. L-n upwards,
+    a window is kept when its mean cosine is >= the best so far. Measured with 16 x 128 tokens: both numerics
+    pick the same start at 25, 37.5 and 50 % (11, 2, 2), in both variants."""
+    from test_shortgpt import authors_mean_cosine, record_last_tokens
+
+    from harness.data.tokens import calibration_samples
+    from harness.models import load_model
+    from methods.base import PruneContext
+
+    calib = calibration_samples(enwiki_tokens[0], 4, 128)
+    adapter = adapt(load_model(smollm2_ref, dtype="bfloat16", device="cpu").model)
+    samples, handles = record_last_tokens(adapter.model)
+    method = get_method("window")
+    decisions = method.prune(adapter, method.options(), PruneContext(calib, 0.375, numerics="reference"))
+    for h in handles:
+        h.remove()
+    n = decisions["n"]
+    assert n == 12 and all(s[0].dtype == torch.bfloat16 for s in samples)
+    cos = [authors_mean_cosine(samples, start, start + n) for start in range(30 - n + 1)]
+    angular = []
+    for start in range(30 - n + 1):
+        values = [math.acos(torch.nn.functional.cosine_similarity(s[start], s[start + n], dim=0).item()) / math.pi
+                  for s in samples]
+        angular.append(sum(values) / len(values))
+    assert decisions["window_cosine"] == cos and decisions["window_angular_distance"] == angular  # bit for bit
+    best_sim, best = 0.0, None
+    for start in range(1, 30 - n + 1):
+        if cos[start] >= best_sim:
+            best_sim, best = cos[start], start
+    assert decisions["start"] == best

@@ -137,18 +137,26 @@ def _logged(model: Any, manifest: dict[str, Any]):
     return adapter
 
 
+def prune_job(spec: CellSpec):
+    """The pruning run a cell's spec describes (a ``harness.pruning.PruneJob``)."""
+    from harness import pruning
+
+    cal = spec.calibration
+    return pruning.PruneJob(
+        method=spec.method, sparsity=spec.sparsity, model=spec.model, options=spec.method_options,
+        calibration=pruning.CalibrationSpec(cal.source, cal.samples, cal.seq_len, spec.seed, cal.construction,
+                                            cal.draw),
+        profile=spec.profile, dtype=spec.dtype, device=spec.device, trust_remote_code=spec.trust_remote_code,
+        numerics=spec.numerics, tokenizer=spec.tokenizer,
+    )
+
+
 def _prune(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, PruningReport, dict[str, Any]]:
     """Prune ``loaded`` in place: the outcome, the report to store and return, the peak memory."""
     from harness import pruning
     from harness.env import fingerprint
 
-    job = pruning.PruneJob(
-        method=spec.method, sparsity=spec.sparsity, model=spec.model, options=spec.method_options,
-        calibration=pruning.CalibrationSpec(spec.calibration.source, spec.calibration.samples,
-                                            spec.calibration.seq_len, spec.seed),
-        profile=spec.profile, dtype=spec.dtype, device=spec.device, trust_remote_code=spec.trust_remote_code,
-    )
-    prepared = pruning.prepare(job)
+    prepared = pruning.prepare(prune_job(spec))
     memory.reset()
     outcome = pruning.execute(prepared, loaded=loaded)
     peak = memory.read()
@@ -214,14 +222,16 @@ def run(spec: CellSpec, exports_dir: Path | None = None) -> CellResult:
     started, t0 = now(), time.perf_counter()
     memory = PeakMemory()
     ref = resolve_model(spec.model)
-    loaded = load_model(ref, dtype=spec.dtype, device=spec.device, trust_remote_code=spec.trust_remote_code)
+    loaded = load_model(ref, dtype=spec.dtype, device=spec.device, trust_remote_code=spec.trust_remote_code,
+                        tokenizer=spec.tokenizer)
     dense = adapt(loaded.model)
     before = (dense.total_parameters(), dense.block_parameters())
     enabled = {name: m for name, m in METRICS.items() if getattr(spec, name).enabled}
     is_dense = spec.method == "dense"
     # Where the model came from (a prune report's model record): what an export, the engine's or --export's, names.
     source = model_record(loaded)
-    dense_ctx = MeasureContext(loaded.model, dense, loaded.tokenizer, spec.seed, is_dense, source)
+    dense_ctx = MeasureContext(loaded.model, dense, loaded.tokenizer, spec.seed, is_dense, source, spec.numerics,
+                               loaded.corpus_tokenizer)
     measured_before = {name: m.before_pruning(getattr(spec, name), dense_ctx) for name, m in enabled.items()}
     del dense_ctx, dense  # from here on ``loaded`` alone holds the dense model (a cached pruned one replaces it)
     pruning_report, peak = None, {}
@@ -232,7 +242,8 @@ def run(spec: CellSpec, exports_dir: Path | None = None) -> CellResult:
         adapter, pruning_report, peak = prune_or_reuse(spec, loaded, memory)
     model = adapter.model.eval()
     after = (adapter.total_parameters(), adapter.block_parameters())
-    ctx = MeasureContext(model, adapter, loaded.tokenizer, spec.seed, is_dense, source)
+    ctx = MeasureContext(model, adapter, loaded.tokenizer, spec.seed, is_dense, source, spec.numerics,
+                         loaded.corpus_tokenizer)
     results = {name: m.measure(getattr(spec, name), ctx, measured_before[name]) for name, m in enabled.items()}
     wall, process_memory = time.perf_counter() - t0, memory.read()  # the cell's own work: exports are not in it
     exports = write_exports(spec, adapter, loaded.tokenizer, source, exports_dir) if spec.export else None

@@ -29,8 +29,11 @@ from pydantic import (
 )
 
 from harness import __version__
+from harness.data.tokens import Construction, Draw
 from harness.errors import PrunebenchError
 from harness.metrics.registry import METRICS
+from harness.models import TokenizerKind
+from methods.base import Numerics
 
 Profile = Literal["paper", "cpu-quick"]
 PROFILES: tuple[str, ...] = ("paper", "cpu-quick")
@@ -44,6 +47,15 @@ class CalibrationConfig(_Config):
     source: str = "auto"  # auto = the profile's source
     samples: int | None = Field(None, ge=1)  # None = the method's default for the profile
     seq_len: int | None = Field(None, ge=2)
+    # How samples are built and what a seed does to them (harness.pruning.CalibrationSpec, docs/protocol.md).
+    construction: Construction = "joined"
+    draw: Draw = "fixed"
+
+    @model_validator(mode="after")
+    def _draw_fits(self):
+        if self.draw == "random-chunks" and self.construction != "joined":
+            raise ValueError("draw 'random-chunks' cuts the joined text: it needs construction 'joined'")
+        return self
 
 
 CALIBRATION_SOURCE = {"paper": "c4", "cpu-quick": "enwiki-sample"}
@@ -99,6 +111,10 @@ class _BenchConfig(_Config):
     executor: Literal["local", "docker", "ray"] = "local"
     dtype: str = "auto"
     device: str = "auto"
+    # How scores are computed, in the searches and in perplexity (methods.base.Numerics), and which tokenizer
+    # tokenizes corpus text (harness.models.TokenizerKind): prunebench's own, or as the authors' harness.
+    numerics: Numerics = "exact"
+    tokenizer: TokenizerKind = "fast"
     trust_remote_code: bool = False
     timeout_s: float | None = Field(None, gt=0, description="per cell")
     cache_pruned: bool = True
@@ -206,6 +222,8 @@ class _CellSpec(_Config):
     calibration: CalibrationConfig
     dtype: str
     device: str
+    numerics: Numerics = "exact"
+    tokenizer: TokenizerKind = "fast"
     trust_remote_code: bool
     cache_pruned: bool
     prunebench_version: str = __version__
@@ -230,6 +248,7 @@ class _CellSpec(_Config):
             "model": model_identity, "method": self.method, "code": fingerprint,
             "sparsity": self.sparsity, "seed": self.seed, "options": self.method_options,
             "calibration": self.calibration.model_dump(mode="json"), "dtype": self.dtype, "device": self.device,
+            "numerics": self.numerics, "tokenizer": self.tokenizer,
         })
 
 

@@ -22,7 +22,8 @@ from harness.metrics.registry import METRICS
 from harness.models import num_layers
 from harness.pruning import method_protocol
 from methods import expand_method_name, get_method, method_names
-from methods.errors import MethodError
+from methods.base import PruningMethod
+from methods.errors import MethodError, UnsupportedArchitecture
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ class ResolvedBench:
     cells: list[CellSpec]
     sparsities: list[float]
     notes: list[str] = field(default_factory=list)
+    # Rows a group (all, every) brought in, not named by the user: left out where the model's architecture
+    # does not support them, so that `--methods all` runs the rest of the comparison on any model.
+    grouped: dict[str, str] = field(default_factory=dict)  # row name -> the group that brought it
 
 
 def resolve_profile(config: BenchConfig) -> str:
@@ -55,6 +59,17 @@ def expand_methods(names: list[str]) -> list[str]:
             if n not in out:
                 out.append(n)
     return sorted(out, key=lambda n: (n != "dense",))  # the reference row first
+
+
+def grouped_methods(names: list[str]) -> dict[str, str]:
+    """The methods that only a group among ``names`` brings in (a method also named on its own is not),
+    each with the first group that does."""
+    grouped: dict[str, str] = {}
+    for name in names:
+        for m in expand_method_name(name):
+            if m not in names:
+                grouped.setdefault(m, name)
+    return grouped
 
 
 def sparsities_for(num_prune: int, layers: int) -> list[float]:
@@ -91,13 +106,14 @@ def resolve(config: BenchConfig) -> ResolvedBench:
     if len(set(names)) != len(names):
         raise PrunebenchError(f"two bench rows share a name: {sorted({n for n in names if names.count(n) > 1})}")
     source = config.calibration.source if config.calibration.source != "auto" else defaults["calibration_source"]
+    model_type = _ModelType(config.model, config.trust_remote_code)
     metrics = {name: metric_config(name, profile, getattr(config, name)) for name in METRICS}
     cells: list[CellSpec] = []
     for v in variants:
         method = get_method(v.method)
         options = method.options({**config.method_options.get(v.method, {}), **v.options},
                                  method_protocol(profile)).model_dump(mode="json")
-        calibration = _calibration(method, profile, source, v.calibration or config.calibration)
+        calibration = _calibration(method, profile, source, v.calibration or config.calibration, model_type)
         if v.method == "dense":
             grid = [(0.0, 0)]
         else:
@@ -107,10 +123,10 @@ def resolve(config: BenchConfig) -> ResolvedBench:
                 id=cell_id(v.name, sparsity, seed), model=config.model, method=v.method, variant=v.name,
                 sparsity=sparsity, seed=seed, profile=profile, method_options=options, calibration=calibration,
                 **metrics,
-                dtype=config.dtype, device=config.device,
+                dtype=config.dtype, device=config.device, numerics=config.numerics, tokenizer=config.tokenizer,
                 trust_remote_code=config.trust_remote_code, cache_pruned=config.cache_pruned, export=config.export,
             ))
-    return ResolvedBench(config, profile, out, cells, sparsities)
+    return ResolvedBench(config, profile, out, cells, sparsities, grouped=grouped_methods(config.methods))
 
 
 def default_out(model: str, preset: str | None = None) -> Path:
@@ -137,12 +153,31 @@ def check_out(out: Path) -> None:
         )
 
 
-def _calibration(method, profile: str, source: str, asked: CalibrationConfig) -> CalibrationConfig:
-    needs = method.calibration[method_protocol(profile)]
+class _ModelType:
+    """The model's ``model_type``, read from its config the first time a method's calibration depends on it."""
+
+    def __init__(self, model: str, trust_remote_code: bool):
+        self.model, self.trust_remote_code, self.value = model, trust_remote_code, ""
+
+    def __call__(self) -> str:
+        if not self.value:
+            from harness.models import checked_config, resolve_model
+
+            self.value = checked_config(resolve_model(self.model), self.trust_remote_code).model_type
+        return self.value
+
+
+def _calibration(method, profile: str, source: str, asked: CalibrationConfig, model_type: _ModelType
+                 ) -> CalibrationConfig:
+    protocol = method_protocol(profile)
+    needs = method.calibration[protocol]
     if not (needs and needs.samples):  # a method without calibration (the dense model)
         return CalibrationConfig(source="none")
+    if type(method).calibration_needs is not PruningMethod.calibration_needs:  # its amount depends on the model
+        needs = method.calibration_needs(protocol, model_type(), asked.construction)
     return CalibrationConfig(source=asked.source if asked.source != "auto" else source,
-                             samples=asked.samples or needs.samples, seq_len=asked.seq_len or needs.seq_len)
+                             samples=asked.samples or needs.samples, seq_len=asked.seq_len or needs.seq_len,
+                             construction=asked.construction, draw=asked.draw)
 
 
 def hub_needs(bench: ResolvedBench) -> tuple[list[tuple[str, str]], list[str]]:
@@ -162,31 +197,42 @@ def validate(bench: ResolvedBench) -> None:
     """Every check that needs no weights: data sources, metrics, the model's config, each cell's plan.
 
     With ``--num-prune -1`` (every step), cells beyond a method's feasible range are dropped with a
-    note; otherwise an infeasible cell is an error.
+    note; otherwise an infeasible cell is an error. A method that does not support the model's architecture
+    is dropped with a note when a group brought it in (``all``), an error when it was named.
     """
     from harness.data.sources import validate_source
     from harness.models import checked_config, resolve_model
     from harness.pruning import skeleton_adapter
 
+    ref = resolve_model(bench.config.model)  # first: a model that is not installed is refused before the data
     first = bench.cells[0]
     calibration = sorted({c.calibration.source for c in bench.cells if c.calibration.source != "none"})
     for source in calibration:
         validate_source(source)
     for name, metric in METRICS.items():
         metric.validate(getattr(first, name))
-    ref = resolve_model(bench.config.model)
     config = checked_config(ref, bench.config.trust_remote_code)
     skeleton = skeleton_adapter(ref, config, bench.config.trust_remote_code)
-    keep = []
+    keep, unsupported = [], {}
     for cell in bench.cells:
         if cell.method != "dense":
             method = get_method(cell.method)
             try:
                 method.plan(skeleton, cell.sparsity, method.Options(**cell.method_options))
+            except UnsupportedArchitecture as err:
+                if cell.variant not in bench.grouped:
+                    raise PrunebenchError(f"method '{cell.variant}' cannot run on model '{ref.name}': {err}") from None
+                unsupported.setdefault(cell.variant, str(err))
+                continue
             except MethodError as err:
                 if bench.config.num_prune != -1 and not bench.config.preset:
                     raise PrunebenchError(f"cell {cell.id}: {err}") from None
                 bench.notes.append(f"left out {cell.id}: infeasible ({str(err).split(':')[0]})")
                 continue
         keep.append(cell)
+    for variant, reason in unsupported.items():
+        bench.notes.append(f"left out {variant} (from '{bench.grouped[variant]}'): {reason}")
+        log.warning("%s", bench.notes[-1])
+    if not keep:
+        raise PrunebenchError(f"no cell of this bench can run on model '{ref.name}': {'; '.join(bench.notes)}")
     bench.cells = keep

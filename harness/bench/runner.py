@@ -42,6 +42,7 @@ def describe(bench: ResolvedBench) -> list[str]:
     lines = [
         f"model {bench.config.model}, profile {bench.profile}{preset}, executor {bench.config.executor}, "
         f"out {bench.out}",
+        f"dtype {c.dtype}, device {c.device}, numerics {c.numerics}, tokenizer {c.tokenizer}",
         f"rows {', '.join(rows)}; sparsities {', '.join(f'{s:.4g}' for s in bench.sparsities)}"
         f"{f' (--num-prune {bench.config.num_prune})' if bench.config.num_prune is not None else ''}; "
         f"seeds {', '.join(sorted({str(cell.seed) for cell in bench.cells}))}; {len(bench.cells)} cells",
@@ -54,8 +55,8 @@ def describe(bench: ResolvedBench) -> list[str]:
         if cell.method != "dense" and cell.variant not in seen:
             seen.add(cell.variant)
             cal = cell.calibration
-            lines.append(f"{cell.variant}: calibration {cal.source} {cal.samples} x {cal.seq_len}; "
-                         f"options {json.dumps(cell.method_options)}")
+            lines.append(f"{cell.variant}: calibration {cal.source} {cal.samples} x {cal.seq_len} ({cal.construction}, "
+                         f"draw {cal.draw}); options {json.dumps(cell.method_options)}")
     return lines + bench.notes
 
 

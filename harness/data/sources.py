@@ -62,12 +62,17 @@ OFFLINE_SOURCES = ("enwiki-sample", "pydoc", "text:PATH", "jsonl:PATH")
 
 @dataclass(frozen=True)
 class Corpus:
-    """The text of one source in one role, and what reproduces it."""
+    """The text of one source in one role, and what reproduces it.
+
+    ``text`` is the ``documents`` joined with "\\n\\n"; the documents themselves are kept for the calibration
+    constructions that work per document (harness.data.tokens).
+    """
 
     source: str
     role: Role
     text: str
     protocol: dict[str, Any]
+    documents: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -224,7 +229,7 @@ def _corpus(spec: str, role: Role, docs: list[str], protocol: dict[str, Any]) ->
         "characters": len(text),
         "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
     }
-    return Corpus(source=spec, role=role, text=text, protocol=full)
+    return Corpus(source=spec, role=role, text=text, protocol=full, documents=tuple(docs))
 
 
 # --- files of the user ----------------------------------------------------------------------------

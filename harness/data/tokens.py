@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any
+import random
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 
 from harness.data.sources import Corpus
 from harness.errors import DataUnavailable, PrunebenchError
 
+# How calibration samples are built and what a seed does to them (harness.pruning.CalibrationSpec).
+Construction = Literal["joined", "per-document"]
+CONSTRUCTIONS: tuple[Construction, ...] = ("joined", "per-document")
+Draw = Literal["fixed", "shuffle", "random-chunks"]
+DRAWS: tuple[Draw, ...] = ("fixed", "shuffle", "random-chunks")
+
 
 def tokenize(tokenizer: Any, corpus: Corpus) -> torch.LongTensor:
-    """The whole joined text tokenized once, without special tokens (BOS is the caller's decision).
+    """The whole joined text tokenized once, without special tokens (BOS is the caller's decision)."""
+    return encode(tokenizer, corpus.text)
+
+
+def encode(tokenizer: Any, text: str) -> torch.LongTensor:
+    """Token ids of ``text`` without special tokens.
 
     ``verbose=False`` silences the "longer than the model max length" warning: the long sequence is
     cut into windows afterwards, never fed whole.
     """
     encoded = tokenizer(
-        corpus.text,
+        text,
         add_special_tokens=False,
         return_attention_mask=False,
         return_token_type_ids=False,
@@ -67,8 +80,8 @@ def calibration_samples(
     """n_samples consecutive seq_len chunks of the calibration text.
 
     seed 0 takes the first chunks in order, as the authors' code does; any other seed draws distinct
-    chunks without replacement with a torch.Generator seeded by it (the calibration-size ablation),
-    kept in drawn order. Too little text is an error, never silently fewer samples.
+    chunks without replacement with a torch.Generator seeded by it (the ``random-chunks`` draw), kept in
+    drawn order. Too little text is an error, never silently fewer samples.
     """
     _check_tokens(tokens)
     _check_positive("n_samples", n_samples, 1)
@@ -86,3 +99,52 @@ def calibration_samples(
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(available, generator=generator)[:n_samples]
     return chunks[order].clone()  # type: ignore[return-value]
+
+
+def shuffled_documents(documents: Sequence[str], seed: int) -> list[str]:
+    """The documents in the order the authors' calibration ablation draws for ``seed``.
+
+    Their ``get_calibration`` shuffles the document indices with Python's ``random`` seeded by the run's
+    seed (``random.seed(seed)``, then ``random.shuffle``), and only when the seed is not 0; the documents
+    are then joined and cut as usual. ``random.Random(seed)`` gives the same permutation.
+    """
+    order = list(range(len(documents)))
+    if seed != 0:
+        random.Random(seed).shuffle(order)
+    return [documents[i] for i in order]
+
+
+def per_document_samples(tokenizer: Any, documents: Sequence[str], n_samples: int, seq_len: int,
+                         join: str = "\n\n") -> tuple[torch.LongTensor, int]:
+    """The EvoPress calibration as the authors (and EvoPress's own code) build it.
+
+    Each document is tokenized on its own and appended to the sample being built; once the sample holds
+    at least ``seq_len`` tokens it is cut there (the rest of that document is dropped) and a new sample
+    starts; otherwise a separately tokenized ``join`` follows the document. Too few documents for
+    ``n_samples`` samples is an error (their loop would silently return fewer). Returns the samples and the
+    number of tokens of the documents (and separators) consumed, the corpus size of this construction.
+    """
+    _check_positive("n_samples", n_samples, 1)
+    _check_positive("seq_len", seq_len, 2)
+    separator = encode(tokenizer, join)
+    samples: list[torch.Tensor] = []
+    current: list[torch.Tensor] = []
+    held = consumed = 0
+    for document in documents:
+        piece = encode(tokenizer, document)
+        current.append(piece)
+        held += piece.numel()
+        consumed += piece.numel()
+        if held >= seq_len:
+            samples.append(torch.cat(current)[:seq_len])
+            current, held = [], 0
+            if len(samples) == n_samples:
+                return torch.stack(samples), consumed  # type: ignore[return-value]
+        else:
+            current.append(separator)
+            held += separator.numel()
+            consumed += separator.numel()
+    raise DataUnavailable(
+        f"the calibration documents give only {len(samples)} samples of {seq_len} tokens when built one document at "
+        f"a time (the rest of each document past a cut is dropped), {n_samples} were asked"
+    )

@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from methods.arch import ModelAdapter
+from methods.base import Numerics
 
 Scalar = str | int | float | bool | None
 
@@ -58,6 +59,13 @@ class MeasureContext:
     # Where the dense model came from (name, kind, dtype, device: the prune report's model record); an
     # export names the model by it and reads an embedded model's own files (its tokenizer) through it.
     source: dict[str, str] = field(default_factory=dict)
+    # How scores are computed (methods.base.Numerics) and what tokenizes corpus text (None: ``tokenizer``).
+    numerics: Numerics = "exact"
+    corpus_tokenizer: Any = None
+
+    def __post_init__(self) -> None:
+        if self.corpus_tokenizer is None:
+            self.corpus_tokenizer = self.tokenizer
 
 
 @dataclass(frozen=True)

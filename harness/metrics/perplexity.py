@@ -8,6 +8,12 @@ every window as context only, so the same tokens are scored with or without it.
 Each window's summed NLL is kept in the result: it gives the interval (a bootstrap over windows) and
 lets the leaderboard compare two models window by window (a paired test), since every method is
 scored on the same windows.
+
+``numerics`` (docs/reference-harness.md): ``exact`` (default) scores float32 logits and sums in float64;
+``reference`` computes as the 2SSP authors' harness, in the model's dtype: one cross entropy per window
+over logits left in that dtype, the running mean of window losses and its exp in that dtype too
+(methods.nll.ReferenceMean). The reported value is then that number; each window's NLL is its rounded
+mean loss times its tokens, which is what the interval and the paired tests use.
 """
 
 from __future__ import annotations
@@ -36,9 +42,11 @@ from harness.metrics.base import (
     mean_spread,
     over_seeds,
 )
+from harness.models import tokenizer_kind
 from harness.stats import paired_permutation_test, perplexity_interval
 from methods.arch import ModelAdapter
-from methods.nll import summed_nll
+from methods.base import Numerics
+from methods.nll import ReferenceMean, reference_window_loss, summed_nll
 
 BosPolicy = Literal["auto", "always", "never"]
 BOOTSTRAP_RESAMPLES = 2000
@@ -49,6 +57,13 @@ class PerplexityConfig(MetricConfig):
     seq_len: int = Field(2048, ge=2)
     max_windows: int | None = Field(None, ge=1)
     bos: BosPolicy = "auto"
+
+
+REDUCTION = {
+    "exact": "exp(sum of token NLL / targets); float32 logits, float64 sums",
+    "reference": "the authors' loop: per-window mean cross entropy of logits in the model dtype, running "
+                 "token-weighted mean and exp in that dtype",
+}
 
 
 class PerplexityProtocol(Strict):
@@ -68,6 +83,8 @@ class PerplexityProtocol(Strict):
     bos: str
     targets: int
     reduction: str = "exp(sum of token NLL / targets)"
+    numerics: Numerics = "exact"
+    tokenizer: str = "fast"
     interval: str
 
     def text_id(self) -> str:
@@ -102,30 +119,40 @@ def window_scores(
     windows: torch.Tensor,
     bos_id: int | None = None,
     on_window: Callable[[int, int], None] | None = None,
-) -> tuple[list[float], list[int]]:
-    """Summed next-token NLL of each window [n, seq_len] (batch 1 each) and the tokens scored in each.
+    numerics: Numerics = "exact",
+) -> tuple[list[float], list[int], float]:
+    """Summed next-token NLL of each window [n, seq_len] (batch 1 each), the tokens scored in each, and the
+    perplexity over all of them as ``numerics`` computes it.
 
     With ``bos_id``, BOS is prepended to each window as context and the same tokens are scored.
     """
     device = adapter.embedding().weight.device
     prefix = torch.tensor([[bos_id]]) if bos_id is not None else None
+    first = 0 if prefix is None else 1
     nll, targets = [], []
+    running = ReferenceMean()
     for n, window in enumerate(windows, 1):
         ids = window[None] if prefix is None else torch.cat([prefix, window[None]], dim=1)
         ids = ids.to(device)
         hidden = adapter.model.model(input_ids=ids, use_cache=False).last_hidden_state
-        s, t = summed_nll(adapter, hidden, ids, first=0 if prefix is None else 1)
+        if numerics == "reference":
+            loss, t = reference_window_loss(adapter, hidden, ids, first), ids.shape[1] - 1 - first
+            running.add(loss, t)
+            s = float(loss) * t
+        else:
+            s, t = summed_nll(adapter, hidden, ids, first=first)
         nll.append(float(s))
         targets.append(int(t))
         if on_window:
             on_window(n, len(windows))
-    return nll, targets
+    value = running.perplexity() if numerics == "reference" else math.exp(math.fsum(nll) / sum(targets))
+    return nll, targets, value
 
 
 def score_windows(adapter: ModelAdapter, windows: torch.Tensor, bos_id: int | None = None,
                   on_window: Callable[[int, int], None] | None = None) -> tuple[float, int]:
-    """Summed NLL over all windows and the number of scored tokens."""
-    nll, targets = window_scores(adapter, windows, bos_id, on_window)
+    """Summed NLL over all windows and the number of scored tokens (exact numerics)."""
+    nll, targets, _ = window_scores(adapter, windows, bos_id, on_window)
     return math.fsum(nll), sum(targets)
 
 
@@ -138,21 +165,23 @@ def perplexity(
     bos: BosPolicy = "auto",
     on_window: Callable[[int, int], None] | None = None,
     seed: int = 0,
+    numerics: Numerics = "exact",
 ) -> PerplexityScore:
     """Perplexity of ``adapter.model`` on ``corpus`` with its interval; ``on_window(done, total)`` reports progress."""
     with_bos = use_bos(adapter, tokenizer, bos)
     tokens = tokenize(tokenizer, corpus)
     windows = eval_windows(tokens, seq_len, max_windows)
     start = time.perf_counter()
-    nll, targets = window_scores(adapter, windows, tokenizer.bos_token_id if with_bos else None, on_window)
+    nll, targets, value = window_scores(adapter, windows, tokenizer.bos_token_id if with_bos else None, on_window,
+                                        numerics)
     seconds = time.perf_counter() - start
-    value = math.exp(math.fsum(nll) / sum(targets))
     interval = _interval(nll, targets, seed)
     protocol = PerplexityProtocol(
         source=corpus.source, role=corpus.role, data=as_scalars(corpus.protocol, set(PerplexityProtocol.model_fields)),
         corpus_tokens=int(tokens.numel()),
         seq_len=seq_len, stride=seq_len, windows=len(windows), max_windows=max_windows,
         bos="prepended to every window, context only" if with_bos else "none", targets=sum(targets),
+        reduction=REDUCTION[numerics], numerics=numerics, tokenizer=tokenizer_kind(tokenizer),
         interval=interval.method,
     )
     return PerplexityScore(value=value, interval=interval, seconds=seconds, window_nll=nll, window_targets=targets,
@@ -168,9 +197,10 @@ def _interval(nll: list[float], targets: list[int], seed: int) -> Interval:
 
 
 def windows_comparable(a: PerplexityScore, b: PerplexityScore) -> bool:
-    """Two scores were computed on the same windows of the same text, so they can be paired."""
+    """Two scores were computed on the same windows of the same text, in the same way, so they can be paired."""
     pa, pb = a.protocol, b.protocol
-    return (pa.text_id(), pa.seq_len, pa.bos, a.window_targets) == (pb.text_id(), pb.seq_len, pb.bos, b.window_targets)
+    return ((pa.text_id(), pa.seq_len, pa.bos, pa.numerics, pa.tokenizer, a.window_targets)
+            == (pb.text_id(), pb.seq_len, pb.bos, pb.numerics, pb.tokenizer, b.window_targets))
 
 
 def paired_p_value(a: list[PerplexityScore], b: list[PerplexityScore]) -> float | None:
@@ -225,8 +255,8 @@ class PerplexityMetric(Metric[PerplexityConfig, Scores]):
         scores: Scores = {}
         for dataset in config.datasets:
             log.info("perplexity on %s", dataset)
-            score = perplexity(ctx.adapter, ctx.tokenizer, load_corpus(dataset, "evaluation"), config.seq_len,
-                               config.max_windows, config.bos, seed=ctx.seed)
+            score = perplexity(ctx.adapter, ctx.corpus_tokenizer, load_corpus(dataset, "evaluation"), config.seq_len,
+                               config.max_windows, config.bos, seed=ctx.seed, numerics=ctx.numerics)
             log.info("perplexity on %s: %.4f [%.4f, %.4f]", dataset, score.value, score.interval.low,
                      score.interval.high)
             scores[dataset] = score
@@ -234,8 +264,9 @@ class PerplexityMetric(Metric[PerplexityConfig, Scores]):
 
     def protocol_lines(self, result: Scores) -> list[str]:
         return [f"- perplexity `{name}` ({p.protocol.role} part, {p.protocol.text_id()[:12]}): {p.protocol.windows} "
-                f"windows x {p.protocol.seq_len} tokens, {p.protocol.targets} scored tokens, BOS {p.protocol.bos}; "
-                f"interval: {p.interval.method}" for name, p in result.items()]
+                f"windows x {p.protocol.seq_len} tokens, {p.protocol.targets} scored tokens of "
+                f"{p.protocol.corpus_tokens} ({p.protocol.tokenizer} tokenizer), BOS {p.protocol.bos}, numerics "
+                f"{p.protocol.numerics}; interval: {p.interval.method}" for name, p in result.items()]
 
     def csv(self, result: Scores) -> dict[str, Scalar]:
         out: dict[str, Scalar] = {}
