@@ -23,7 +23,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness.bench.config import canonical_hash, unasked_extras
+from harness.bench.config import canonical_hash, hashed_config
 from harness.env import fingerprint
 from harness.metrics.base import Metric, Scalar
 from harness.metrics.registry import METRICS
@@ -38,7 +38,9 @@ PER_CELL_KEYS = {"id", "method", "variant", "sparsity", "seed", "method_options"
 
 
 def protocol_key(r: CellResult) -> str:
-    config = {k: v for k, v in r.config.items() if k not in PER_CELL_KEYS and k not in unasked_extras(r.config)}
+    config = {k: v for k, v in hashed_config(r.config).items() if k not in PER_CELL_KEYS}
+    if (config.get("calibration") or {}).get("draw") == "fixed":  # as at seed 0, so that seeds share a table
+        config["calibration"] = {k: v for k, v in config["calibration"].items() if k != "draw"}
     data = {name: (p.protocol.text_id(), p.protocol.targets) for name, p in (r.perplexity or {}).items()}
     return canonical_hash({"config": config, "data": data, "hardware": fingerprint(r.environment)}, 10)
 

@@ -194,3 +194,20 @@ def test_auto_dtype_is_the_papers_per_family_on_cuda():
     assert {resolve_dtype("auto", cuda, t) for t in ("llama", "qwen2", "phi3", "gemma3_text")} == {torch.bfloat16}
     assert resolve_dtype("auto", cpu, "mistral") == torch.float32
     assert resolve_dtype("bfloat16", cuda, "mistral") == torch.bfloat16  # asked for: kept
+
+
+def test_settings_added_later_keep_older_hashes_only_where_they_compute_the_same():
+    """numerics exact, tokenizer fast, joined construction and (at seed 0) the fixed draw compute what the code
+    before them did: they leave a cell's hash as it was; any other value, or a fixed draw at another seed
+    (the old rule drew random chunks there), gives another hash, so a bench never resumes what differs."""
+    from harness.bench.config import hashed_config
+
+    old = {"id": "x", "seed": 0, "calibration": {"source": "enwiki-sample", "samples": 8, "seq_len": 128}}
+    new = {**old, "numerics": "exact", "tokenizer": "fast",
+           "calibration": {**old["calibration"], "construction": "joined", "draw": "fixed"}}
+    assert hashed_config(new) == hashed_config(old)
+    for change in ({"numerics": "reference"}, {"tokenizer": "slow"}, {"seed": 1},
+                   {"calibration": {**new["calibration"], "construction": "per-document"}},
+                   {"calibration": {**new["calibration"], "draw": "shuffle"}}):
+        assert hashed_config({**new, **change}) != hashed_config({**old, **{k: v for k, v in change.items()
+                                                                            if k == "seed"}}), change

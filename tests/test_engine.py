@@ -49,7 +49,7 @@ def test_window_nll_matches_prunebench_loosely_on_the_same_windows(engine, smoll
     bos = smollm2.tokenizer.bos_token_id
     adapter = adapt(smollm2.model)
     for bos_id in (None, bos):  # BOS as context only: the same tokens scored either way
-        ref_nll, ref_targets = window_scores(adapter, windows, bos_id)
+        ref_nll, ref_targets, _ = window_scores(adapter, windows, bos_id)
         got = [engine.window_nll(w.tolist(), bos_id) for w in windows]
         nll, targets = [n for n, _ in got], [t for _, t in got]
         assert targets == ref_targets == [SEQ_LEN - 1] * 3

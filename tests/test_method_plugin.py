@@ -178,7 +178,8 @@ def test_a_bench_cell_process_runs_the_method_named_in_the_environment(tmp_path)
     result = read_result(tmp_path / "out" / "cells" / f"{TOY}-s0.1-seed0.json")
     assert result.status == "ok" and result.pruning.method == TOY
     assert result.pruning.decisions == {"removed_ffn": [29], "calibration": [2, 16]}
-    assert result.config["calibration"] == {"source": "enwiki-sample", "samples": 2, "seq_len": 16}
+    assert result.config["calibration"] == {"source": "enwiki-sample", "samples": 2, "seq_len": 16,
+                                            "construction": "joined", "draw": "fixed"}
     assert result.parameters.blocks_after < result.parameters.blocks_before
     assert result.perplexity["enwiki-sample"].value > 1 and result.perplexity["enwiki-sample"].protocol.windows == 2
     assert json.loads((tmp_path / "out" / "cells" / f"{TOY}-s0.1-seed0.spec.json").read_text())["method"] == TOY

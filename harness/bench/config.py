@@ -235,8 +235,7 @@ class _CellSpec(_Config):
     export: list[str] = Field(default_factory=list)
 
     def config_hash(self) -> str:
-        data = self.model_dump(mode="json", exclude={"reprune", "export"})
-        return canonical_hash({k: v for k, v in data.items() if k not in unasked_extras(data)})
+        return canonical_hash(hashed_config(self.model_dump(mode="json", exclude={"reprune", "export"})))
 
     def prune_key(self, model_identity: str, fingerprint: dict[str, str]) -> str:
         """Only what determines the pruned weights: a later metric change reuses the pruned model.
@@ -268,6 +267,29 @@ EXTRAS = frozenset(name for name, metric in METRICS.items() if _off_by_default(m
 def unasked_extras(config: dict[str, Any]) -> set[str]:
     """The extras that a cell's configuration (a CellSpec as JSON, or a result's ``config``) leaves off."""
     return {name for name in EXTRAS if not (config.get(name) or {}).get("enabled", False)}
+
+
+# Settings added after results were first recorded, with the value that computes what the code before them
+# computed (at seed 0 every calibration draw takes the same first chunks). At that value a setting is left
+# out of a cell's hash and leaderboard protocol, so older results keep theirs: a bench resumes them and
+# shares their table. Any other value is hashed, so it never resumes a result computed otherwise.
+_LATER_DEFAULTS = {"numerics": "exact", "tokenizer": "fast"}
+_LATER_CALIBRATION_DEFAULTS = {"construction": "joined"}
+
+
+def hashed_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a cell's configuration (a CellSpec as JSON, or a result's ``config``) its hash covers."""
+    out = {k: v for k, v in config.items()
+           if k not in unasked_extras(config) and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
+    calibration = dict(out.get("calibration") or {})
+    for key, default in _LATER_CALIBRATION_DEFAULTS.items():
+        if calibration.get(key) == default:
+            del calibration[key]
+    if calibration.get("draw") == "fixed" and config.get("seed") == 0:
+        del calibration["draw"]
+    if "calibration" in out:
+        out["calibration"] = calibration
+    return out
 
 
 def _spec_field(name: str, metric: Any) -> tuple[Any, Any]:
