@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from harness.errors import PrunebenchError
+from harness.files import as_if_created, sha256_file
 from methods.arch import ModelAdapter, adapt
 from methods.custom_ops import REPLAYERS
 
@@ -31,19 +32,16 @@ FORMAT_VERSION = 1  # ``files`` was added later, optionally: checkpoints without
 UNRECORDED = f"no file list in its {MANIFEST_NAME} (written before checkpoints recorded their files)"
 
 
-def _sha256(file: Path, sync: bool = False) -> str:
-    digest = hashlib.sha256()
+def _synced_sha256(file: Path) -> str:
     with open(file, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-        if sync:
-            os.fsync(f.fileno())  # on disk before the rename publishes it
-    return digest.hexdigest()
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+        os.fsync(f.fileno())  # on disk before the rename publishes it
+    return digest
 
 
 def file_records(directory: Path) -> dict[str, dict[str, Any]]:
     """Size and sha256 of every file under ``directory`` except the manifest (flushed to disk on the way)."""
-    return {f.relative_to(directory).as_posix(): {"size": f.stat().st_size, "sha256": _sha256(f, sync=True)}
+    return {f.relative_to(directory).as_posix(): {"size": f.stat().st_size, "sha256": _synced_sha256(f)}
             for f in sorted(directory.rglob("*")) if f.is_file() and f.name != MANIFEST_NAME}
 
 
@@ -70,6 +68,7 @@ def save_pruned(adapter: ModelAdapter, tokenizer: Any, out_dir: str | Path, info
         "files": file_records(tmp),
     }
     (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str))
+    as_if_created(tmp)  # safetensors writes 0600: a shared cache's other users could not load the weights
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
@@ -125,8 +124,28 @@ def verify_checkpoint(path: str | Path, digests: bool = True) -> str | None:
             return f"{name}: {actual} bytes, expected {size}"
     if digests:
         for name, (_, sha) in records.items():
-            if _sha256(path / name) != sha:
+            if sha256_file(path / name) != sha:
                 return f"{name}: sha256 differs from the one recorded"
+    return None
+
+
+def weights_problem(directory: Path) -> str | None:
+    """Why the safetensors weights of a model directory cannot be whole (cut short, a header that does not
+    parse), from each file's header and size alone; None when they can. A pruned checkpoint's manifest checks
+    more (:func:`verify_checkpoint`); this also covers any model directory."""
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        try:
+            with open(file, "rb") as f:
+                length = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(length)) if 0 < length < 100_000_000 else None
+        except (OSError, ValueError) as err:
+            return f"{file.name} is unreadable ({type(err).__name__})"
+        if not isinstance(header, dict):
+            return f"{file.name} has no readable safetensors header"
+        ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
+        expected = 8 + length + max(ends, default=0)
+        if (actual := file.stat().st_size) != expected:
+            return f"{file.name} is {actual} bytes, its header describes {expected}"
     return None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -112,7 +113,7 @@ def eval_cmd(
     from harness.data.sources import load_corpus, validate_source
     from harness.hub import hub_reachable
     from harness.metrics.perplexity import perplexity
-    from harness.models import checked_config, load_model, resolve_model
+    from harness.models import check_positions, checked_config, load_model, resolve_model
     from harness.progress import RichProgress
     from harness.pruning import check_settings
     from methods.arch import adapt
@@ -124,7 +125,7 @@ def eval_cmd(
     check_settings(numerics, tokenizer)
     validate_source(dataset)
     ref = resolve_model(model)
-    checked_config(ref, trust_remote_code)
+    check_positions(checked_config(ref, trust_remote_code), seq_len + (bos != "never"), "--seq-len")
     loaded = load_model(ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code, tokenizer=tokenizer)
     corpus = load_corpus(dataset, "evaluation")
     progress = RichProgress(err_console)
@@ -166,7 +167,7 @@ def prune_cmd(
     num_prune: Annotated[int | None, typer.Option(
         "--num-prune", help="Target as N whole blocks' worth (N/L) instead of --sparsity; several targets (-1, -2): "
                             "use `prunebench bench --num-prune`.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory for the pruned checkpoint.")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Directory for the pruned checkpoint.")] = None,
     model: Model = None,
     calib_data: Annotated[str, typer.Option(
         help="Calibration source; auto = c4 with the hub, enwiki-sample without.")] = "auto",
@@ -174,7 +175,7 @@ def prune_cmd(
         min=1, help="Calibration samples (method default: 2SSP 32).")] = None,
     seq_len: Annotated[int | None, typer.Option(
         min=2, help="Calibration sample length in tokens (default 2048).")] = None,
-    seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
+    seed: Annotated[int, typer.Option(min=0, help=SEED_HELP)] = 0,
     calib_construction: CalibConstruction = None,
     calib_draw: CalibDraw = None,
     profile: Annotated[str, typer.Option(help="Method defaults: paper or cpu-quick.")] = "paper",
@@ -188,7 +189,8 @@ def prune_cmd(
     scoring: Annotated[str | None, typer.Option(help="2SSP ablation: neurons or channels (rows vs columns).")] = None,
     option: Annotated[list[str] | None, typer.Option(
         "--option", help="Any method option as KEY=VALUE (repeatable).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it holds a checkpoint.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace --out if it holds a pruned checkpoint (anything else there is refused).")] = False,
     dtype: Dtype = "auto",
     device: Device = "auto",
     numerics: NumericsOpt = "exact",
@@ -198,8 +200,13 @@ def prune_cmd(
 ) -> None:
     """Prune a model with one method and save the pruned checkpoint."""
     from harness import pruning
+    from harness.outputs import check_replaceable, check_writable, out_path
     from harness.progress import RichProgress
 
+    out_dir = out_path(out)
+    if out_dir is not None:  # first: an --out that cannot take the checkpoint is refused before any work
+        check_writable(out_dir)
+        check_replaceable(out_dir, "checkpoint", force)
     if (sparsity is None) == (num_prune is None):
         raise PrunebenchError("give exactly one of --sparsity and --num-prune")
     if num_prune is not None:
@@ -218,8 +225,6 @@ def prune_cmd(
     if options and method != "2ssp":
         raise PrunebenchError(f"--{next(iter(options)).replace('_', '-')} applies to 2ssp only; use --option KEY=VALUE")
     options.update(_parse_options(option or []))
-    if out is not None and out.exists() and any(out.iterdir()) and not force:
-        raise PrunebenchError(f"--out {out} exists and is not empty; pass --force to overwrite it")
     calibration = pruning.CalibrationSpec(calib_data, calib_samples, seq_len, seed,
                                           calib_construction or "joined", calib_draw or "fixed")
     pruning.check_settings(numerics, tokenizer, calibration)
@@ -230,7 +235,7 @@ def prune_cmd(
     prepared = pruning.prepare(job)
     outcome = pruning.execute(prepared, RichProgress(err_console))
     report = outcome.report
-    checkpoint = str(pruning.save(outcome, out)) if out is not None else None
+    checkpoint = str(pruning.save(outcome, out_dir)) if out_dir is not None else None
     if as_json:
         _emit_json({**report.model_dump(mode="json"), "num_prune": num_prune, "checkpoint": checkpoint})
         return
@@ -241,11 +246,13 @@ def prune_cmd(
         typer.echo(f"  {stage}: {sec:.2f} s")
     typer.echo(f"  decisions: {json.dumps(report.decisions)}")
     if checkpoint is not None:
-        typer.echo(f"  saved to {checkpoint}  (reload: from harness import load_pruned; m = load_pruned('{out}'))")
+        typer.echo(f"  saved to {checkpoint}  (reload: from harness import load_pruned; m = load_pruned('{out_dir}'))")
 
 
-def _check_export_out(checkpoint: Path, out: Path, force: bool) -> None:
-    """An --out that would change or delete the checkpoint, or replace something without --force, is refused."""
+def _check_export_out(checkpoint: Path, out: Path, fmt: str, force: bool) -> None:
+    """An --out that would change or delete the checkpoint, or replace what is not an earlier export, is refused."""
+    from harness.outputs import check_replaceable, check_writable
+
     source, dest = checkpoint.resolve(), out.resolve()
     if dest == source or source in dest.parents:
         raise PrunebenchError(f"--out {out} is inside the checkpoint {checkpoint}: "
@@ -253,29 +260,23 @@ def _check_export_out(checkpoint: Path, out: Path, force: bool) -> None:
     if dest in source.parents:
         raise PrunebenchError(f"--out {out} contains the checkpoint {checkpoint}: "
                               "replacing it would delete the checkpoint")
-    if not (out.exists() or out.is_symlink()) or (out.is_dir() and not any(out.iterdir())):
-        return
-    if not force:
-        raise PrunebenchError(f"--out {out} exists; pass --force to replace it")
-    # --force replaces a file or an earlier export (a flat directory), never a folder of folders.
-    cwd = Path.cwd().resolve()
-    if dest == cwd or dest in cwd.parents or (out.is_dir() and any(p.is_dir() for p in out.iterdir())):
-        raise PrunebenchError(f"--out {out} is a directory with folders in it, not an earlier export: "
-                              "choose another path")
+    check_writable(out, folder=fmt == "hf")
+    check_replaceable(out, "hf-export" if fmt == "hf" else "gguf-export", force)
 
 
 @app.command("export")
 @user_errors
 def export_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="A pruned checkpoint (`prunebench prune --out`).")],
+    checkpoint_dir: Annotated[str, typer.Argument(
+        metavar="CHECKPOINT", help="A pruned checkpoint (`prunebench prune --out`).")],
     fmt: Annotated[str, typer.Option(
         "--format", "-f", help="hf: a plain transformers model directory; gguf: one llama.cpp file.")],
-    out: Annotated[Path, typer.Option(
+    out: Annotated[str, typer.Option(
         "--out", "-o", help="Where to write: a directory (hf) or a file (gguf), not inside the checkpoint.")],
     dtype: Annotated[str | None, typer.Option(
         help="hf: float32 (default, exact), bfloat16 or float16; gguf: f32, f16 or q8_0.")] = None,
     force: Annotated[bool, typer.Option(
-        "--force", help="Replace an existing --out (a file or an earlier export).")] = False,
+        "--force", help="Replace an existing --out that holds an earlier export of the same format.")] = False,
     as_json: AsJson = False,
 ) -> None:
     """Write a pruned checkpoint in a format other tools load without prunebench.
@@ -286,14 +287,17 @@ cannot hold is refused in one line (exit 2) before any weight is read, naming th
     """
     from harness.checkpoint import UNRECORDED, verify_checkpoint
     from harness.export import check_export, export, resolve_format
+    from harness.outputs import out_path
 
     resolve_format(fmt, dtype)
-    _check_export_out(checkpoint, out, force)
+    checkpoint = out_path(checkpoint_dir, "CHECKPOINT")
+    destination = out_path(out)
+    _check_export_out(checkpoint, destination, fmt, force)
     check_export(checkpoint, fmt, dtype)
     problem = verify_checkpoint(checkpoint, digests=False)  # sizes only: a cut file fails here, not halfway
     if problem not in (None, UNRECORDED):
         raise PrunebenchError(f"checkpoint {checkpoint} is damaged: {problem}")
-    report = export(checkpoint, fmt, out, dtype)
+    report = export(checkpoint, fmt, destination, dtype)
     if as_json:
         _emit_json({**report.model_dump(mode="json"), "checkpoint": str(checkpoint)})
         return
@@ -304,13 +308,17 @@ cannot hold is refused in one line (exit 2) before any weight is read, naming th
         typer.echo(f"  {note}")
 
 
-def _split(text: str | None, cast=str) -> list | None:
+def _split(text: str | None, flag: str, cast=str) -> list | None:
+    """A comma-separated flag's values; one that names none ('', ',') is refused rather than read as 'none'."""
     if text is None:
         return None
     try:
-        return [cast(part.strip()) for part in text.split(",") if part.strip()]
+        values = [cast(part.strip()) for part in text.split(",") if part.strip()]
     except ValueError as err:
-        raise PrunebenchError(f"cannot read '{text}' as a comma-separated list: {err}") from None
+        raise PrunebenchError(f"{flag}: cannot read '{text}' as a comma-separated list: {err}") from None
+    if not values:
+        raise PrunebenchError(f"{flag} is empty: give at least one value")
+    return values
 
 
 @app.command("bench")
@@ -335,9 +343,10 @@ def bench_cmd(
              "balancing-32.")] = None,
     profile: Annotated[str | None, typer.Option(
         help="auto (paper on CUDA, cpu-quick on CPU), paper or cpu-quick.")] = None,
-    out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Run directory (default runs/<model>, runs/<model>/<preset> with --preset); never "
-                            "inside results/, which `prunebench publish` updates.")] = None,
+    out: Annotated[str | None, typer.Option(
+        "--out", "-o", help="Run directory (default runs/<model>, runs/<model>/<preset> with --preset): new, empty "
+                            "or an earlier run of the bench (resumed); never inside results/, which `prunebench "
+                            "publish` updates.")] = None,
     executor: Annotated[str | None, typer.Option(help="local (a process per cell), docker or ray.")] = None,
     image: Annotated[str | None, typer.Option(
         help="docker executor: the image (default prunebench:cuda with GPUs, else prunebench:cpu).")] = None,
@@ -369,16 +378,19 @@ bench never writes there (`prunebench publish` does).
     """
     from harness.bench.config import load_bench_file, make_config
     from harness.bench.runner import run_bench
+    from harness.outputs import out_path
 
+    if model is not None and not model.strip():
+        raise PrunebenchError("--model is empty: give an embedded name, a hub id or a model directory")
     file_values = load_bench_file(config) if config else {}
     calibration = {k: v for k, v in (("construction", calib_construction), ("draw", calib_draw)) if v is not None}
     if calibration:  # on top of the file's calibration settings, not instead of them
         file_values["calibration"] = {**(file_values.get("calibration") or {}), **calibration}
     overrides = {
-        "model": model, "sparsities": _split(sparsity, float), "methods": _split(methods), "seeds": _split(seeds, int),
-        "num_prune": num_prune, "preset": preset,
-        "profile": profile, "out": out, "executor": executor, "timeout_s": timeout, "dtype": dtype, "device": device,
-        "export": _split(export), "numerics": numerics, "tokenizer": tokenizer,
+        "model": model, "sparsities": _split(sparsity, "--sparsity", float), "methods": _split(methods, "--methods"),
+        "seeds": _split(seeds, "--seeds", int), "num_prune": num_prune, "preset": preset,
+        "profile": profile, "out": out_path(out), "executor": executor, "timeout_s": timeout, "dtype": dtype,
+        "device": device, "export": _split(export, "--export"), "numerics": numerics, "tokenizer": tokenizer,
     }
     cfg = make_config(file_values, overrides)
     if image:
@@ -397,14 +409,23 @@ bench never writes there (`prunebench publish` does).
 @app.command("leaderboard")
 @user_errors
 def leaderboard_cmd(
-    directory: Annotated[Path, typer.Argument(help="A results directory (searched recursively for result files).")],
+    folder: Annotated[str, typer.Argument(
+        metavar="DIRECTORY", help="A results directory (searched recursively for result files).")],
     name: Annotated[str, typer.Option(help="Base name of the files written.")] = "leaderboard",
 ) -> None:
-    """Rebuild leaderboard.md, .csv and .png from the result JSONs under DIRECTORY."""
-    from harness.leaderboard import publish
+    """Rebuild leaderboard.md, .csv and .png from the result JSONs under DIRECTORY.
 
+    Refused (exit 2, nothing written) when DIRECTORY holds no valid result, or a file of the leaderboard's \
+name that is not a prunebench leaderboard.
+    """
+    from harness.leaderboard import publish
+    from harness.outputs import out_path
+
+    directory = out_path(folder, "DIRECTORY")
     if not directory.is_dir():
         raise PrunebenchError(f"'{directory}' is not a directory")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise PrunebenchError(f"--name '{name}' is not a file name (letters, digits, . _ -)")
     for path in publish(directory, name):
         typer.echo(f"wrote {path}")
 
@@ -420,8 +441,9 @@ def repro_cmd(
         help="Relative tolerance on perplexities; a method may declare a larger one "
              "(SliceGPT: 1e-2, see docs/uncertainty.md).")] = 1e-3,
     atol: Annotated[float, typer.Option(help="Absolute tolerance on downstream accuracies.")] = 0.02,
-    out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Where the new results go (default a temporary directory).")] = None,
+    out: Annotated[str | None, typer.Option(
+        "--out", "-o", help="Where the new results go (default a temporary directory): new, empty or an earlier "
+                            "repro's folder.")] = None,
     only_device: Annotated[str | None, typer.Option(
         help="Reproduce only results measured on this device type (cpu, cuda).")] = None,
     as_json: AsJson = False,
@@ -430,9 +452,14 @@ def repro_cmd(
     from tabulate import tabulate
 
     from harness import repro
+    from harness.outputs import check_replaceable, check_writable, out_path
 
     if executor not in ("local", "docker"):
         raise PrunebenchError(f"unknown executor '{executor}'; choose local or docker")
+    out_dir = out_path(out)
+    if out_dir is not None:
+        check_writable(out_dir)
+        check_replaceable(out_dir, "repro", force=True)
     recorded = repro.load(results, only_device)
     if not recorded:  # a check that checks nothing fails
         measured = repro.devices(results)
@@ -440,7 +467,7 @@ def repro_cmd(
         err_console.print(f"[bold red]error:[/] nothing to reproduce: none of the {given} given was measured on "
                           f"'{only_device}' (they were measured on {measured})", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
-    workdir = repro.workdir_for(out)
+    workdir = repro.workdir_for(out_dir)
     options = {"image": image} if executor == "docker" and image else {}
     pairs = repro.rerun(recorded, executor, options, workdir, repro.event_printer(err_console))
     report, violations = [], 0
@@ -466,7 +493,7 @@ def repro_cmd(
 @user_errors
 def publish_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A finished bench run (e.g. runs/smollm2-135m).")],
-    to: Annotated[Path | None, typer.Option(
+    to: Annotated[str | None, typer.Option(
         "--to", help="Destination (default results/<model>, or results/<model>/<preset>, from "
                      "RUN_DIR/bench.json).")] = None,
     force: Annotated[bool, typer.Option(
@@ -477,9 +504,10 @@ def publish_cmd(
     Refused (exit 2, nothing written) when a result is invalid or failed, was measured from a dirty tree \
 or an unknown commit, when the results come from several commits, or when the run has no leaderboard.
     """
+    from harness.outputs import out_path
     from harness.publish import publish
 
-    done = publish(run_dir, to, force)
+    done = publish(run_dir, out_path(to, "--to"), force)
     replacing = "" if done.replaced is None else f" (replacing the previous publication, {done.replaced} results)"
     typer.echo(f"published {len(done.cells)} cells of {done.model} (commit {done.commit[:10]}) from {done.run_dir} "
                f"to {done.dest}{replacing}")

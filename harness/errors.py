@@ -17,3 +17,9 @@ class DataUnavailable(PrunebenchError):
 
 class ModelUnavailable(PrunebenchError):
     """A model that cannot be loaded here (unknown id, offline hub, not a causal LM)."""
+
+
+def first_line(err: BaseException) -> str:
+    """``Type: first line of the message``: how an error that was caught is named in one line."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__

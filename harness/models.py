@@ -18,8 +18,9 @@ from typing import Any, Literal
 import torch
 from filelock import FileLock
 
-from harness.checkpoint import MANIFEST_NAME, base_config, read_manifest
+from harness.checkpoint import MANIFEST_NAME, UNRECORDED, base_config, read_manifest, verify_checkpoint, weights_problem
 from harness.errors import ModelUnavailable, PrunebenchError
+from harness.files import as_if_created
 from harness.hub import cache_root, cached_commit, describe_failure, hub_endpoint, hub_reachable, offline_mode
 from harness.paths import cache_dir
 from methods.arch import adapter_class, supported_model_types
@@ -122,7 +123,10 @@ class LoadedModel:
 
 def resolve_model(name: str | None) -> ModelRef:
     """Map a user's ``--model`` to a source without loading anything. No value means the embedded default."""
-    name = name or DEFAULT_MODEL
+    if name is None:
+        name = DEFAULT_MODEL
+    elif not name.strip():
+        raise ModelUnavailable("--model is empty: give an embedded name, a hub id or a model directory")
     if name in EMBEDDED_MODELS:
         try:
             EMBEDDED_MODELS[name].package_dir()  # uninstalled means not chosen (an opt-in), even if converted
@@ -138,6 +142,12 @@ def resolve_model(name: str | None) -> ModelRef:
         kind = "pruned" if (path / MANIFEST_NAME).exists() else "local"
         if not (path / "config.json").exists():
             raise ModelUnavailable(f"model directory '{name}' has no config.json")
+        damaged = weights_problem(path)
+        if damaged is None and kind == "pruned":
+            damaged = verify_checkpoint(path, digests=False)  # sizes only: a cut file, cheaply
+            damaged = None if damaged == UNRECORDED else damaged
+        if damaged:
+            raise ModelUnavailable(f"model directory '{name}' is damaged: {damaged}")
         return ModelRef(name, kind, str(path.resolve()))
     looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1
     if looks_like_path:
@@ -194,6 +204,15 @@ def checked_config(ref: ModelRef, trust_remote_code: bool = False):
     return config
 
 
+def check_positions(config: Any, tokens: int, what: str) -> None:
+    """Refuse ``tokens`` positions beyond what the model was trained for (its ``max_position_embeddings``):
+    a window that long computes garbage, slowly, rather than failing."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and tokens > limit:
+        raise PrunebenchError(f"{what} of {tokens} tokens exceeds the model's {limit} positions "
+                              "(max_position_embeddings); choose at most that")
+
+
 def num_layers(model: str | None, trust_remote_code: bool = False) -> int:
     """The model's number of transformer blocks, from its config alone (``--num-prune`` counts in blocks)."""
     return checked_config(resolve_model(model), trust_remote_code).num_hidden_layers
@@ -231,6 +250,7 @@ def _convert_gguf(spec: EmbeddedModel, target: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    as_if_created(tmp)  # safetensors writes 0600; a shared cache's other users must read the converted model
     os.replace(tmp, target)
 
 

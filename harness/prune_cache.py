@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from filelock import FileLock, Timeout
 
@@ -98,6 +99,12 @@ def code_fingerprint() -> dict[str, str]:
     return {**dict(_fingerprint()), **({"added_methods": added} if added else {})}
 
 
+class Obtained(NamedTuple):
+    entry: Path
+    created: bool  # pruned now (no entry, a repair, or asked to prune again)
+    repair: str | None = None  # why an existing entry was not served: corrupt, unverifiable (then pruned again)
+
+
 class PrunedModelCache:
     """Checkpoint directories ``root/<key>``, each created under the lock ``root/<key>.lock``."""
 
@@ -107,13 +114,14 @@ class PrunedModelCache:
     def entry(self, key: str) -> Path:
         return self.root / key
 
-    def obtain(self, key: str, create: Callable[[Path], None], reprune: bool = False) -> tuple[Path, bool]:
-        """The verified entry of ``key`` and whether it was created now.
+    def obtain(self, key: str, create: Callable[[Path], None], reprune: bool = False) -> Obtained:
+        """The verified entry of ``key``, whether it was created now, and why an existing one was replaced.
 
         ``create(path)`` must write a checkpoint at ``path`` atomically (``save_pruned`` does); it is
         called, under the lock, when there is no sound entry or when ``reprune`` asks for a new one.
         """
         entry = self.entry(key)
+        repair = None
         with self._locked(key):
             self._sweep(key)
             if entry.exists():
@@ -121,12 +129,10 @@ class PrunedModelCache:
                 if reprune:
                     log.info("re-pruning as asked: removing the cached %s", entry)
                 elif problem is None:
-                    return entry, False
-                elif problem == UNRECORDED:
-                    log.warning("pruned-model cache entry %s cannot be verified (%s); pruning again",
-                                entry, problem)
+                    return Obtained(entry, False)
                 else:
-                    log.warning("pruned-model cache entry %s is corrupt (%s); pruning again", entry, problem)
+                    repair = f"{'unverifiable' if problem == UNRECORDED else 'corrupt'} ({problem})"
+                    log.warning("pruned-model cache entry %s is %s; pruning again", entry, repair)
                 self._remove(entry)
             try:
                 create(entry)
@@ -135,7 +141,7 @@ class PrunedModelCache:
             problem = verify_checkpoint(entry, digests=False)  # just written and hashed: sizes suffice
             if problem is not None:
                 raise PrunebenchError(f"creating the pruned-model cache entry {entry} failed: {problem}")
-            return entry, True
+            return Obtained(entry, True, repair)
 
     @contextmanager
     def _locked(self, key: str) -> Iterator[None]:

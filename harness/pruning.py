@@ -34,6 +34,7 @@ from harness.models import (
     LoadedModel,
     ModelRef,
     TokenizerKind,
+    check_positions,
     checked_config,
     load_model,
     model_record,
@@ -154,6 +155,8 @@ def check_settings(numerics: str, tokenizer: str, calibration: CalibrationSpec |
         raise PrunebenchError(f"unknown tokenizer '{tokenizer}'; choose {' or '.join(TOKENIZER_KINDS)}")
     if calibration is None:
         return
+    if calibration.seed < 0:
+        raise PrunebenchError(f"the seed is a non-negative integer, got {calibration.seed}")
     if calibration.construction not in CONSTRUCTIONS:
         raise PrunebenchError(f"unknown calibration construction '{calibration.construction}'; "
                               f"choose {' or '.join(CONSTRUCTIONS)}")
@@ -183,6 +186,7 @@ def prepare(job: PruneJob) -> Prepared:
         if calib.samples < 1 or calib.seq_len < 2:
             raise PrunebenchError("calibration needs at least 1 sample of 2 tokens, "
                                   f"got {calib.samples} x {calib.seq_len}")
+        check_positions(config, calib.seq_len, "a calibration sample")
     plan = (method.plan(skeleton_adapter(ref, config, job.trust_remote_code), job.sparsity or 0.0, options)
             if method.name != "dense" else {})
     return Prepared(job, method, options, ref, calib, plan)

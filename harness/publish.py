@@ -20,6 +20,8 @@ from typing import Any
 
 from harness.bench.config import model_slug
 from harness.errors import PrunebenchError
+from harness.files import as_if_created, make_temp_dir
+from harness.manifest import write_manifest
 from harness.results import CellResult, scan_results
 
 CELLS = "cells"
@@ -110,6 +112,12 @@ def check_run(run_dir: Path) -> tuple[dict[str, Any], list[tuple[Path, CellResul
         raise PublishRefused(f"{len(dirty)} results were measured from a dirty tree (uncommitted changes on "
                              f"{', '.join(commits)}: {_ids(dirty)}); commit, then run the bench again "
                              "with --force")
+    borrowed = [r.cell.id for _, r in found if r.pruning and r.pruning.pruned_by
+                and (r.pruning.pruned_by.git or {}).get("dirty") is not False]
+    if borrowed:
+        raise PublishRefused(f"{len(borrowed)} results reuse a pruned model that a dirty tree (or an unrecorded "
+                             f"commit) pruned ({_ids(borrowed)}): run the bench again with --force to prune them "
+                             "with this commit")
     by_commit = Counter(_git(r)["commit"] for _, r in found)
     if len(by_commit) > 1:
         made = ", ".join(f"{c[:10]} ({n} cells)" for c, n in by_commit.most_common())
@@ -134,6 +142,9 @@ def _check_dest(dest: Path, run_dir: Path, model: str, force: bool) -> None:
         return
     if not dest.is_dir():
         raise PublishRefused(f"the destination {dest} exists and is not a directory")
+    if any(dest.iterdir()) and not (dest / "bench.json").is_file():
+        raise PublishRefused(f"{dest} exists and does not hold a published run (no bench.json): publish replaces "
+                             "only a published run; choose another --to")
     if force:
         return
     theirs = {_bench_model(dest)} | {r.cell.model for _, r in scan_results(dest / CELLS)[0]}
@@ -142,8 +153,6 @@ def _check_dest(dest: Path, run_dir: Path, model: str, force: bool) -> None:
         others = ", ".join(sorted(theirs - {model}))
         raise PublishRefused(f"{dest} holds results of another model ({others}); pass --force to replace "
                              "them, or --to another folder")
-    if not theirs and not (dest / "bench.json").exists() and any(dest.iterdir()):
-        raise PublishRefused(f"{dest} exists and does not hold a published run; pass --force to replace it")
 
 
 def _copy_run(found: list[tuple[Path, CellResult]], run_dir: Path, staging: Path) -> list[str]:
@@ -200,12 +209,10 @@ def publish(run_dir: Path, to: Path | None = None, force: bool = False) -> Publi
     dest = Path(to) if to is not None else default_dest(bench)
     _check_dest(dest, run_dir, model, force)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.publish-", dir=dest.parent))
+    staging = make_temp_dir(dest.parent, f".{dest.name}.publish-")
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would be what the published folder gets
         cells = _copy_run(found, run_dir, staging)
+        write_manifest(staging, model, commit)
         copied, problems = scan_results(staging / CELLS)
         if problems or len(copied) != len(found):
             raise PublishRefused(f"the copy in {staging} does not read back "
@@ -216,6 +223,7 @@ def publish(run_dir: Path, to: Path | None = None, force: bool = False) -> Publi
             shutil.copytree(nested, staging / nested.name, symlinks=True)
             kept.append(nested.name)
         replaced = len(scan_results(dest / CELLS)[0]) if dest.exists() else None
+        as_if_created(staging)  # copies keep their source's mode: a run written 0600 by older code included
         _swap(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

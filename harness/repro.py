@@ -14,9 +14,10 @@ from typing import Any
 from harness.bench.config import CellSpec
 from harness.bench.executors import CellJob, Event, make_executor
 from harness.errors import PrunebenchError
+from harness.files import write_text_atomic
 from harness.metrics.base import Check, Tolerances
 from harness.metrics.registry import METRICS
-from harness.results import CellResult, InvalidResult, read_result, write_text_atomic
+from harness.results import CellResult, InvalidResult, read_result
 from methods import get_method
 
 
@@ -53,8 +54,10 @@ def rerun(results: list[tuple[Path, CellResult]], executor: str, executor_option
           on_event=None) -> list[tuple[Path, CellResult, CellResult]]:
     """Run each recorded cell again into ``workdir`` (pruning redone) and pair old with new."""
     jobs = []
-    for _path, old in results:
-        spec = CellSpec(**{**old.config, "cache_pruned": False, "export": []})  # the numbers, not the exports
+    for path, old in results:
+        # Every setting as it ran (a record lacks none: harness.results filled those added since at their earlier
+        # values); pruning redone, exports left out: the numbers are what is reproduced.
+        spec = CellSpec.from_record({**old.config, "cache_pruned": False, "export": []}, where=str(path))
         spec_path = workdir / f"{spec.id}.spec.json"
         write_text_atomic(spec_path, spec.model_dump_json(indent=2))
         jobs.append(CellJob(spec, spec_path, workdir / f"{spec.id}.json", workdir / f"{spec.id}.log", None))

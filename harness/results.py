@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, create_model
 
+from harness.env import provenance_problem
 from harness.export.base import ExportReport
+from harness.files import write_text_atomic
+from harness.hashing import complete
+from harness.manifest import MANIFEST, RUN_RECORD, manifest_problem
 from harness.metrics.base import Scalar
 from harness.metrics.registry import METRICS
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+# 3: results carry the source digest of the code that ran (environment.prunebench.source_sha256), the run that
+# pruned a cached model and a repaired cache entry; a version-2 file is read as version 3 (``upgrade``).
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (2, 3)
 # A cell's exports (bench ``export``) go into this folder beside its result; a model directory's JSON files
 # (config.json, tokenizer.json) are not results, so scans skip it.
 EXPORTS_DIR = "exports"
@@ -47,6 +52,7 @@ class Provenance(_Strict):
     """Who measured a number that a result shows but did not measure itself (a cached pruned model's timing)."""
 
     cell: str
+    run: str | None = None  # the bench run (its folder and start) the cell belonged to
     finished_at: str
     git: dict[str, str | bool] | None  # commit and dirty flag of the code that ran
     hardware: str  # harness.env.fingerprint of the machine
@@ -80,6 +86,8 @@ class PruningReport(_Strict):
     pruned_by: Provenance | None = None
     from_cache: bool = False
     cache_key: str | None = None
+    # Why the cache entry this cell should have reused was pruned again (corrupt, unverifiable, not loading).
+    cache_repair: str | None = None
 
 
 class Parameters(_Strict):
@@ -117,7 +125,7 @@ class Exports(_Strict):
 class _CellResult(_Strict):
     """A cell's result; each registered metric adds a field of its own name (None: not measured), below."""
 
-    schema_version: Literal[2] = SCHEMA_VERSION
+    schema_version: Literal[3] = SCHEMA_VERSION
     status: Literal["ok", "failed"]
     cell: Cell
     config: dict[str, JsonValue]  # the full resolved cell configuration (a CellSpec, as JSON)
@@ -150,52 +158,79 @@ class InvalidResult(Exception):
     """A result file that cannot be used; the message names the file."""
 
 
-def write_text_atomic(path: Path, payload: str) -> None:
-    """Write via a temporary file in the same directory and a rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_result(path: Path, result: CellResult) -> None:
     CellResult.model_validate(result.model_dump())  # the schema is checked on the way out too
     write_text_atomic(path, result.model_dump_json(indent=2))
 
 
+def upgrade(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A result of any readable schema version as the current one: the settings added after it was recorded are
+    given their earlier values (harness.hashing), so that it says what it ran, never what today's defaults are."""
+    config, filled, unknown = complete(data.get("config") or {})
+    if unknown:
+        raise InvalidResult(f"{path}: made before the settings {', '.join(sorted(unknown))} existed, which declare "
+                            "no earlier value: what it ran is unknown (run its cell again)")
+    if filled:
+        log.debug("%s: settings added since it was recorded read at their earlier values: %s", path, filled)
+    return {**data, "config": config, "schema_version": SCHEMA_VERSION}
+
+
+def inconsistency(result: CellResult) -> str | None:
+    """How a result disagrees with itself: a summary value that its raw material does not give (an edited file)."""
+    p = result.parameters
+    if p is not None:
+        achieved = (p.blocks_before - p.blocks_after) / p.blocks_before if p.blocks_before > 0 else None
+        if achieved is None or abs(p.achieved_sparsity - achieved) > 1e-12:
+            return "parameters.achieved_sparsity does not follow from the block parameter counts"
+        if result.pruning is not None and not result.pruning.from_cache and (
+                result.pruning.parameters_after.get("blocks") != p.blocks_after):
+            return "pruning.parameters_after does not match parameters.blocks_after"
+    problem = provenance_problem(result.environment)
+    if problem:
+        return problem
+    for name, metric in METRICS.items():
+        value = result.metric(name)
+        problem = metric.inconsistency(value) if value is not None else None
+        if problem:
+            return f"{name}: {problem}"
+    return None
+
+
 def read_result(path: Path) -> CellResult:
+    """A result file, upgraded to the current schema and checked against its own raw material."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InvalidResult(f"{path}: not readable JSON ({err})") from err
     version = data.get("schema_version") if isinstance(data, dict) else None
-    if version != SCHEMA_VERSION:
-        raise InvalidResult(f"{path}: result schema version {version}, this prunebench reads version {SCHEMA_VERSION} "
-                            "(made by another prunebench version: run its cell again)")
+    if version not in READABLE_VERSIONS:
+        raise InvalidResult(f"{path}: result schema version {version}, this prunebench reads versions "
+                            f"{', '.join(map(str, READABLE_VERSIONS))} (made by another prunebench version: run its "
+                            "cell again)")
     try:
-        return CellResult.model_validate(data)
+        result = CellResult.model_validate(upgrade(data, path))
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidResult(f"{path}: does not match the result schema ({where}: {first['msg']})") from err
+    problem = inconsistency(result)
+    if problem:
+        raise InvalidResult(f"{path}: {problem} (edited by hand?)")
+    return result
 
 
 def scan_results(directory: Path) -> tuple[list[tuple[Path, CellResult]], list[str]]:
     """All valid results under ``directory`` (recursively), and one message per invalid file."""
     valid, problems = [], []
     for path in sorted(Path(directory).rglob("*.json")):
-        if path.name.startswith(".") or path.name.endswith(".spec.json") or path.name == "bench.json":
+        if path.name.startswith(".") or path.name.endswith(".spec.json") or path.name in (RUN_RECORD, MANIFEST):
             continue
         if EXPORTS_DIR in path.relative_to(directory).parts[:-1]:
             continue
         try:
+            published = manifest_problem(path)
+            if published:
+                raise InvalidResult(f"{path}: {published}")
             valid.append((path, read_result(path)))
         except InvalidResult as err:
             problems.append(str(err))

@@ -109,6 +109,11 @@ class PruningMethod(ABC):
     # How far a re-run's perplexity may honestly drift (relative) on another machine, where float rounding
     # differs; None: the harness default. A method whose decisions amplify rounding says so here, and why.
     repro_perplexity_rtol: ClassVar[float | None] = None
+    # Options added after results were first recorded, each with its earlier value: the value that computes what
+    # the method computed before the option existed. A result recorded without the option reads as having that
+    # value, and at that value the option is left out of a cell's configuration hash (harness.hashing), so that
+    # adding an option neither changes what an old result claims to have run nor stops a bench resuming it.
+    earlier_options: ClassVar[dict[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # A declaration keyed by anything but the protocols (a profile's name, a typo) would be silently

@@ -558,6 +558,7 @@ class SliceGPT(PruningMethod):
     repro_perplexity_rtol = 1e-2
     Options = SliceGPTOptions
     calibration = {"full": CalibrationNeeds(256, 2048), "quick": CalibrationNeeds(16, 128)}
+    earlier_options = {"variant": "paper"}  # the function-preserving fusion, prunebench's only one before variants
 
     def plan(self, adapter: ModelAdapter, sparsity: float, options: SliceGPTOptions) -> dict[str, Any]:
         c = plan_slicing(adapter, sparsity, options)

@@ -337,6 +337,7 @@ class TwoSSP(PruningMethod):
     summary = "2SSP: FFN neurons by activation norm, then attention modules greedily by perplexity"
     Options = TwoSSPOptions
     calibration = {"full": CalibrationNeeds(32, 2048), "quick": CalibrationNeeds(8, 128)}
+    earlier_options = {"ffn_budget": "balanced"}
 
     def plan(self, adapter: ModelAdapter, sparsity: float, options: TwoSSPOptions) -> dict[str, Any]:
         shape = Shape.of(adapter)

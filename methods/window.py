@@ -159,6 +159,7 @@ class Window(PruningMethod):
     summary = "Window (Gromov et al.): remove the n contiguous layers whose input and output are most similar"
     Options = WindowOptions
     calibration = {"full": CalibrationNeeds(256, 2048), "quick": CalibrationNeeds(32, 128)}
+    earlier_options = {"ties": "first"}  # before ``ties``, every variant kept the lower start
 
     def plan(self, adapter: ModelAdapter, sparsity: float, options: WindowOptions) -> dict[str, Any]:
         plan = plan_layer_removal(adapter, sparsity, options.protected(), "Window")

@@ -207,7 +207,7 @@ def test_schema_rejects_corrupt_and_foreign_files(tmp_path):
     with pytest.raises(InvalidResult, match="does not match the result schema"):
         read_result(bad)
     bad.write_text(json.dumps({"schema_version": 1, "status": "ok", "cell": {"id": "x"}}))
-    with pytest.raises(InvalidResult, match="result schema version 1, this prunebench reads version 2"):
+    with pytest.raises(InvalidResult, match="result schema version 1, this prunebench reads versions 2, 3"):
         read_result(bad)
 
 

@@ -200,7 +200,7 @@ def test_settings_added_later_keep_older_hashes_only_where_they_compute_the_same
     """numerics exact, tokenizer fast, joined construction and (at seed 0) the fixed draw compute what the code
     before them did: they leave a cell's hash as it was; any other value, or a fixed draw at another seed
     (the old rule drew random chunks there), gives another hash, so a bench never resumes what differs."""
-    from harness.bench.config import hashed_config
+    from harness.hashing import hashed_config
 
     old = {"id": "x", "seed": 0, "calibration": {"source": "enwiki-sample", "samples": 8, "seq_len": 128}}
     new = {**old, "numerics": "exact", "tokenizer": "fast",

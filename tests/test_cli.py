@@ -187,7 +187,7 @@ def test_prune_saves_a_checkpoint_that_prunebench_and_one_line_python_reload(tmp
     with torch.no_grad():
         assert torch.equal(load_model(resolve_model(str(out)), dtype="float32", device="cpu").model(x).logits, a)
     refused = cli("prune", "--method", "2ssp", "--sparsity", "0.25", "--out", str(out))
-    assert refused.returncode == 2 and "exists and is not empty; pass --force" in refused.stderr
+    assert refused.returncode == 2 and "holds a pruned checkpoint" in refused.stderr and "--force" in refused.stderr
 
 
 def test_tiny_model_directory_prunes_through_the_cli(tmp_path, smollm2_ref):
@@ -240,7 +240,8 @@ def _tree(root: Path) -> dict[str, int]:
     ("unknown dtype", ["short", "--format", "hf", "--dtype", "int4", "--out", "new"],
      "format 'hf' has no dtype 'int4'; choose float32, bfloat16, float16"),
     ("a model hf cannot hold", ["2ssp", "--format", "hf", "--out", "new"], "as hf: layers "),
-    ("--out exists", ["short", "--format", "hf", "--out", "existing"], "exists; pass --force to replace it"),
+    ("--out holds foreign files", ["short", "--format", "hf", "--out", "existing", "--force"],
+     "exists and is not an HF export (prunebench export --format hf): it is left alone"),
     ("--out in the checkpoint", ["short", "--format", "hf", "--out", "short/hf"], "is inside the checkpoint"),
     ("--out holds the checkpoint", ["short", "--format", "hf", "--out", "root", "--force"], "contains the checkpoint"),
     ("a cut weight file", ["cut", "--format", "hf", "--out", "new"], "is damaged: model.safetensors: "),
@@ -290,7 +291,7 @@ def test_export_writes_a_transformers_directory_and_prints_what_it_wrote(shortgp
     assert (report["bytes"], report["sha256"]) == file_digest(out) and report["dtype"] == "float32"
     assert report["seconds"] > 0 and any("from_pretrained" in note for note in report["notes"])
     refused = cli("export", str(shortgpt_checkpoint), "--format", "hf", "--out", str(out))
-    assert refused.returncode == 2 and "exists; pass --force to replace it" in refused.stderr
+    assert refused.returncode == 2 and "holds an HF export" in refused.stderr and "pass --force" in refused.stderr
     assert file_digest(out) == (report["bytes"], report["sha256"])
     again = cli("export", str(shortgpt_checkpoint), "--format", "hf", "--out", str(out), "--force",
                 "--dtype", "bfloat16")

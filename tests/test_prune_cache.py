@@ -63,10 +63,10 @@ def test_the_code_fingerprint_covers_the_sources_that_prune_and_nothing_else(tmp
 
 def test_reprune_creates_again_even_over_a_valid_entry(tmp_path):
     cache, create = PrunedModelCache(tmp_path), Creator()
-    entry, created = cache.obtain("k", create)
+    entry, created, _ = cache.obtain("k", create)
     assert created and create.calls == 1 and verify_checkpoint(entry) is None
-    assert cache.obtain("k", create) == (entry, False) and create.calls == 1
-    assert cache.obtain("k", create, reprune=True) == (entry, True) and create.calls == 2
+    assert cache.obtain("k", create)[:2] == (entry, False) and create.calls == 1
+    assert cache.obtain("k", create, reprune=True)[:2] == (entry, True) and create.calls == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k", "k.lock"]
 
 
@@ -97,11 +97,13 @@ def damage_flip(weights: Path) -> None:
 ])
 def test_a_damaged_entry_is_reported_once_and_pruned_again(tmp_path, caplog, damage, reason):
     cache, create = PrunedModelCache(tmp_path), Creator()
-    entry, _ = cache.obtain("k", create)
+    entry, *_ = cache.obtain("k", create)
     damage(entry / "model.safetensors")
     assert re.fullmatch(reason, verify_checkpoint(entry))
     caplog.set_level(logging.INFO, logger="harness.prune_cache")
-    assert cache.obtain("k", create) == (entry, True) and create.calls == 2
+    again = cache.obtain("k", create)
+    assert again[:2] == (entry, True) and create.calls == 2
+    assert again.repair.startswith("corrupt (") and re.search(reason, again.repair)  # recorded in the cell's result
     [warning] = cache_warnings(caplog)
     assert str(entry) in warning and "is corrupt (" in warning and warning.endswith("); pruning again")
     assert re.search(reason, warning)
@@ -110,21 +112,21 @@ def test_a_damaged_entry_is_reported_once_and_pruned_again(tmp_path, caplog, dam
 
 def test_an_entry_without_a_file_list_still_loads_but_is_pruned_again(tmp_path, caplog):
     cache, create = PrunedModelCache(tmp_path), Creator()
-    entry, _ = cache.obtain("k", create)
+    entry, *_ = cache.obtain("k", create)
     manifest = json.loads((entry / MANIFEST_NAME).read_text())
     del manifest["files"]  # as written before checkpoints recorded their files
     (entry / MANIFEST_NAME).write_text(json.dumps(manifest))
     assert verify_checkpoint(entry) == UNRECORDED
     assert load_pruned(entry).config.num_hidden_layers == 2  # a user's older checkpoint keeps working
     caplog.set_level(logging.INFO, logger="harness.prune_cache")
-    assert cache.obtain("k", create) == (entry, True) and create.calls == 2
+    assert cache.obtain("k", create)[:2] == (entry, True) and create.calls == 2
     [warning] = cache_warnings(caplog)
-    assert "cannot be verified" in warning and str(entry) in warning
+    assert "is unverifiable (" in warning and str(entry) in warning
     assert "files" in json.loads((entry / MANIFEST_NAME).read_text())
 
 
 def test_verify_names_what_is_wrong(tmp_path):
-    entry, _ = PrunedModelCache(tmp_path).obtain("k", Creator())
+    entry, *_ = PrunedModelCache(tmp_path).obtain("k", Creator())
     records = json.loads((entry / MANIFEST_NAME).read_text())["files"]
     assert {"model.safetensors", "config.json"} <= set(records)
     assert all(len(r["sha256"]) == 64 and r["size"] == (entry / n).stat().st_size for n, r in records.items())
@@ -164,7 +166,7 @@ def create(path):
 (root.parent / f"ready-{name}").touch()  # start together: both imports done before either asks
 while len(list(root.parent.glob("ready-*"))) < 2:
     time.sleep(0.01)
-path, created = PrunedModelCache(root).obtain("key", create)
+path, created, _ = PrunedModelCache(root).obtain("key", create)
 print(json.dumps({"path": str(path), "created": created}))
 """
 
@@ -191,7 +193,7 @@ def test_force_has_each_cell_prune_again_without_changing_what_it_computes(tmp_p
     from harness.bench.config import BenchConfig
     from harness.bench.expand import resolve
     from harness.bench.runner import plan_jobs
-    from harness.leaderboard import PER_CELL_KEYS
+    from harness.hashing import NOT_HASHED
 
     monkeypatch.setenv("PRUNEBENCH_CACHE", str(tmp_path / "cache"))
     bench = resolve(BenchConfig(methods=["shortgpt"], sparsities=[0.25], profile="cpu-quick",
@@ -200,7 +202,7 @@ def test_force_has_each_cell_prune_again_without_changing_what_it_computes(tmp_p
     [forced], _ = plan_jobs(bench, force=True)
     assert (plain.spec.reprune, forced.spec.reprune) == (False, True)
     assert json.loads(forced.spec_path.read_text())["reprune"] is True  # what the cell process reads
-    assert forced.spec.config_hash() == plain.spec.config_hash() and "reprune" in PER_CELL_KEYS
+    assert forced.spec.config_hash() == plain.spec.config_hash() and "reprune" in NOT_HASHED
 
 
 # --- the cell's side: harness.bench.cell.prune_or_reuse on a tiny local model ---
@@ -251,10 +253,12 @@ def test_a_cell_served_from_the_cache_reports_the_run_that_pruned_it(cell_setup,
     from harness.bench.cell import PeakMemory, prune_or_reuse
 
     ids = torch.randint(3, 128, (1, 12), generator=torch.Generator().manual_seed(0))
-    first_adapter, first, peak = prune_or_reuse(*cell_setup("first"), PeakMemory())
-    assert not first.from_cache and first.cache_key and peak
+    first_adapter, first, peak = prune_or_reuse(*cell_setup("first", run="runs/x at 2026-12-06T10:00:00"),
+                                                PeakMemory())
+    assert not first.from_cache and first.cache_key and peak and first.cache_repair is None
     assert first.pruned_by.cell == "first" and first.pruned_by.finished_at.endswith("+00:00")
-    assert (set(type(first.pruned_by).model_fields) == {"cell", "finished_at", "git", "hardware"}
+    assert first.pruned_by.run == "runs/x at 2026-12-06T10:00:00"  # which run, not only which cell id
+    assert (set(type(first.pruned_by).model_fields) == {"cell", "run", "finished_at", "git", "hardware"}
             and first.pruned_by.hardware)
 
     adapter, second, peak = prune_or_reuse(*cell_setup("second"), PeakMemory())
@@ -283,8 +287,9 @@ def test_a_cell_served_from_the_cache_reports_the_run_that_pruned_it(cell_setup,
     caplog.set_level(logging.INFO)
     _, healed, _ = prune_or_reuse(*cell_setup("healed"), PeakMemory())
     assert len(calls) == 1 and not healed.from_cache and healed.pruned_by.cell == "healed"
+    assert healed.cache_repair == "not loading (RuntimeError: cannot rebuild)"  # recorded in the cell's result
     [warning] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert "does not load (RuntimeError: cannot rebuild); pruning again" in warning
+    assert "is not loading (RuntimeError: cannot rebuild); pruning again" in warning
     monkeypatch.setattr(harness.checkpoint, "load_pruned", real_load)
 
     # Another code fingerprint (a fix to a method): another key, the cached model is not served.

@@ -235,8 +235,9 @@ def test_publish_replaces_the_destination_as_a_whole(tmp_path):
     dest = tmp_path / "results" / "smollm2-135m"
     assert invoke("publish", make_run(tmp_path / "a", cells=CELLS), "--to", dest).exit_code == 0
     (dest / "notes.txt").write_text("left over")
-    old_cell = "window-s0.5-seed0"  # a cell of the earlier publication only
+    old_cell = "window-s0.5-seed0"  # a cell added by hand after publishing: not in its manifest, not counted
     write_result(dest / "cells" / f"{old_cell}.json", published_result(old_cell))
+    assert "not among the files its published run's manifest" in scan_results(dest / "cells")[1][0]
     preset = dest / "calibration"  # a preset's run, published inside the model's folder: kept
     (preset / "cells").mkdir(parents=True)
     shutil.copy2(PUBLISHED / "bench.json", preset / "bench.json")
@@ -246,7 +247,7 @@ def test_publish_replaces_the_destination_as_a_whole(tmp_path):
     run = make_run(tmp_path / "b", CELLS[:2], {"dense": newer, "2ssp-s0.25-seed0": newer})
     result = invoke("publish", run, "--to", dest)
     assert result.exit_code == 0, result.output
-    assert "(replacing the previous publication, 4 results)" in result.stdout
+    assert "(replacing the previous publication, 3 results)" in result.stdout
     assert "kept the runs published inside it: calibration" in result.stdout
     assert not (dest / "notes.txt").exists() and not (dest / "cells" / f"{old_cell}.json").exists()
     assert not (dest / "cells" / "shortgpt-s0.25-seed0.json").exists()

@@ -25,7 +25,7 @@ import torch
 
 from harness.bench.config import CellSpec
 from harness.env import capture
-from harness.errors import PrunebenchError
+from harness.errors import PrunebenchError, first_line
 from harness.logs import quiet_libraries
 from harness.results import (
     EXPORTS_DIR,
@@ -109,8 +109,8 @@ def _release_dense(loaded) -> None:
         torch.cuda.empty_cache()
 
 
-def _load_cached(entry: Path, key: str, loaded) -> tuple[Any, PruningReport] | None:
-    """The cached pruned model and its stored report, the dense model released first; None when the
+def _load_cached(entry: Path, key: str, loaded) -> tuple[Any, PruningReport] | str:
+    """The cached pruned model and its stored report, the dense model released first; why not, when the
     entry does not load (the dense model is then loaded again to prune)."""
     from harness.checkpoint import load_pruned, read_manifest
 
@@ -123,9 +123,9 @@ def _load_cached(entry: Path, key: str, loaded) -> tuple[Any, PruningReport] | N
     except (MemoryError, torch.OutOfMemoryError):
         raise  # the machine's limit, not the entry's fault
     except Exception as err:  # a sound-looking entry that does not load is as bad as a corrupt one
-        log.warning("cached pruned model %s does not load (%s); pruning again",
-                    entry, f"{type(err).__name__}: {err}".splitlines()[0][:200])
-        return None
+        why = f"not loading ({first_line(err)[:200]})"
+        log.warning("cached pruned model %s is %s; pruning again", entry, why)
+        return why
 
 
 def _logged(model: Any, manifest: dict[str, Any]):
@@ -162,7 +162,8 @@ def _prune(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, PruningRepo
     peak = memory.read()
     env = capture()
     # who pruned it: a cell served from the cache reports the run its model comes from
-    by = Provenance(cell=spec.id, finished_at=now(), git=env["prunebench"]["git"], hardware=fingerprint(env))
+    by = Provenance(cell=spec.id, run=spec.run, finished_at=now(), git=env["prunebench"]["git"],
+                    hardware=fingerprint(env))
     return outcome, outcome.report.model_copy(update={"pruned_by": by}), peak
 
 
@@ -196,14 +197,16 @@ def prune_or_reuse(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, Pru
         save_pruned(outcome.adapter, loaded.tokenizer, entry, info=info)
         fresh.update(adapter=outcome.adapter, report=report, peak=peak)
 
-    entry, created = cache.obtain(key, create, spec.reprune)
+    entry, created, repair = cache.obtain(key, create, spec.reprune)
     if not created:
         log.info("pruned model found in the cache (%s): not pruning again", entry)
         served = _load_cached(entry, key, loaded)
-        if served is not None:
+        if not isinstance(served, str):
             return (*served, {})
+        repair = served
         cache.obtain(key, create, reprune=True)  # creates: the model is the one pruned now
-    return fresh["adapter"], fresh["report"].model_copy(update={"cache_key": key}), fresh["peak"]
+    report = fresh["report"].model_copy(update={"cache_key": key, "cache_repair": repair})
+    return fresh["adapter"], report, fresh["peak"]
 
 
 def cell_of(spec: CellSpec) -> Cell:

@@ -9,8 +9,6 @@ pruned model, so that a metric added later reuses the cached pruned model).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +29,7 @@ from pydantic import (
 from harness import __version__
 from harness.data.tokens import Construction, Draw
 from harness.errors import PrunebenchError
+from harness.hashing import EXTRAS, NOT_HASHED, canonical_hash, complete, config_hash
 from harness.metrics.registry import METRICS
 from harness.models import TokenizerKind
 from methods.base import Numerics
@@ -146,10 +145,42 @@ class _BenchConfig(_Config):
     @field_validator("sparsities")
     @classmethod
     def _in_unit_interval(cls, values: list[float]) -> list[float]:
+        if not values:
+            raise ValueError("no sparsity given")
         for s in values:
             if not 0.0 < s < 1.0:
                 raise ValueError(f"sparsity {s} is not strictly between 0 and 1")
         return values
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, values: list[int]) -> list[int]:
+        if not values:
+            raise ValueError("no seed given")
+        if any(s < 0 for s in values):
+            raise ValueError(f"seeds are non-negative integers, got {min(values)}")
+        return values
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, values: list[str]) -> list[str]:
+        if any(not v.strip() for v in values):
+            raise ValueError("an empty method name")
+        return values
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("the model is empty: give an embedded name, a hub id or a model directory")
+        return value
+
+    @field_validator("out", mode="before")
+    @classmethod
+    def _out(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("out is empty: give a folder (use '.' to mean the current one)")
+        return value
 
 
 # A metric's settings in a bench are overrides of the profile's: ``perplexity: {max_windows: 10}`` keeps the
@@ -200,11 +231,6 @@ def model_slug(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name.replace("/", "--")).strip("-") or "model"
 
 
-def canonical_hash(obj: Any, length: int = 16) -> str:
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
-
-
 class _CellSpec(_Config):
     """Everything one cell needs, fully resolved; what its result records as ``config``.
 
@@ -234,8 +260,28 @@ class _CellSpec(_Config):
     # out of both hashes too (a cell whose result lacks an asked export runs again, see runner.plan_jobs).
     export: list[str] = Field(default_factory=list)
 
+    # The bench run that made the cell (its folder and start), named by a pruned model it leaves in the cache.
+    # Like ``reprune`` and ``export``: how and where it ran, left out of both hashes.
+    run: str | None = None
+
     def config_hash(self) -> str:
-        return canonical_hash(hashed_config(self.model_dump(mode="json", exclude={"reprune", "export"})))
+        return config_hash(self.model_dump(mode="json"))
+
+    @classmethod
+    def from_record(cls, config: dict[str, Any], where: str = "the record") -> Any:
+        """The spec a result recorded, every setting as it ran: a setting added after the record is given its
+        earlier value (harness.hashing), never today's default; one without an earlier value is refused."""
+        full, _, unknown = complete(config)
+        unknown += [name for name in cls.model_fields if name not in full and name not in NOT_HASHED]
+        if unknown:
+            raise PrunebenchError(f"{where} was made before the settings {', '.join(sorted(unknown))} existed and "
+                                  "they declare no earlier value, so what it ran cannot be re-run")
+        try:
+            return cls(**full)
+        except ValidationError as err:
+            first = err.errors()[0]
+            raise PrunebenchError(f"{where}: its configuration is not a cell's "
+                                  f"({'.'.join(str(p) for p in first['loc'])}: {first['msg']})") from None
 
     def prune_key(self, model_identity: str, fingerprint: dict[str, str]) -> str:
         """Only what determines the pruned weights: a later metric change reuses the pruned model.
@@ -249,47 +295,6 @@ class _CellSpec(_Config):
             "calibration": self.calibration.model_dump(mode="json"), "dtype": self.dtype, "device": self.device,
             "numerics": self.numerics, "tokenizer": self.tokenizer,
         })
-
-
-def _off_by_default(metric: Any) -> bool:
-    try:
-        return not metric.config_type().enabled
-    except ValidationError:  # a config with required fields: always given, never an extra
-        return False
-
-
-# Metrics that are off unless asked for (the engine). A spec recorded before one was registered did not run
-# it and reads as such (repro of older results); while one is off it is left out of a cell's hash and of
-# its leaderboard protocol, so that a bench which asks for none resumes the cells it finished before.
-EXTRAS = frozenset(name for name, metric in METRICS.items() if _off_by_default(metric))
-
-
-def unasked_extras(config: dict[str, Any]) -> set[str]:
-    """The extras that a cell's configuration (a CellSpec as JSON, or a result's ``config``) leaves off."""
-    return {name for name in EXTRAS if not (config.get(name) or {}).get("enabled", False)}
-
-
-# Settings added after results were first recorded, with the value that computes what the code before them
-# computed (at seed 0 every calibration draw takes the same first chunks). At that value a setting is left
-# out of a cell's hash and leaderboard protocol, so older results keep theirs: a bench resumes them and
-# shares their table. Any other value is hashed, so it never resumes a result computed otherwise.
-_LATER_DEFAULTS = {"numerics": "exact", "tokenizer": "fast"}
-_LATER_CALIBRATION_DEFAULTS = {"construction": "joined"}
-
-
-def hashed_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a cell's configuration (a CellSpec as JSON, or a result's ``config``) its hash covers."""
-    out = {k: v for k, v in config.items()
-           if k not in unasked_extras(config) and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
-    calibration = dict(out.get("calibration") or {})
-    for key, default in _LATER_CALIBRATION_DEFAULTS.items():
-        if calibration.get(key) == default:
-            del calibration[key]
-    if calibration.get("draw") == "fixed" and config.get("seed") == 0:
-        del calibration["draw"]
-    if "calibration" in out:
-        out["calibration"] = calibration
-    return out
 
 
 def _spec_field(name: str, metric: Any) -> tuple[Any, Any]:

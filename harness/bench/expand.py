@@ -20,6 +20,7 @@ from harness.bench.presets import apply_preset
 from harness.errors import PrunebenchError
 from harness.metrics.registry import METRICS
 from harness.models import num_layers
+from harness.outputs import check_run_folder
 from harness.pruning import method_protocol
 from methods import expand_method_name, get_method, method_names
 from methods.base import PruningMethod
@@ -91,6 +92,7 @@ def with_preset(config: BenchConfig, profile: str) -> BenchConfig:
 def resolve(config: BenchConfig) -> ResolvedBench:
     out = config.out or default_out(config.model, config.preset)
     check_out(out)  # first: a bench into results/ is refused before anything else happens
+    check_run_folder(out)
     profile = resolve_profile(config)
     config = with_preset(config, profile)
     defaults = profile_defaults(profile)
@@ -201,7 +203,7 @@ def validate(bench: ResolvedBench) -> None:
     is dropped with a note when a group brought it in (``all``), an error when it was named.
     """
     from harness.data.sources import validate_source
-    from harness.models import checked_config, resolve_model
+    from harness.models import check_positions, checked_config, resolve_model
     from harness.pruning import skeleton_adapter
 
     ref = resolve_model(bench.config.model)  # first: a model that is not installed is refused before the data
@@ -212,6 +214,11 @@ def validate(bench: ResolvedBench) -> None:
     for name, metric in METRICS.items():
         metric.validate(getattr(first, name))
     config = checked_config(ref, bench.config.trust_remote_code)
+    for name, metric in METRICS.items():
+        if getattr(first, name).enabled:
+            check_positions(config, metric.positions(getattr(first, name)), f"{name}: a sequence")
+    for length in sorted({c.calibration.seq_len for c in bench.cells if c.calibration.seq_len}):
+        check_positions(config, length, "a calibration sample")
     skeleton = skeleton_adapter(ref, config, bench.config.trust_remote_code)
     keep, unsupported = [], {}
     for cell in bench.cells:

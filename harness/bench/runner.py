@@ -15,8 +15,9 @@ from harness.bench.config import BenchConfig
 from harness.bench.executors import BenchInterrupted, CellJob, Event, make_executor
 from harness.bench.expand import ResolvedBench, hub_needs, resolve, validate
 from harness.bench.inputs import prepare as prepare_inputs
+from harness.files import write_text_atomic
 from harness.metrics.registry import METRICS
-from harness.results import EXPORTS_DIR, InvalidResult, read_result, write_text_atomic
+from harness.results import EXPORTS_DIR, InvalidResult, read_result
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +61,32 @@ def describe(bench: ResolvedBench) -> list[str]:
     return lines + bench.notes
 
 
-def plan_jobs(bench: ResolvedBench, force: bool, env: dict[str, str] | None = None) -> tuple[list[CellJob], list[str]]:
+def outcome_lines(event: Event) -> list[str]:
+    """What the console says of a finished cell: its status and why it failed, and a repaired cache entry (the
+    cell's log has the details; these are what a user must not miss)."""
+    try:
+        result = read_result(event.job.result_path)
+    except InvalidResult as err:
+        return [f"cell {event.job.spec.id}: {event.status} ({event.message or err})"]
+    why = result.error.message if result.error else event.message
+    lines = [f"cell {event.job.spec.id}: {event.status}" + (f": {why.splitlines()[0]}" if why else "")]
+    repair = result.pruning.cache_repair if result.pruning else None
+    if repair:
+        lines.append(f"cell {event.job.spec.id}: its cached pruned model was {repair}; it was pruned again")
+    return lines
+
+
+def plan_jobs(bench: ResolvedBench, force: bool, env: dict[str, str] | None = None,
+              run_id: str | None = None) -> tuple[list[CellJob], list[str]]:
     """Jobs for the cells without a current, successful result; the ids of the cells skipped.
 
-    ``force`` runs every cell and has each prune again rather than reuse the pruned-model cache.
+    ``force`` runs every cell and has each prune again rather than reuse the pruned-model cache. ``run_id``
+    names this run in what its cells leave in the cache (``pruned_by``).
     """
     jobs, skipped = [], []
     cells_dir = bench.out / "cells"
     for spec in bench.cells:
-        if force:
-            spec = spec.model_copy(update={"reprune": True})
+        spec = spec.model_copy(update={"run": run_id, "reprune": force})
         result_path = cells_dir / f"{spec.id}.json"
         if result_path.exists() and not force:
             try:
@@ -101,10 +118,11 @@ def run_bench(config: BenchConfig, force: bool = False, console: Console | None 
     if inputs.mode != "none":
         console.print(inputs.describe(), highlight=False, soft_wrap=True)
     bench.out.mkdir(parents=True, exist_ok=True)
+    run_id = f"{bench.out.resolve()} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}"
     write_text_atomic(bench.out / "bench.json", json.dumps(
         {"config": config.model_dump(mode="json"), "profile": bench.profile, "sparsities": bench.sparsities,
-         "protocol": describe(bench)}, indent=2))
-    jobs, skipped = plan_jobs(bench, force, inputs.cell_env(config.executor))
+         "protocol": describe(bench), "run": run_id}, indent=2))
+    jobs, skipped = plan_jobs(bench, force, inputs.cell_env(config.executor), run_id)
     outcome = BenchOutcome(bench.out, skipped=skipped)
     if skipped:
         console.print(f"{len(skipped)} cells already done (re-run with --force to redo): {', '.join(skipped)}",
@@ -121,8 +139,8 @@ def run_bench(config: BenchConfig, force: bool = False, console: Console | None 
                 return
             bars.advance(task)
             (outcome.ran if event.status == "ok" else outcome.failed).append(event.job.spec.id)
-            note = f" ({event.message})" if event.message else ""
-            console.print(f"cell {event.job.spec.id}: {event.status}{note}", highlight=False)
+            for line in outcome_lines(event):
+                console.print(line, highlight=False, soft_wrap=True)
 
         try:
             executor.run(jobs, on_event)

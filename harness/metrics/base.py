@@ -97,6 +97,9 @@ class Metric(Generic[C, R]):
     config_type: ClassVar[type[MetricConfig]]
     result_type: ClassVar[Any]  # a pydantic-compatible type: a model, or e.g. dict[str, Model]
     column_order: ClassVar[int] = 100  # where its columns stand in a leaderboard, lowest first
+    # Settings of its config added after results were first recorded, each with the value that measures what the
+    # metric measured before the setting existed (harness.hashing: filled into older records, left out of hashes).
+    earlier_settings: ClassVar[dict[str, Any]] = {}
 
     def default_config(self, profile: str) -> C:
         raise NotImplementedError
@@ -104,6 +107,11 @@ class Metric(Generic[C, R]):
     def validate(self, config: C) -> list[str]:
         """Refuse bad input before any model loads; return the hub resources the config needs."""
         return []
+
+    def positions(self, config: C) -> int:
+        """The longest sequence (in tokens) the metric runs the model on: a bench refuses one beyond the model's
+        positions before it starts (0: no fixed length)."""
+        return 0
 
     def describe(self, config: C) -> str:
         """One line of the protocol, printed before a bench runs."""
@@ -147,6 +155,13 @@ class Metric(Generic[C, R]):
 
     def compare(self, old: R, new: R, tol: Tolerances) -> list[Check]:
         return []
+
+    def inconsistency(self, result: R) -> str | None:
+        """How a stored result disagrees with its own raw material (a summary edited by hand); None if it agrees.
+
+        Every summary a result shows (a value, its interval) is recomputed from what it keeps (windows,
+        per-example outcomes, timing samples) when a result file is read; a file that fails is left out."""
+        return None
 
 
 def mean_spread(values: list[float]) -> tuple[float, float | None]:

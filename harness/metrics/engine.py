@@ -198,6 +198,9 @@ class EngineMetric(Metric[EngineConfig, EngineResult]):
             load_llama_cpp()  # so is a missing llama-cpp-python
         return []
 
+    def positions(self, config: EngineConfig) -> int:
+        return max(config.prompt_tokens, config.decode_prompt + config.decode_tokens)
+
     def describe(self, config: EngineConfig) -> str:
         if not config.enabled:
             return "engine: off (llama.cpp speed; bench --engine, make bench ENGINE=1)"

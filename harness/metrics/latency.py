@@ -185,6 +185,9 @@ class LatencyMetric(Metric[LatencyConfig, LatencyScore]):
         # its first calls (allocator, thread pool) run cold and inflate every speed-up.
         return LatencyConfig(seq_len=128, warmup=3, repeats=5, decode_tokens=4, decode_prompt=16)
 
+    def positions(self, config: LatencyConfig) -> int:
+        return max(config.seq_len, config.decode_prompt + config.decode_tokens)
+
     def describe(self, config: LatencyConfig) -> str:
         if not config.enabled:
             return "latency: off"

@@ -19,6 +19,7 @@ mean loss times its tokens, which is what the interval and the paired tests use.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -86,6 +87,7 @@ class PerplexityProtocol(Strict):
     numerics: Numerics = "exact"
     tokenizer: str = "fast"
     interval: str
+    dtype: str | None = None  # of the logits the reference numerics round in (None: recorded before it was kept)
 
     def text_id(self) -> str:
         """What identifies the scored text: a revision or a content digest."""
@@ -182,7 +184,7 @@ def perplexity(
         seq_len=seq_len, stride=seq_len, windows=len(windows), max_windows=max_windows,
         bos="prepended to every window, context only" if with_bos else "none", targets=sum(targets),
         reduction=REDUCTION[numerics], numerics=numerics, tokenizer=tokenizer_kind(tokenizer),
-        interval=interval.method,
+        interval=interval.method, dtype=str(adapter.lm_head().weight.dtype).removeprefix("torch."),
     )
     return PerplexityScore(value=value, interval=interval, seconds=seconds, window_nll=nll, window_targets=targets,
                            protocol=protocol)
@@ -194,6 +196,50 @@ def _interval(nll: list[float], targets: list[int], seed: int) -> Interval:
         return Interval(low=value, high=value, level=0.95, method="none (a single window has no spread)")
     ci = perplexity_interval(nll, targets, level=0.95, resamples=BOOTSTRAP_RESAMPLES, seed=seed)
     return Interval(low=ci.low, high=ci.high, level=ci.level, method=ci.method)
+
+
+# A value recorded with the reference numerics but no dtype can be checked only this closely against its windows:
+# half-precision rounding of the window losses, their running mean and exp moves it by ~1.5 % on the default model.
+UNKNOWN_DTYPE_RTOL = 0.05
+
+
+def recomputed_value(score: PerplexityScore) -> float | None:
+    """The perplexity its windows give, computed as its protocol says (None: not recomputable exactly)."""
+    p = score.protocol
+    if p.numerics == "exact":
+        return math.exp(math.fsum(score.window_nll) / sum(score.window_targets))
+    dtype = getattr(torch, p.dtype or "", None)
+    if not isinstance(dtype, torch.dtype):
+        return None
+    running = ReferenceMean()
+    for nll, targets in zip(score.window_nll, score.window_targets, strict=True):
+        running.add(torch.tensor(nll / targets, dtype=dtype), targets)
+    return running.perplexity()
+
+
+def inconsistency(score: PerplexityScore) -> str | None:
+    """How a score disagrees with its own windows: its value, its scored tokens or its interval."""
+    if len(score.window_nll) != len(score.window_targets) or len(score.window_nll) != score.protocol.windows:
+        return f"{len(score.window_nll)} window NLLs for {score.protocol.windows} windows"
+    if sum(score.window_targets) != score.protocol.targets:
+        return f"windows score {sum(score.window_targets)} tokens, the protocol says {score.protocol.targets}"
+    expected = recomputed_value(score)
+    if expected is None:  # reference numerics of an unknown dtype: as close as its rounding allows
+        plain = math.exp(math.fsum(score.window_nll) / sum(score.window_targets))
+        if abs(score.value - plain) > UNKNOWN_DTYPE_RTOL * plain:
+            return f"value {score.value:.6g} is not what its windows give (about {plain:.6g})"
+    elif not math.isclose(score.value, expected, rel_tol=1e-9):
+        return f"value {score.value:.6g} is not what its windows give ({expected:.6g})"
+    resampled = re.fullmatch(r"bootstrap-percentile over windows \((\d+) resamples, seed (-?\d+)\)",
+                             score.interval.method)
+    if resampled:
+        again = perplexity_interval(score.window_nll, score.window_targets, level=score.interval.level,
+                                    resamples=int(resampled[1]), seed=int(resampled[2]))
+        if not (math.isclose(again.low, score.interval.low, rel_tol=1e-9)
+                and math.isclose(again.high, score.interval.high, rel_tol=1e-9)):
+            return (f"interval [{score.interval.low:.6g}, {score.interval.high:.6g}] is not what its windows give "
+                    f"([{again.low:.6g}, {again.high:.6g}])")
+    return None
 
 
 def windows_comparable(a: PerplexityScore, b: PerplexityScore) -> bool:
@@ -239,6 +285,9 @@ class PerplexityMetric(Metric[PerplexityConfig, Scores]):
         for dataset in config.datasets:
             validate_source(dataset)
         return [d for d in config.datasets if hub_source(d)] if config.enabled else []
+
+    def positions(self, config: PerplexityConfig) -> int:
+        return config.seq_len + (config.bos != "never")  # a window, and the BOS a model may need before it
 
     def describe(self, config: PerplexityConfig) -> str:
         if not config.enabled:
@@ -296,6 +345,13 @@ class PerplexityMetric(Metric[PerplexityConfig, Scores]):
         if name is None or not all(name in s for s in a + b):
             return None
         return paired_p_value([s[name] for s in a], [s[name] for s in b])
+
+    def inconsistency(self, result: Scores) -> str | None:
+        for name, score in result.items():
+            problem = inconsistency(score)
+            if problem:
+                return f"{name}: {problem}"
+        return None
 
     def compare(self, old: Scores, new: Scores, tol: Tolerances) -> list[Check]:
         checks = []

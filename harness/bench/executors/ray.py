@@ -484,7 +484,7 @@ class RayExecutor:
 
     def _append_log(self, item: _Pending, text: str, note: str = "") -> None:
         """The cell's log beside its result, after those of earlier runs (as the local executor keeps them)."""
-        from harness.results import write_text_atomic
+        from harness.files import write_text_atomic
 
         path = item.job.log_path
         try:
