@@ -18,11 +18,43 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+# typer 0.29 (pinned) carries its own copy of click: its exceptions are these, not the click package's.
+from typer._click import exceptions as click_errors
+from typer.core import TyperGroup
+
 from harness.errors import PrunebenchError
 from harness.logs import quiet_libraries
 from methods.errors import MethodError
 
+
+class OneLineErrors(TyperGroup):
+    """Click reports a bad flag or value in a usage box of five lines; prunebench reports every bad input the same
+    way, in one line and exit code 2 (``prunebench COMMAND --help`` shows the usage)."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click_errors.NoArgsIsHelpError as err:  # no command: the help, as click gives it
+            err.show()
+            sys.exit(err.exit_code)
+        except click_errors.UsageError as err:
+            where = f"{err.ctx.command_path}: " if err.ctx is not None else ""
+            err_console.print(f"[bold red]error:[/] {where}{err.format_message()} (see --help)", highlight=False,
+                              soft_wrap=True)
+            sys.exit(err.exit_code)
+        except click_errors.ClickException as err:
+            err.show()
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            err_console.print("aborted", highlight=False)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     name="prunebench",
     help="Benchmark structured pruning of LLMs: 2SSP and its baselines, on any supported Hugging Face causal LM.",
     no_args_is_help=True,
@@ -125,7 +157,7 @@ def eval_cmd(
     check_settings(numerics, tokenizer)
     validate_source(dataset)
     ref = resolve_model(model)
-    check_positions(checked_config(ref, trust_remote_code), seq_len + (bos != "never"), "--seq-len")
+    check_positions(checked_config(ref, trust_remote_code), seq_len + (bos == "always"), "--seq-len")
     loaded = load_model(ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code, tokenizer=tokenizer)
     corpus = load_corpus(dataset, "evaluation")
     progress = RichProgress(err_console)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -55,11 +56,16 @@ def check_writable(path: Path, flag: str = "--out", folder: bool = True) -> None
             raise PrunebenchError(f"{flag} {path} is a file; give a folder")
         if not folder and path.is_dir():
             raise PrunebenchError(f"{flag} {path} is a folder; give a file path")
-    existing = path if path.exists() else next((p for p in path.absolute().parents if p.exists()), Path("/"))
+    home = path.absolute() if folder else path.absolute().parent  # the folder the command creates or writes in
+    existing = home if home.exists() else next((p for p in home.parents if p.exists()), Path("/"))
     if not existing.is_dir():
         raise PrunebenchError(f"{flag} {path}: {existing} is a file, so nothing can be created under it")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PrunebenchError(f"{flag} {path}: {existing} is not writable by this user")
+    try:  # a real attempt: permission bits do not tell for root, a read-only mount or /sys
+        fd, probe = tempfile.mkstemp(prefix=".prunebench-write-check-", dir=existing)
+    except OSError as err:
+        raise PrunebenchError(f"{flag} {path}: nothing can be written in {existing} ({err.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def holds(path: Path, kind: Kind) -> bool:

@@ -287,7 +287,7 @@ class PerplexityMetric(Metric[PerplexityConfig, Scores]):
         return [d for d in config.datasets if hub_source(d)] if config.enabled else []
 
     def positions(self, config: PerplexityConfig) -> int:
-        return config.seq_len + (config.bos != "never")  # a window, and the BOS a model may need before it
+        return config.seq_len + (config.bos == "always")  # a window, and a BOS asked for before it
 
     def describe(self, config: PerplexityConfig) -> str:
         if not config.enabled:
