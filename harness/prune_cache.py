@@ -3,9 +3,10 @@
 A bench cell prunes once and every later cell with the same pruning (another metric, a re-run) loads
 the result. Three things keep that from serving the wrong model:
 
-- the key covers the code: :func:`code_fingerprint` hashes every source file that decides a pruned
-  model (a method added from outside methods/ included), plus the torch and transformers versions, so a
-  fix to a method is never answered with a model the old code pruned;
+- the key covers the code: :func:`code_fingerprint` hashes every project module that pruning imports (the
+  import closure of ``harness.pruning`` and of every registered method, imports inside functions included;
+  a method added from outside methods/ too), plus the torch and transformers versions, so a fix to any
+  of them is never answered with a model the old code pruned;
 - an exclusive file lock per key spans the check and the creation, so cells on one shared cache
   (Ray workers, two benches) never prune the same key at once: the second waits and reuses the entry;
 - an entry is served only if it verifies against the sizes and digests its manifest recorded
@@ -15,6 +16,7 @@ the result. Three things keep that from serving the wrong model:
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import logging
@@ -33,18 +35,58 @@ from harness.errors import PrunebenchError
 
 log = logging.getLogger(__name__)
 
-# What determines a pruned model, relative to the directory that holds the harness and methods packages.
-FINGERPRINTED = ("methods", "harness/checkpoint.py", "harness/pruning.py", "harness/models.py",
-                 "harness/data")
+# What prunes: the entry point every pruning goes through (``prunebench prune`` and a bench cell alike).
+PRUNING_ENTRY = "harness.pruning"
+PROJECT_PACKAGES = ("harness", "methods")
+
+
+def _module_file(name: str, base: Path) -> Path | None:
+    parts = name.split(".")
+    if parts[0] not in PROJECT_PACKAGES:
+        return None
+    for candidate in (base.joinpath(*parts).with_suffix(".py"), base.joinpath(*parts, "__init__.py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported(file: Path, name: str) -> set[str]:
+    """Every module ``file`` (the module ``name``) may import: each import statement, at any depth (imports
+    inside functions run too), with the packages above each module, whose ``__init__`` runs first."""
+    package = name if file.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(file.read_bytes(), filename=str(file))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            prefix = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join([*prefix, *([node.module] if node.module else [])])
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)  # submodules imported by name
+    return {".".join(m.split(".")[:i]) for m in found for i in range(1, len(m.split(".")) + 1)}
+
+
+def import_closure(roots: Iterable[str], base: Path) -> list[Path]:
+    """The source files of the project modules that ``roots`` import, directly or not (``base`` holds the
+    harness and methods packages)."""
+    seen: dict[str, Path] = {}
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        file = _module_file(name, base)
+        if name in seen or file is None:
+            continue
+        seen[name] = file
+        todo += sorted(_imported(file, name) - set(seen))
+    return sorted(set(seen.values()))
 
 
 def fingerprinted_files(base: Path) -> list[Path]:
-    """The Python sources of :data:`FINGERPRINTED` under ``base`` (directories recursively)."""
-    files: list[Path] = []
-    for name in FINGERPRINTED:
-        target = base / name
-        files += sorted(target.rglob("*.py")) if target.is_dir() else [target]
-    return files
+    """What decides a pruned model: the import closure of the pruning entry point and of every built-in
+    method (the registry names them as strings, which no import statement shows)."""
+    from methods.registry import METHODS
+
+    return import_closure([PRUNING_ENTRY, *(target.split(":")[0] for target in METHODS.values())], base)
 
 
 def source_digest(files: Iterable[Path], base: Path) -> str:
