@@ -28,8 +28,15 @@ def compare(old: CellResult, new: CellResult, rtol: float, atol: float) -> list[
             checks.append(Check("error", "", new.error.message, "", "", False))
         return checks
     if old.pruning or new.pruning:
-        same = (old.pruning.decisions if old.pruning else None) == (new.pruning.decisions if new.pruning else None)
-        checks.append(Check("decisions", "recorded", "identical" if same else "DIFFERENT", "", "identical", same))
+        # Every decision the record holds must come out the same; what newer code adds to its decisions (a
+        # descriptive key such as the numerics used) the record cannot judge, and is only named.
+        before = old.pruning.decisions if old.pruning else {}
+        after = new.pruning.decisions if new.pruning else {}
+        differ = sorted(k for k in before if before[k] != after.get(k))
+        added = sorted(set(after) - set(before))
+        checks.append(Check("decisions", "recorded", f"DIFFERENT: {', '.join(differ)}" if differ else "identical",
+                            f"newly reported: {', '.join(added)}" if added else "", "identical", not differ
+                            and bool(old.pruning) == bool(new.pruning)))
     if old.parameters and new.parameters:
         for field in ("total_after", "blocks_after", "achieved_sparsity"):
             a, b = getattr(old.parameters, field), getattr(new.parameters, field)
