@@ -252,6 +252,7 @@ def execute(prepared: Prepared, progress: Progress = no_progress, loaded: Loaded
         calibration=calib_protocol,
         model=model_record(loaded),
         numerics=job.numerics,
+        paths=dict(ctx.paths),
     )
     return PruneOutcome(loaded, adapter, report)
 

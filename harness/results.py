@@ -83,6 +83,9 @@ class PruningReport(_Strict):
     calibration: dict[str, Scalar]
     model: dict[str, str]  # name, kind, dtype, device
     numerics: Literal["exact", "reference"] = "exact"  # how the method's scores were computed (methods.base)
+    # stage -> the computation path that ran where machines may differ without changing decisions (e.g. a
+    # search's batching and prefix cache, kept only where checked bit-identical at run time: methods.search)
+    paths: dict[str, str] = {}
     pruned_by: Provenance | None = None
     from_cache: bool = False
     cache_key: str | None = None

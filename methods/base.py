@@ -92,6 +92,9 @@ class PruneContext:
     progress: Progress = no_progress
     timer: StageTimer = field(default_factory=StageTimer)
     numerics: Numerics = "exact"
+    # Which computation ran where machines may take different ones with the same decisions (a search's run-time
+    # checked shortcuts, methods.search): stage -> path. Written by the method, recorded in the pruning report.
+    paths: dict[str, str] = field(default_factory=dict)
 
 
 class PruningMethod(ABC):

@@ -320,6 +320,7 @@ class BlockPruner(_BlockPrunerBase):
         else:
             search = GreedySearch(adapter, probe, "free", target=plan["target_parameters"], timer=ctx.timer)
             _run(search, ctx, plan["target_parameters"], "parameters")
+        ctx.paths["search"] = probe.path
         return {**plan, **_decisions(search, dense, samples, ctx)}
 
 
@@ -337,6 +338,7 @@ class BlockPrunerBlock(_BlockPrunerBase):
         probe, samples = _probe(adapter, options, ctx)
         search = GreedySearch(adapter, probe, "block", rounds=n, timer=ctx.timer)
         _run(search, ctx, sum(L - r for r in range(n)), "candidates")
+        ctx.paths["search"] = probe.path
         return {
             "blocks": n,
             "removed_layers": sorted(s.layer for s in search.steps),  # original numbering

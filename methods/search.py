@@ -3,11 +3,16 @@
 Removing a sub-block of layer i leaves layers 0..i-1 untouched, so the hidden state entering layer i
 is the same for every candidate of layer i and beyond. ``cached=True`` keeps the hidden states at
 every layer input and resumes each candidate from its own layer; after a removal is made permanent,
-only the states after it are recomputed. Candidates are also run through their remaining layers
-together, as one batch (up to ``batch`` at a time): rows of a batched matrix product are computed
-exactly as alone, so every perplexity is bit-for-bit the one of a one-by-one evaluation.
-``cached=False`` runs every candidate from the embeddings, one at a time (the straightforward way;
-kept so that a benchmark can show that both make the same decisions).
+only the states after it are recomputed. With ``numerics="exact"`` candidates are also run through
+their remaining layers together, as one batch (up to ``batch`` at a time). ``cached=False`` runs every
+candidate from the embeddings, one at a time, as the authors' loop does.
+
+Neither shortcut is assumed to be exact: whether a batched matrix product computes each row as it would
+alone, and whether a layer resumed from a cached state gives what a whole forward gives, depends on the
+kernels, hence on the CPU or GPU and on the dtype (bf16 through AMX on Intel Xeons: not for batches). So
+the first evaluation checks both on the first candidates, bit for bit, and falls back to the plain path
+where they differ; :attr:`PerplexityProbe.path` says which path ran, and the pruning report records it.
+``numerics="reference"`` never batches: the authors compute one candidate at a time, and so do we.
 
 A greedy search needs only the best candidate, and on a small model the LM head is a large share of
 each evaluation (SmolLM2-135M: 49k x 576, as much as a dozen pruned layers). :meth:`best` therefore
@@ -20,6 +25,7 @@ evaluation, bit for bit.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
@@ -31,6 +37,8 @@ from methods.arch import ModelAdapter
 from methods.base import Numerics
 from methods.nll import ReferenceMean, VocabularyScreen, reference_window_loss, summed_nll
 from methods.runner import LayerRunner
+
+logger = logging.getLogger(__name__)
 
 
 def screen_vocab_field():
@@ -62,8 +70,10 @@ class PerplexityProbe:
         self.adapter = adapter
         self.samples = [s[None] for s in samples]  # batch 1 per sample, as the reference does
         self.cached = cached
-        self.batch = max(1, batch)
+        self.batch = 1 if numerics == "reference" else max(1, batch)  # the authors' shapes: one at a time
         self.numerics = numerics
+        self.fallback = ""  # why a shortcut was dropped after the run-time check ("" while none was)
+        self._checked = not cached  # the plain path needs no check
         # The screen needs the reference states (cached) and float32 logits: in half precision the full
         # head's own rounding (~0.4 % of a logit) is larger than the gaps the bound has to resolve. It bounds
         # the exact NLL only: the reference numerics rank by another (rounded) number.
@@ -80,6 +90,7 @@ class PerplexityProbe:
         ``exact``: exp of the summed float32 NLL over all samples' tokens. ``reference``: each sample is
         one window of the authors' loop (methods.nll.ReferenceMean), in the model's dtype.
         """
+        self._check_shortcuts(candidates)
         if self.numerics == "reference":
             means = [ReferenceMean() for _ in candidates]
             for i, ids in enumerate(self.samples):
@@ -134,6 +145,7 @@ class PerplexityProbe:
 
         Same answer as ranking :meth:`perplexities`, computing the full head only where needed.
         """
+        self._check_shortcuts(candidates)
         if not self.screen:
             scores = self.perplexities(candidates)
             self.exact_evaluations += len(candidates)
@@ -162,6 +174,48 @@ class PerplexityProbe:
             if chosen < 0 or rank(k, ppl) < rank(chosen, chosen_ppl):
                 chosen, chosen_nll, chosen_ppl = k, (math.inf if math.isnan(nll) else nll), ppl
         return chosen, chosen_ppl
+
+    @property
+    def path(self) -> str:
+        """How candidates are computed, for the pruning report (machines may differ here, decisions may not)."""
+        if not self.cached:
+            return "one by one from the embeddings" + (f" ({self.fallback})" if self.fallback else "")
+        how = f"batches of {self.batch}" if self.batch > 1 else "one by one"
+        return f"prefix-cached, {how}" + (f" ({self.fallback})" if self.fallback else "")
+
+    @torch.no_grad()
+    def _check_shortcuts(self, candidates: list[Candidate]) -> None:
+        """Once, before the first evaluation: keep batching and the prefix cache only if, on this machine and
+        dtype, they give bit for bit what one-by-one whole forwards give on the first candidates."""
+        if self._checked or not candidates:
+            return
+        self._checked = True
+        first = sorted(candidates, key=lambda c: c.layer)[: max(2, self.batch)]
+        alone = self._states_alone(first)
+        if self.batch > 1:
+            together = [state for _, state in sorted(self._last_states(0, first), key=lambda t: t[0])]
+            if not all(torch.equal(a, b) for a, b in zip(alone, together, strict=True)):
+                self.fallback = f"batches of {self.batch} differed from one by one here"
+                self.batch = 1
+        norm = self.adapter.final_norm()
+        ids = self.samples[0].to(self._device())
+        for candidate, state in list(zip(first, alone, strict=True))[:2]:
+            with self.adapter.without(**candidate.removal()):
+                whole = self.adapter.model.model(input_ids=ids, use_cache=False).last_hidden_state
+            if not torch.equal(norm(state), whole):
+                self.fallback = "resuming from cached states differed from whole forwards here"
+                self.cached, self.screen, self.traces = False, 0.0, []
+                break
+        if self.fallback:
+            logger.info("search: %s; computing %s", self.fallback, self.path)
+
+    def _states_alone(self, candidates: list[Candidate]) -> list[torch.Tensor]:
+        """Each candidate's last-layer output on the first sample, resumed from the cache, one at a time."""
+        batch, self.batch = self.batch, 1
+        try:
+            return [state for _, state in sorted(self._last_states(0, candidates), key=lambda t: t[0])]
+        finally:
+            self.batch = batch
 
     @torch.no_grad()
     def committed(self, layer: int) -> None:

@@ -427,6 +427,7 @@ def greedy_attention_removal(
                 probe.committed(best)
             order.append(best)
             best_ppl.append(ppl)
+    ctx.paths["stage2.search"] = probe.path
     logger.debug("2SSP stage 2: full LM head for %d of %d candidates", probe.exact_evaluations,
                  n * L - n * (n - 1) // 2)
     return order, best_ppl

@@ -288,8 +288,8 @@ def test_a_metric_change_reuses_the_cached_pruned_model(small_bench, tmp_path):
     md = (tmp_path / "out" / "leaderboard.md").read_text()
     row = next(line for line in md.splitlines() if "| 2ssp " in line)
     assert row.rstrip(" |").endswith("†")
-    assert (f"its prune time was measured by cell {first.pruning.pruned_by.cell} "
-            f"on {first.pruning.pruned_by.finished_at}") in md
+    by = first.pruning.pruned_by
+    assert by.run and f"its prune time was measured by cell {by.cell} of the run {by.run} on {by.finished_at}" in md
 
 
 @pytest.mark.real_model
@@ -326,7 +326,9 @@ def _fabricated_row(cells: Path, base: dict, name: str, nll_shift: float, window
     nll = [n + nll_shift * t for n, t in zip(p["window_nll"], p["window_targets"], strict=True)]
     p["window_nll"] = (nll * windows)[:windows]
     p["window_targets"] = (p["window_targets"] * windows)[:windows]
-    p["value"] = math.exp(sum(p["window_nll"]) / sum(p["window_targets"]))
+    p["protocol"]["windows"] = windows
+    p["protocol"]["targets"] = sum(p["window_targets"])
+    p["value"] = math.exp(math.fsum(p["window_nll"]) / sum(p["window_targets"]))
     p["interval"].update(perplexity_interval(p["window_nll"], p["window_targets"]).__dict__)
     (cells / f"{r['cell']['id']}.json").write_text(json.dumps(r))
 

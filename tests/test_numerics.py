@@ -61,14 +61,14 @@ def test_search_perplexities_are_the_authors_and_tie(bf16, windows):
     adapter = adapt(bf16.model)
     sample = windows[0]
     candidates = [Candidate(i, attention=True) for i in range(adapter.num_layers)]
-    ours = PerplexityProbe(adapter, sample, numerics="reference").perplexities(candidates)
+    probe = PerplexityProbe(adapter, sample, numerics="reference")
+    ours = probe.perplexities(candidates)
+    assert probe.batch == 1  # the authors' shapes; the prefix cache only where checked equal here
     theirs = []
     for c in candidates:
         with adapter.without(**c.removal()):
             theirs.append(authors_perplexity(bf16.model, sample))
     assert ours == theirs
-    # One-by-one from the embeddings (no prefix cache, no batching) gives the same numbers.
-    assert PerplexityProbe(adapter, sample, cached=False, numerics="reference").perplexities(candidates) == ours
     assert len(set(ours)) < len(ours) / 2  # ties: bf16 keeps about 3 significant digits
     exact = PerplexityProbe(adapter, sample, numerics="exact").perplexities(candidates)
     assert len(set(exact)) == len(exact)
@@ -114,9 +114,10 @@ def test_evaluation_is_the_authors(bf16, windows):
     assert all(abs(a - b) / b < 0.01 for a, b in zip(reference.window_nll, exact.window_nll, strict=True))
 
 
-def test_blockpruner_chooses_differently_in_reference_numerics(smollm2_ref, windows):
-    """Two alternating rounds on SmolLM2 in bf16: the reference's rounded perplexities pick another FFN in the
-    second round (measured: layer 16 instead of 17, after the same first three removals)."""
+def test_blockpruner_in_reference_numerics_computes_as_the_authors_loop(smollm2_ref, windows):
+    """One alternating round on SmolLM2 in bf16 (64 tokens): the prefix-cached search (kept only where the run-time check
+    finds it bit-identical on this machine) removes what one-by-one whole forwards remove. Which sub-blocks
+    that is depends on the CPU's bf16 kernels, so no decision measured elsewhere is asserted."""
     from harness.models import load_model
     from methods import get_method
     from methods.arch import adapt
@@ -124,11 +125,12 @@ def test_blockpruner_chooses_differently_in_reference_numerics(smollm2_ref, wind
 
     method = get_method("blockpruner")
     removed = {}
-    for numerics in ("exact", "reference"):
+    for cached in (True, False):
         adapter = adapt(load_model(smollm2_ref, dtype="bfloat16", device="cpu").model)
-        decisions = method.prune(adapter, method.options({}, "quick"), PruneContext(windows[0], 0.05, 0,
-                                                                                   numerics=numerics))
-        assert decisions["numerics"] == numerics and decisions["rounds"] == 2
-        removed[numerics] = [(s["kind"], s["layer"]) for s in decisions["removed"]]
-    assert removed["exact"][:3] == removed["reference"][:3]
-    assert removed["exact"] != removed["reference"]
+        ctx = PruneContext(windows[0][:, :64], 0.02, 0, numerics="reference")
+        options = method.options({"cached_search": cached}, "quick")
+        decisions = method.prune(adapter, options, ctx)
+        assert decisions["numerics"] == "reference" and decisions["rounds"] == 1
+        assert ctx.paths["search"].startswith("prefix-cached, one by one" if cached else "one by one from")
+        removed[cached] = [(s["kind"], s["layer"], s["perplexity"]) for s in decisions["removed"]]
+    assert removed[True] == removed[False]

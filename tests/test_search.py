@@ -76,3 +76,56 @@ def test_the_screen_skips_most_heads_and_keeps_the_choice_on_smollm2(smollm2, en
     screened = PerplexityProbe(adapter, samples, screen=0.125)
     assert screened.best(candidates, _rank_of(candidates)) == (expected, scores[expected])
     assert screened.exact_evaluations < len(candidates) / 2, screened.exact_evaluations
+
+
+def _batch_dependent(adapter, layer=4, shift=1e-3):
+    """Make one layer's output depend on the batch size, as some half-precision kernels do (AMX, GPUs)."""
+
+    def hook(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = hidden + shift * (hidden.shape[0] - 1)
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    return adapter.layers[layer].register_forward_hook(hook)
+
+
+def test_batching_is_kept_only_where_it_equals_one_by_one(arch):
+    adapter = adapt(tiny_model(arch, layers=6))
+    samples = random_calibration(samples=2, tokens=32)
+    candidates = [Candidate(i, attention=True) for i in range(adapter.num_layers)]
+    plain = PerplexityProbe(adapter, samples, cached=False).perplexities(candidates)
+    probe = PerplexityProbe(adapter, samples, batch=4)
+    assert probe.perplexities(candidates) == plain and probe.path == "prefix-cached, batches of 4"
+    handle = _batch_dependent(adapter)
+    try:
+        probe = PerplexityProbe(adapter, samples, batch=4)
+        assert probe.perplexities(candidates) == plain  # the check saw the difference and stopped batching
+        assert probe.batch == 1 and probe.path.startswith("prefix-cached, one by one (batches of 4 differed")
+    finally:
+        handle.remove()
+
+
+def test_reference_numerics_never_batch():
+    adapter = adapt(tiny_model("llama", layers=4).to(torch.bfloat16))
+    probe = PerplexityProbe(adapter, random_calibration(samples=1, tokens=16), batch=8, numerics="reference")
+    probe.perplexities([Candidate(i, attention=True) for i in range(adapter.num_layers)])
+    assert probe.batch == 1 and probe.path == "prefix-cached, one by one"
+
+
+def test_a_cache_that_differs_from_whole_forwards_is_dropped():
+    """An embedding whose output changes from call to call (state outside the cache): resuming from cached
+    layer inputs no longer equals whole forwards, so the probe runs every candidate from the embeddings."""
+    adapter = adapt(tiny_model("llama", layers=4))
+    calls = []
+
+    def drift(module, args, output):
+        calls.append(1)
+        return output + 1e-3 * len(calls)
+
+    handle = adapter.embedding().register_forward_hook(drift)
+    try:
+        probe = PerplexityProbe(adapter, random_calibration(samples=1, tokens=16))
+        probe.perplexities([Candidate(i, ffn=True) for i in range(adapter.num_layers)])
+        assert not probe.cached and probe.path.startswith("one by one from the embeddings (resuming from cached")
+    finally:
+        handle.remove()
