@@ -176,6 +176,7 @@ def prune_or_reuse(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, Pru
     does not load is pruned again once, in this cell.
     """
     from harness.checkpoint import save_pruned
+    from harness.devices import device_identity
     from harness.models import load_weights
     from harness.paths import cache_dir
     from harness.prune_cache import PrunedModelCache, code_fingerprint
@@ -184,7 +185,8 @@ def prune_or_reuse(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, Pru
         outcome, report, peak = _prune(spec, loaded, memory)
         return outcome.adapter, report, peak
     fingerprint = code_fingerprint()
-    key = spec.prune_key(model_identity(loaded.ref), fingerprint)
+    key = spec.prune_key(model_identity(loaded.ref), fingerprint, dtype=str(loaded.dtype).removeprefix("torch."),
+                         device=device_identity(loaded.device))
     cache = PrunedModelCache(cache_dir() / "pruned")
     fresh: dict[str, Any] = {}
 
@@ -257,10 +259,18 @@ def run(spec: CellSpec, exports_dir: Path | None = None) -> CellResult:
                               blocks_after=after[1], achieved_sparsity=(before[1] - after[1]) / before[1]),
         pruning=pruning_report, memory={**peak, **{f"process_{k}": v for k, v in process_memory.items()}},
         exports=exports,
-        environment={**capture(), "runtime": {"dtype": str(loaded.dtype).removeprefix("torch."),
-                                              "device": str(loaded.device)}},
+        environment={**capture(), "runtime": runtime(spec, loaded)},
         **results,
     )
+
+
+def runtime(spec: CellSpec, loaded) -> dict[str, str]:
+    """What ``auto`` became in this cell: the dtype and device, and why the CPU when ``auto`` fell back to it."""
+    from harness.devices import cpu_fallback
+
+    fallback = cpu_fallback(spec.device)
+    return {"dtype": str(loaded.dtype).removeprefix("torch."), "device": str(loaded.device),
+            **({"cpu_fallback": fallback} if fallback else {})}
 
 
 def write_exports(spec: CellSpec, adapter, tokenizer, source: dict[str, str], exports_dir: Path | None) -> Exports:
