@@ -200,15 +200,20 @@ class ChannelSlicedFFN(nn.Module):
 
 
 def keep_ffn_channels(adapter: ModelAdapter, i: int, in_idx: torch.Tensor, out_idx: torch.Tensor) -> None:
-    """Keep FFN input columns ``in_idx`` and output rows ``out_idx`` of layer i (logged, replayable)."""
+    """Keep FFN input columns ``in_idx`` and output rows ``out_idx`` of layer i (logged, replayable).
+
+    The indices become buffers that index the layer's activations, so they are moved to the layer's device:
+    scores, and so the indices chosen from them, live on the CPU.
+    """
     ffn = adapter.ffn(i)
+    device = adapter.ffn_down(i).weight.device
+    in_idx, out_idx = in_idx.to(device), out_idx.to(device)
     for name in adapter.ffn_in_names:
         old = getattr(ffn, name)
-        setattr(ffn, name, linear_like(old, old.weight.index_select(1, in_idx.to(old.weight.device)), old.bias))
+        setattr(ffn, name, linear_like(old, old.weight.index_select(1, in_idx), old.bias))
     old = getattr(ffn, adapter.ffn_out_name)
-    rows = out_idx.to(old.weight.device)
-    bias = old.bias.index_select(0, rows) if old.bias is not None else None
-    setattr(ffn, adapter.ffn_out_name, linear_like(old, old.weight.index_select(0, rows), bias))
+    bias = old.bias.index_select(0, out_idx) if old.bias is not None else None
+    setattr(ffn, adapter.ffn_out_name, linear_like(old, old.weight.index_select(0, out_idx), bias))
     wrapped = ChannelSlicedFFN(ffn, in_idx.clone(), out_idx.clone(), adapter.hidden_size)
     setattr(adapter.layers[i], adapter.ffn_name, wrapped)
     adapter.ops.append({"op": "keep_ffn_channels", "layer": i, "inputs": int(in_idx.numel()),

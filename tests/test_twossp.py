@@ -106,6 +106,29 @@ def test_every_variant_reaches_its_target_and_reloads(options, tmp_path):
         assert torch.equal(reloaded(x).logits, expected)
 
 
+@pytest.mark.parametrize("scoring", ["neurons", "channels"])
+def test_stage1_surgery_leaves_the_models_tensors_on_its_device(scoring):
+    """Scores, and the indices stage 1 keeps, live on the CPU; what the surgery puts into the model must live on the
+    model's device (the channels ablation kept its indices as CPU buffers, and crashed on CUDA activations). A
+    weightless model stands for a device other than the CPU: every tensor on ``meta`` must stay there."""
+    from conftest import tiny_config
+
+    from methods.twossp import keep_ffn_channels
+
+    adapter = meta_adapter(tiny_config("llama"))
+    elsewhere = {n for n, t in [*adapter.model.named_parameters(), *adapter.model.named_buffers()]
+                 if t.device.type != "meta"}  # what transformers itself builds on the CPU (rotary frequencies)
+    for i in range(adapter.num_layers):
+        if scoring == "neurons":
+            adapter.keep_ffn_neurons(i, torch.arange(40))
+        else:
+            keep_ffn_channels(adapter, i, torch.arange(40), torch.arange(48))
+    tensors = [*adapter.model.named_parameters(), *adapter.model.named_buffers()]
+    assert {n for n, t in tensors if t.device.type != "meta"} == elsewhere
+    out = adapter.ffn(0)(torch.zeros(1, 5, adapter.hidden_size, device="meta"))  # indexes meta activations
+    assert out.device.type == "meta" and out.shape == (1, 5, adapter.hidden_size)
+
+
 @pytest.mark.real_model
 def test_2ssp_beats_random_structures_on_smollm2(smollm2, enwiki_tokens, tmp_path):
     """At 25 %, 2SSP's choice of attention modules and neurons beats random choices of the same counts."""
