@@ -75,15 +75,19 @@ def model_identity(ref) -> str:
 
 
 class PeakMemory:
-    """Peak resident memory of this process (Linux VmHWM, resettable) and peak CUDA allocation."""
+    """Peak resident memory of this process (Linux VmHWM, resettable) and peak CUDA allocation on the cell's
+    device (``cuda:N`` is read on N, not on the current device; none on the CPU)."""
+
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.cuda = device if device is not None and device.type == "cuda" else None
 
     def reset(self) -> None:
         try:
             Path("/proc/self/clear_refs").write_text("5")
         except OSError as err:  # not Linux, or not allowed: the peak then counts from the process start
             log.debug("cannot reset the peak resident memory (%s)", err)
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
+        if self.cuda is not None:
+            torch.cuda.reset_peak_memory_stats(self.cuda)
 
     def read(self) -> dict[str, int | None]:
         rss = None
@@ -93,7 +97,7 @@ class PeakMemory:
                     rss = int(line.split()[1]) * 1024
         except OSError as err:  # not Linux: no peak recorded
             log.debug("cannot read the peak resident memory (%s)", err)
-        cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+        cuda = torch.cuda.max_memory_allocated(self.cuda) if self.cuda is not None else None
         return {"peak_rss_bytes": rss, "peak_cuda_bytes": cuda}
 
 
@@ -219,13 +223,14 @@ def cell_of(spec: CellSpec) -> Cell:
 def run(spec: CellSpec, exports_dir: Path | None = None) -> CellResult:
     """Load, measure on the dense model what needs it, prune (or reuse), run every enabled metric, then write
     the exports the spec asks for into ``exports_dir`` (after the measurements, outside every timing)."""
+    from harness.devices import resolve_device
     from harness.metrics.base import MeasureContext
     from harness.metrics.registry import METRICS
     from harness.models import load_model, model_record, resolve_model
     from methods.arch import adapt
 
     started, t0 = now(), time.perf_counter()
-    memory = PeakMemory()
+    memory = PeakMemory(resolve_device(spec.device))
     ref = resolve_model(spec.model)
     loaded = load_model(ref, dtype=spec.dtype, device=spec.device, trust_remote_code=spec.trust_remote_code,
                         tokenizer=spec.tokenizer)
