@@ -55,14 +55,19 @@ def pruned_adapter(spec, ref):
     from harness import pruning
     from harness.bench.cell import model_identity, now, prune_job
     from harness.checkpoint import load_pruned, read_manifest, save_pruned
+    from harness.devices import device_identity, resolve_device
     from harness.env import capture, fingerprint
+    from harness.models import checked_config, resolve_dtype
     from harness.paths import cache_dir
     from harness.prune_cache import PrunedModelCache, code_fingerprint
     from harness.results import Provenance
     from methods.arch import adapt
 
     code = code_fingerprint()
-    key = spec.prune_key(model_identity(ref), code)
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device, checked_config(ref).model_type)
+    key = spec.prune_key(model_identity(ref), code, dtype=str(dtype).removeprefix("torch."),
+                         device=device_identity(device))
 
     def create(entry: Path) -> None:
         outcome = pruning.execute(pruning.prepare(prune_job(spec)))

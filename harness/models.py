@@ -19,6 +19,7 @@ import torch
 from filelock import FileLock
 
 from harness.checkpoint import MANIFEST_NAME, UNRECORDED, base_config, read_manifest, verify_checkpoint, weights_problem
+from harness.devices import cpu_fallback, resolve_device
 from harness.errors import ModelUnavailable, PrunebenchError
 from harness.files import as_if_created
 from harness.hub import cache_root, cached_commit, describe_failure, hub_endpoint, hub_reachable, offline_mode
@@ -262,18 +263,6 @@ def model_record(loaded: LoadedModel) -> dict[str, str]:
     return record | ({"revision": ref.revision} if ref.revision else {})
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise PrunebenchError(f"unknown device '{device}'") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PrunebenchError(f"device '{device}' asked for, but CUDA is not available here")
-    return dev
-
-
 # The paper's precision per family on a GPU (its Table 1 setup, and the authors' loadModel): bf16 for Llama,
 # Qwen2 and Phi-3, fp16 for Mistral.
 PAPER_DTYPE: dict[str, torch.dtype] = {"mistral": torch.float16}
@@ -314,11 +303,14 @@ def load_model(
 
     if tokenizer not in TOKENIZER_KINDS:
         raise PrunebenchError(f"unknown tokenizer '{tokenizer}'; choose {' or '.join(TOKENIZER_KINDS)}")
+    dev = resolve_device(device)  # first: a CUDA device that is not usable is refused before any work
     config = checked_config(ref, trust_remote_code)
+    dt = resolve_dtype(dtype, dev, config.model_type)
+    fallback = cpu_fallback(device)
+    if fallback and ref.kind != "embedded":  # the embedded models are sized for a CPU; anything else may not be
+        log.warning("model %s runs on the CPU in %s, because %s", ref.name, str(dt).removeprefix("torch."), fallback)
     if ref.kind == "embedded":
         ensure_embedded(ref.name)
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev, config.model_type)
     # The tokenizer first: one that cannot be built (a slow one for an unsupported format) fails before the weights.
     tok = AutoTokenizer.from_pretrained(ref.location, revision=ref.revision, trust_remote_code=trust_remote_code)
     corpus_tok = tok

@@ -26,6 +26,7 @@ from harness.data.tokens import (
     shuffled_documents,
     tokenize,
 )
+from harness.devices import resolve_device
 from harness.errors import PrunebenchError
 from harness.hub import hub_reachable
 from harness.metrics.base import Scalar, as_scalars
@@ -172,6 +173,7 @@ def prepare(job: PruneJob) -> Prepared:
     options = method.options(job.options, protocol)
     spec = job.calibration
     check_settings(job.numerics, job.tokenizer, spec)
+    resolve_device(job.device)  # a CUDA device that is not usable here: one line, before the model and the data
     ref = resolve_model(job.model)
     config = checked_config(ref, job.trust_remote_code)
     needs = method.calibration_needs(protocol, config.model_type, spec.construction)

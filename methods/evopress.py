@@ -306,6 +306,12 @@ class SearchResult:
     replaced: int = 0  # generations whose parent an offspring beat
 
 
+def fitness_rank(kl: float, k: int) -> tuple[bool, float, int]:
+    """Lowest KL first, then the earlier candidate; NaN after everything, even an infinite KL."""
+    nan = math.isnan(kl)
+    return nan, 0.0 if nan else kl, k
+
+
 class Evolution:
     """The (population + offspring) loop with multi-step selection; all randomness from one seeded RNG."""
 
@@ -320,11 +326,12 @@ class Evolution:
         self.initial_count = min(options.initially_generated, space.size())
 
     def select(self, candidates: list[Genome], keep: int, tokens: int) -> tuple[list[Genome], list[float]]:
-        """Score all candidates on one fresh random minibatch; keep the best (ties: earlier candidate)."""
+        """Score all candidates on one fresh random minibatch; keep the best (ties: earlier candidate; a NaN KL,
+        a diverged half-precision run, last: sorted as it is, NaN compares false and can come out first)."""
         pieces = draw_pieces(self.rng, len(self.scorer.samples), self.scorer.seq_len, tokens)
         batch = self.scorer.minibatch(pieces)
         scores = [self.scorer.kl(g, batch) for g in candidates]
-        order = sorted(range(len(candidates)), key=lambda k: (scores[k], k))[:keep]
+        order = sorted(range(len(candidates)), key=lambda k: fitness_rank(scores[k], k))[:keep]
         return [candidates[k] for k in order], [scores[k] for k in order]
 
     def initial(self) -> tuple[list[Genome], list[float]]:

@@ -45,6 +45,12 @@ from methods.search import Candidate, PerplexityProbe, screen_vocab_field
 logger = logging.getLogger(__name__)
 
 
+# Which stage-1 neurons (or channels) are kept among scores tied at the cut. In half precision
+# (numerics=reference) many tie; the authors keep what their torch.topk call returns, whose order among
+# equal values depends on the kernel (their own code keeps other bf16 neurons on an AMD CPU than on an Intel one).
+StageOneTies = Literal["lowest", "topk"]
+
+
 class TwoSSPOptions(MethodOptions):
     alpha: float = Field(1.5, gt=0, description="balance between the stages (paper: 1.5)")
     n_attn: int | None = Field(None, ge=0, description="attention modules to remove (overrides the balance formula)")
@@ -59,6 +65,10 @@ class TwoSSPOptions(MethodOptions):
     cached_search: bool = Field(True, description="reuse layer inputs in stage 2 (same decisions, faster)")
     search_batch: int = Field(8, ge=1, description="stage-2 candidates run through the layers together")
     screen_vocab: float = screen_vocab_field()
+    ties: StageOneTies = Field(
+        "lowest", description="stage-1 neurons tied at the cut: lowest (the lower index, portable) or topk (the "
+                              "authors' torch.topk call: their choice, on the same processor and torch version)"
+    )
 
 
 @dataclass(frozen=True)
@@ -200,15 +210,20 @@ class ChannelSlicedFFN(nn.Module):
 
 
 def keep_ffn_channels(adapter: ModelAdapter, i: int, in_idx: torch.Tensor, out_idx: torch.Tensor) -> None:
-    """Keep FFN input columns ``in_idx`` and output rows ``out_idx`` of layer i (logged, replayable)."""
+    """Keep FFN input columns ``in_idx`` and output rows ``out_idx`` of layer i (logged, replayable).
+
+    The indices become buffers that index the layer's activations, so they are moved to the layer's device:
+    scores, and so the indices chosen from them, live on the CPU.
+    """
     ffn = adapter.ffn(i)
+    device = adapter.ffn_down(i).weight.device
+    in_idx, out_idx = in_idx.to(device), out_idx.to(device)
     for name in adapter.ffn_in_names:
         old = getattr(ffn, name)
-        setattr(ffn, name, linear_like(old, old.weight.index_select(1, in_idx.to(old.weight.device)), old.bias))
+        setattr(ffn, name, linear_like(old, old.weight.index_select(1, in_idx), old.bias))
     old = getattr(ffn, adapter.ffn_out_name)
-    rows = out_idx.to(old.weight.device)
-    bias = old.bias.index_select(0, rows) if old.bias is not None else None
-    setattr(ffn, adapter.ffn_out_name, linear_like(old, old.weight.index_select(0, rows), bias))
+    bias = old.bias.index_select(0, out_idx) if old.bias is not None else None
+    setattr(ffn, adapter.ffn_out_name, linear_like(old, old.weight.index_select(0, out_idx), bias))
     wrapped = ChannelSlicedFFN(ffn, in_idx.clone(), out_idx.clone(), adapter.hidden_size)
     setattr(adapter.layers[i], adapter.ffn_name, wrapped)
     adapter.ops.append({"op": "keep_ffn_channels", "layer": i, "inputs": int(in_idx.numel()),
@@ -321,13 +336,16 @@ def _forward_with_hooks(adapter: ModelAdapter, ctx: PruneContext, handles: list)
             h.remove()
 
 
-def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the k largest scores, ascending (ties go to the lower index, deterministically).
+def top_k(scores: torch.Tensor, k: int, ties: StageOneTies = "lowest") -> torch.Tensor:
+    """Indices of the k largest scores, ascending.
 
-    The authors call ``torch.topk`` on their GPU, whose order among equal values is unspecified: with
-    half-precision scores (``numerics=reference``), where many tie at the cut, this is the one choice of
-    stage 1 that cannot be reproduced bit for bit; the lower index is a deterministic stand-in.
+    ``lowest``: among scores tied at the cut the lower indices are kept (a stable sort: the same on every
+    processor). ``topk``: what ``torch.topk(scores, k)`` keeps, the authors' call, on the scores as they are (their
+    dtype and device): it reproduces the authors' choice among ties where it runs on the same kind of processor
+    with the same torch, and nowhere else.
     """
+    if ties == "topk":
+        return torch.topk(scores, k).indices.sort().values
     order = torch.sort(scores, descending=True, stable=True).indices
     return order[:k].sort().values
 
@@ -337,7 +355,7 @@ class TwoSSP(PruningMethod):
     summary = "2SSP: FFN neurons by activation norm, then attention modules greedily by perplexity"
     Options = TwoSSPOptions
     calibration = {"full": CalibrationNeeds(32, 2048), "quick": CalibrationNeeds(8, 128)}
-    earlier_options = {"ffn_budget": "balanced"}
+    earlier_options = {"ffn_budget": "balanced", "ties": "lowest"}  # lowest: the only rule before ``ties``
 
     def plan(self, adapter: ModelAdapter, sparsity: float, options: TwoSSPOptions) -> dict[str, Any]:
         shape = Shape.of(adapter)
@@ -350,7 +368,8 @@ class TwoSSP(PruningMethod):
 
     def prune(self, adapter: ModelAdapter, options: TwoSSPOptions, ctx: PruneContext) -> dict[str, Any]:
         plan = self.plan(adapter, ctx.sparsity, options)
-        decisions: dict[str, Any] = {**plan, "stages": options.stages, "numerics": ctx.numerics}
+        decisions: dict[str, Any] = {**plan, "stages": options.stages, "numerics": ctx.numerics,
+                                     "ties": options.ties}
         if options.stages != "depth":
             decisions.update(self._stage1(adapter, options, ctx, plan["kept_width"]))
         if options.stages != "width":
@@ -363,7 +382,7 @@ class TwoSSP(PruningMethod):
             with ctx.timer.stage("stage1.calibration_forward"):
                 scores = neuron_scores(adapter, ctx, p)
             with ctx.timer.stage("stage1.scoring"):
-                keep = [top_k(s, kept) for s in scores]
+                keep = [top_k(s, kept, options.ties) for s in scores]
             with ctx.timer.stage("stage1.surgery"):
                 for i, idx in enumerate(keep):
                     adapter.keep_ffn_neurons(i, idx)
@@ -371,7 +390,7 @@ class TwoSSP(PruningMethod):
         with ctx.timer.stage("stage1.calibration_forward"):
             scores2 = channel_scores(adapter, ctx, p)
         with ctx.timer.stage("stage1.scoring"):
-            keep2 = [(top_k(a, kept), top_k(b, kept)) for a, b in scores2]
+            keep2 = [(top_k(a, kept, options.ties), top_k(b, kept, options.ties)) for a, b in scores2]
         with ctx.timer.stage("stage1.surgery"):
             for i, (a, b) in enumerate(keep2):
                 keep_ffn_channels(adapter, i, a, b)
@@ -434,5 +453,7 @@ def greedy_attention_removal(
 
 
 def _rank(candidates: list[Candidate], k: int, perplexity: float) -> tuple[float, int]:
-    """Lowest perplexity first, NaN (a diverged half-precision run) last; ties: the lower layer."""
+    """Lowest perplexity first, NaN (a diverged half-precision run) last; ties: the lower layer, whatever the
+    ``ties`` option says: the authors scan the layers upwards with a strict ``<``, so the lower layer is their
+    choice too (``ties`` is about stage 1, where their choice is torch.topk's)."""
     return (math.inf if math.isnan(perplexity) else perplexity), candidates[k].layer

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from harness.bench.config import BenchConfig, load_bench_file, make_config
@@ -52,12 +53,31 @@ def test_a_bench_expands_into_cells_with_stable_hashes(tmp_path):
                                  perplexity={"datasets": ["enwiki-sample"], "seq_len": 256}))
     assert longer.cells[0].config_hash() != cell.config_hash()
     code = {"code": "0123456789abcdef", "torch": "2.13.0", "transformers": "5.23.0"}
-    assert longer.cells[0].prune_key("m", code) == cell.prune_key("m", code)
-    assert cell.prune_key("m", code) != bench.cells[2].prune_key("m", code)  # another seed
+    cpu = {"dtype": "float32", "device": "cpu: x"}
+    assert longer.cells[0].prune_key("m", code, **cpu) == cell.prune_key("m", code, **cpu)
+    assert cell.prune_key("m", code, **cpu) != bench.cells[2].prune_key("m", code, **cpu)  # another seed
     # Neither hash covers how to run (--force), and the pruning hash covers the code that prunes.
     forced = cell.model_copy(update={"reprune": True})
-    assert (forced.config_hash(), forced.prune_key("m", code)) == (cell.config_hash(), cell.prune_key("m", code))
-    assert cell.prune_key("m", {**code, "code": "fedcba9876543210"}) != cell.prune_key("m", code)
+    assert (forced.config_hash(), forced.prune_key("m", code, **cpu)) == (cell.config_hash(),
+                                                                          cell.prune_key("m", code, **cpu))
+    assert cell.prune_key("m", {**code, "code": "fedcba9876543210"}, **cpu) != cell.prune_key("m", code, **cpu)
+
+
+def test_the_pruned_model_cache_key_names_what_auto_became(tmp_path):
+    """``auto`` is bf16 on a GPU and float32 on a CPU: a key of the unresolved settings let a CPU run and a GPU run
+    (or a host and a container sharing /cache) serve each other's pruned models."""
+    from harness.devices import device_identity
+
+    cell = resolve(tiny_config(tmp_path, methods=["2ssp"], sparsities=[0.25])).cells[0]
+    assert (cell.dtype, cell.device) == ("auto", "auto")
+    code = {"code": "0123456789abcdef", "torch": "2.13.0", "transformers": "5.23.0"}
+    here = cell.prune_key("m", code, dtype="float32", device=device_identity(torch.device("cpu")))
+    assert here != cell.prune_key("m", code, dtype="bfloat16", device="cuda: NVIDIA H100 80GB HBM3")
+    assert here != cell.prune_key("m", code, dtype="bfloat16", device=device_identity(torch.device("cpu")))
+    # Spelled out, the same resolved settings are the same pruning (and the configuration hash is untouched).
+    spelled = cell.model_copy(update={"dtype": "float32", "device": "cpu"})
+    assert spelled.prune_key("m", code, dtype="float32", device=device_identity(torch.device("cpu"))) == here
+    assert device_identity(torch.device("cpu")).startswith("cpu: ")
 
 
 def test_all_is_the_comparison_and_every_adds_the_whole_block_forms(tmp_path):

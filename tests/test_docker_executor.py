@@ -69,6 +69,18 @@ def test_a_container_exit_is_classified_by_its_status():
     assert (oom.kind, oom.exit_code) == ("killed", 137) and "out of memory" in oom.message
 
 
+def test_a_container_gets_the_gpus_cuda_visible_devices_names():
+    """Every GPU went to every container, whatever CUDA_VISIBLE_DEVICES said on the machine that ran the bench."""
+    from harness.bench.executors.docker import gpu_requests
+
+    (every,) = gpu_requests(None)
+    assert every["Count"] == -1 and every["Capabilities"] == [["gpu"]]
+    (two,) = gpu_requests("1, 3")
+    assert two["DeviceIDs"] == ["1", "3"] and two["Count"] == 0
+    assert gpu_requests("GPU-8e1b0c4f")[0]["DeviceIDs"] == ["GPU-8e1b0c4f"]
+    assert gpu_requests("") == [] and gpu_requests("-1") == []
+
+
 def _job(tmp_path, spec_text: str | None = None, timeout_s: float | None = None):
     from test_bench import tiny_config
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 
@@ -128,6 +129,22 @@ def test_search_keeps_the_best_parent_and_counts_evaluations_as_specified(blocks
     assert result.best == Genome((0, 1, 2), (0, 1, 2))
     # 10 initial on 8 tokens; per generation 5 offspring on 8 tokens, then 2 survivors + the parent on 16.
     assert scorer.calls == [8] * 10 + ([8] * 5 + [16] * 3) * 40
+
+
+class NaNScorer(SumScorer):
+    """SumScorer, except that a genome dropping attention 0 diverges (a NaN KL, as fp16 Mistral gives)."""
+
+    def kl(self, genome, batch):
+        return math.nan if 0 in genome.attention else super().kl(genome, batch)
+
+
+def test_a_nan_kl_ranks_last_and_never_survives_a_finite_one():
+    opts = get_method("evopress").options({"initial_tokens": 8, "tokens_per_selection": [8, 8]})
+    evolution = Evolution(NaNScorer(), Space(6, 2, False), opts, seed=0)
+    candidates = [Genome((0, 1), (2, 3)), Genome((2, 3), (0, 1)), Genome((0, 4), (0, 1)), Genome((4, 5), (4, 5))]
+    kept, scores = evolution.select(candidates, 3, 8)
+    assert kept == [candidates[1], candidates[3], candidates[0]] and math.isnan(scores[2])
+    assert 0 not in evolution.run(5, lambda k=1: None).best.attention
 
 
 def test_a_tiny_search_space_is_capped_instead_of_looping():

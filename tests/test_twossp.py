@@ -106,6 +106,29 @@ def test_every_variant_reaches_its_target_and_reloads(options, tmp_path):
         assert torch.equal(reloaded(x).logits, expected)
 
 
+@pytest.mark.parametrize("scoring", ["neurons", "channels"])
+def test_stage1_surgery_leaves_the_models_tensors_on_its_device(scoring):
+    """Scores, and the indices stage 1 keeps, live on the CPU; what the surgery puts into the model must live on the
+    model's device (the channels ablation kept its indices as CPU buffers, and crashed on CUDA activations). A
+    weightless model stands for a device other than the CPU: every tensor on ``meta`` must stay there."""
+    from conftest import tiny_config
+
+    from methods.twossp import keep_ffn_channels
+
+    adapter = meta_adapter(tiny_config("llama"))
+    elsewhere = {n for n, t in [*adapter.model.named_parameters(), *adapter.model.named_buffers()]
+                 if t.device.type != "meta"}  # what transformers itself builds on the CPU (rotary frequencies)
+    for i in range(adapter.num_layers):
+        if scoring == "neurons":
+            adapter.keep_ffn_neurons(i, torch.arange(40))
+        else:
+            keep_ffn_channels(adapter, i, torch.arange(40), torch.arange(48))
+    tensors = [*adapter.model.named_parameters(), *adapter.model.named_buffers()]
+    assert {n for n, t in tensors if t.device.type != "meta"} == elsewhere
+    out = adapter.ffn(0)(torch.zeros(1, 5, adapter.hidden_size, device="meta"))  # indexes meta activations
+    assert out.device.type == "meta" and out.shape == (1, 5, adapter.hidden_size)
+
+
 @pytest.mark.real_model
 def test_2ssp_beats_random_structures_on_smollm2(smollm2, enwiki_tokens, tmp_path):
     """At 25 %, 2SSP's choice of attention modules and neurons beats random choices of the same counts."""
@@ -235,39 +258,53 @@ def kept_rows(dense: torch.Tensor, pruned: torch.Tensor) -> list[int]:
 
 
 @pytest.mark.real_model
-def test_reference_stage1_numerics_on_smollm2_in_bf16(smollm2_ref, enwiki_tokens):
+def test_reference_stage1_numerics_and_tie_rules_on_smollm2_in_bf16(smollm2_ref, enwiki_tokens):
     """bf16 on the CPU, 4 x 128 tokens, width only at 25 % (1024 of 1536 neurons kept per layer).
 
-    numerics=reference keeps exactly the neurons of the authors' arithmetic written out here; numerics=exact
-    (float32 norms) keeps different ones in every layer. Measured: 1 to 7 kept neurons differ per layer, 87 of
-    30 720 in all; in bf16, 4 to 34 neurons per layer share the score at the cut, so the tie rule decides which
-    of them stay (the authors' GPU torch.topk leaves that order unspecified).
+    numerics=reference computes exactly the scores of the authors' arithmetic written out here; with ``ties=lowest``
+    it keeps the lower indices among the scores tied at the cut, with ``ties=topk`` the set torch.topk keeps on the
+    same scores (the authors' call). numerics=exact (float32 norms) keeps different neurons in every layer.
+    Measured: exact and reference differ by 1 to 7 kept neurons per layer, 87 of 30 720 in all; in bf16, 4 to 34
+    neurons per layer share the score at the cut, more than it has room for in 25 of the 30 layers, and the two tie
+    rules keep other sets in exactly those 25.
     """
     from harness.data.tokens import calibration_samples
     from harness.models import load_model
+    from methods.twossp import top_k
 
     calib = calibration_samples(enwiki_tokens[0], 4, 128)
     method = get_method("2ssp")
-    options = method.options({"stages": "width"})
-    kept, dense_gate = {}, None
-    for numerics in ("exact", "reference"):
+    kept, authors, handles = {}, {}, []
+    for numerics, ties in (("exact", "lowest"), ("reference", "lowest"), ("reference", "topk")):
         adapter = adapt(load_model(smollm2_ref, dtype="bfloat16", device="cpu").model)
         dense_gate = [adapter.ffn(i).gate_proj.weight.clone() for i in range(adapter.num_layers)]
         if numerics == "reference":
-            authors, handles = authors_down_proj_norms(adapter.model, p=2)
-        decisions = method.prune(adapter, options, PruneContext(calib, 0.25, numerics=numerics))
-        assert decisions["numerics"] == numerics
+            authors[ties], handles = authors_down_proj_norms(adapter.model, p=2)
+        decisions = method.prune(adapter, method.options({"stages": "width", "ties": ties}),
+                                 PruneContext(calib, 0.25, numerics=numerics))
+        for h in handles:
+            h.remove()
+        assert (decisions["numerics"], decisions["ties"]) == (numerics, ties)
         assert decisions["stage1_score_dtype"] == ("bfloat16" if numerics == "reference" else "float32")
-        kept[numerics] = [kept_rows(dense_gate[i], adapter.ffn(i).gate_proj.weight) for i in range(adapter.num_layers)]
-    for h in handles:
-        h.remove()
+        kept[numerics, ties] = [kept_rows(dense_gate[i], adapter.ffn(i).gate_proj.weight)
+                                for i in range(adapter.num_layers)]
     k = decisions["kept_width"]
     assert k == 1024
-    for li, scores in enumerate(authors):
+    straddled = 0
+    for li, (scores, again) in enumerate(zip(authors["lowest"], authors["topk"], strict=True)):
         scores /= len(calib)
-        assert scores.dtype == torch.bfloat16
-        assert kept["reference"][li] == sorted(sorted(range(1536), key=lambda j: (-float(scores[j]), j))[:k]), li
-    differ = [k - len(set(a) & set(b)) for a, b in zip(kept["exact"], kept["reference"], strict=True)]
+        assert scores.dtype == torch.bfloat16 and torch.equal(scores * len(calib), again)  # the same scores twice
+        lowest = sorted(sorted(range(1536), key=lambda j: (-float(scores[j]), j))[:k])
+        topk = sorted(torch.topk(scores, k).indices.tolist())
+        assert kept["reference", "lowest"][li] == lowest == top_k(scores, k, "lowest").tolist(), li
+        assert kept["reference", "topk"][li] == topk == top_k(scores, k, "topk").tolist(), li
+        cut = scores.sort(descending=True).values[k - 1]
+        above, tied = int((scores > cut).sum()), int((scores == cut).sum())
+        straddled += above + tied > k
+        assert (lowest != topk) == (above + tied > k), li  # the rules differ exactly where ties straddle the cut
+    assert straddled > 0
+    differ = [k - len(set(a) & set(b)) for a, b in zip(kept["exact", "lowest"], kept["reference", "lowest"],
+                                                       strict=True)]
     assert sum(differ) > 0 and max(differ) < 0.02 * k, differ
 
 

@@ -75,15 +75,19 @@ def model_identity(ref) -> str:
 
 
 class PeakMemory:
-    """Peak resident memory of this process (Linux VmHWM, resettable) and peak CUDA allocation."""
+    """Peak resident memory of this process (Linux VmHWM, resettable) and peak CUDA allocation on the cell's
+    device (``cuda:N`` is read on N, not on the current device; none on the CPU)."""
+
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.cuda = device if device is not None and device.type == "cuda" else None
 
     def reset(self) -> None:
         try:
             Path("/proc/self/clear_refs").write_text("5")
         except OSError as err:  # not Linux, or not allowed: the peak then counts from the process start
             log.debug("cannot reset the peak resident memory (%s)", err)
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
+        if self.cuda is not None:
+            torch.cuda.reset_peak_memory_stats(self.cuda)
 
     def read(self) -> dict[str, int | None]:
         rss = None
@@ -93,7 +97,7 @@ class PeakMemory:
                     rss = int(line.split()[1]) * 1024
         except OSError as err:  # not Linux: no peak recorded
             log.debug("cannot read the peak resident memory (%s)", err)
-        cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+        cuda = torch.cuda.max_memory_allocated(self.cuda) if self.cuda is not None else None
         return {"peak_rss_bytes": rss, "peak_cuda_bytes": cuda}
 
 
@@ -176,6 +180,7 @@ def prune_or_reuse(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, Pru
     does not load is pruned again once, in this cell.
     """
     from harness.checkpoint import save_pruned
+    from harness.devices import device_identity
     from harness.models import load_weights
     from harness.paths import cache_dir
     from harness.prune_cache import PrunedModelCache, code_fingerprint
@@ -184,7 +189,8 @@ def prune_or_reuse(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, Pru
         outcome, report, peak = _prune(spec, loaded, memory)
         return outcome.adapter, report, peak
     fingerprint = code_fingerprint()
-    key = spec.prune_key(model_identity(loaded.ref), fingerprint)
+    key = spec.prune_key(model_identity(loaded.ref), fingerprint, dtype=str(loaded.dtype).removeprefix("torch."),
+                         device=device_identity(loaded.device))
     cache = PrunedModelCache(cache_dir() / "pruned")
     fresh: dict[str, Any] = {}
 
@@ -217,13 +223,14 @@ def cell_of(spec: CellSpec) -> Cell:
 def run(spec: CellSpec, exports_dir: Path | None = None) -> CellResult:
     """Load, measure on the dense model what needs it, prune (or reuse), run every enabled metric, then write
     the exports the spec asks for into ``exports_dir`` (after the measurements, outside every timing)."""
+    from harness.devices import resolve_device
     from harness.metrics.base import MeasureContext
     from harness.metrics.registry import METRICS
     from harness.models import load_model, model_record, resolve_model
     from methods.arch import adapt
 
     started, t0 = now(), time.perf_counter()
-    memory = PeakMemory()
+    memory = PeakMemory(resolve_device(spec.device))
     ref = resolve_model(spec.model)
     loaded = load_model(ref, dtype=spec.dtype, device=spec.device, trust_remote_code=spec.trust_remote_code,
                         tokenizer=spec.tokenizer)
@@ -257,10 +264,18 @@ def run(spec: CellSpec, exports_dir: Path | None = None) -> CellResult:
                               blocks_after=after[1], achieved_sparsity=(before[1] - after[1]) / before[1]),
         pruning=pruning_report, memory={**peak, **{f"process_{k}": v for k, v in process_memory.items()}},
         exports=exports,
-        environment={**capture(), "runtime": {"dtype": str(loaded.dtype).removeprefix("torch."),
-                                              "device": str(loaded.device)}},
+        environment={**capture(), "runtime": runtime(spec, loaded)},
         **results,
     )
+
+
+def runtime(spec: CellSpec, loaded) -> dict[str, str]:
+    """What ``auto`` became in this cell: the dtype and device, and why the CPU when ``auto`` fell back to it."""
+    from harness.devices import cpu_fallback
+
+    fallback = cpu_fallback(spec.device)
+    return {"dtype": str(loaded.dtype).removeprefix("torch."), "device": str(loaded.device),
+            **({"cpu_fallback": fallback} if fallback else {})}
 
 
 def write_exports(spec: CellSpec, adapter, tokenizer, source: dict[str, str], exports_dir: Path | None) -> Exports:

@@ -283,16 +283,19 @@ class _CellSpec(_Config):
             raise PrunebenchError(f"{where}: its configuration is not a cell's "
                                   f"({'.'.join(str(p) for p in first['loc'])}: {first['msg']})") from None
 
-    def prune_key(self, model_identity: str, fingerprint: dict[str, str]) -> str:
+    def prune_key(self, model_identity: str, fingerprint: dict[str, str], *, dtype: str, device: str) -> str:
         """Only what determines the pruned weights: a later metric change reuses the pruned model.
 
         ``fingerprint`` is the code and library versions that prune (harness.prune_cache.code_fingerprint):
         a change to a method's code gives a new key, so the cache never serves what older code pruned.
+        ``dtype`` and ``device`` are what the cell's settings resolved to where it runs (``auto`` is the GPU's
+        precision on one machine and float32 on the CPU of another; harness.devices.device_identity names the
+        processor): a CPU run and a GPU run, or a host and a container sharing the cache, never serve each other.
         """
         return canonical_hash({
             "model": model_identity, "method": self.method, "code": fingerprint,
             "sparsity": self.sparsity, "seed": self.seed, "options": self.method_options,
-            "calibration": self.calibration.model_dump(mode="json"), "dtype": self.dtype, "device": self.device,
+            "calibration": self.calibration.model_dump(mode="json"), "dtype": dtype, "device": device,
             "numerics": self.numerics, "tokenizer": self.tokenizer,
         })
 

@@ -40,15 +40,17 @@ class ResolvedBench:
     # Rows a group (all, every) brought in, not named by the user: left out where the model's architecture
     # does not support them, so that `--methods all` runs the rest of the comparison on any model.
     grouped: dict[str, str] = field(default_factory=dict)  # row name -> the group that brought it
+    # Why ``device: auto`` runs the local cells on the CPU (harness.devices), None when it does not: the header says it.
+    cpu_fallback: str | None = None
 
 
 def resolve_profile(config: BenchConfig) -> str:
     """'auto' is the paper's protocol on a CUDA machine and the quick one on a CPU."""
     if config.profile != "auto":
         return config.profile
-    import torch
+    from harness.devices import cuda_unavailable_reason
 
-    on_gpu = torch.cuda.is_available() and config.device != "cpu"
+    on_gpu = config.device != "cpu" and cuda_unavailable_reason() is None
     return "paper" if on_gpu else "cpu-quick"
 
 
@@ -93,6 +95,12 @@ def resolve(config: BenchConfig) -> ResolvedBench:
     out = config.out or default_out(config.model, config.preset)
     check_out(out)  # first: a bench into results/ is refused before anything else happens
     check_run_folder(out)
+    fallback = None
+    if config.executor == "local":  # other executors run cells where this machine's torch may not see their GPUs
+        from harness.devices import cpu_fallback, resolve_device
+
+        resolve_device(config.device)  # a CUDA device that is not usable here: one line, before anything else
+        fallback = cpu_fallback(config.device)
     profile = resolve_profile(config)
     config = with_preset(config, profile)
     defaults = profile_defaults(profile)
@@ -128,7 +136,8 @@ def resolve(config: BenchConfig) -> ResolvedBench:
                 dtype=config.dtype, device=config.device, numerics=config.numerics, tokenizer=config.tokenizer,
                 trust_remote_code=config.trust_remote_code, cache_pruned=config.cache_pruned, export=config.export,
             ))
-    return ResolvedBench(config, profile, out, cells, sparsities, grouped=grouped_methods(config.methods))
+    return ResolvedBench(config, profile, out, cells, sparsities, grouped=grouped_methods(config.methods),
+                         cpu_fallback=fallback)
 
 
 def default_out(model: str, preset: str | None = None) -> Path:

@@ -44,6 +44,7 @@ def describe(bench: ResolvedBench) -> list[str]:
         f"model {bench.config.model}, profile {bench.profile}{preset}, executor {bench.config.executor}, "
         f"out {bench.out}",
         f"dtype {c.dtype}, device {c.device}, numerics {c.numerics}, tokenizer {c.tokenizer}",
+        *([f"device auto runs on the CPU, because {bench.cpu_fallback}"] if bench.cpu_fallback else []),
         f"rows {', '.join(rows)}; sparsities {', '.join(f'{s:.4g}' for s in bench.sparsities)}"
         f"{f' (--num-prune {bench.config.num_prune})' if bench.config.num_prune is not None else ''}; "
         f"seeds {', '.join(sorted({str(cell.seed) for cell in bench.cells}))}; {len(bench.cells)} cells",

@@ -99,12 +99,16 @@ def _timer(device: torch.device) -> tuple[str, Callable[[Callable[[], Any]], flo
     if device.type == "cuda":
 
         def cuda_time(fn: Callable[[], Any]) -> float:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end)
+            # On the model's device and its current stream: with --device cuda:N the events would otherwise be
+            # recorded on the current device (0), timing none of the model's kernels.
+            with torch.cuda.device(device):
+                stream = torch.cuda.current_stream(device)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record(stream)
+                fn()
+                end.record(stream)
+                end.synchronize()
+                return start.elapsed_time(end)
 
         return "cuda-events", cuda_time
 

@@ -54,6 +54,18 @@ def has_gpus() -> bool:
         ["nvidia-smi", "-L"], capture_output=True).returncode == 0
 
 
+def gpu_requests(visible: str | None) -> list[Any]:
+    """The GPUs a container is given: those ``CUDA_VISIBLE_DEVICES`` names on this machine (indices or UUIDs, as
+    the NVIDIA runtime takes them), none when it hides them all, every GPU when it is not set. Inside, the GPUs
+    given are numbered from 0, so the variable itself is not passed on."""
+    if visible is None:
+        return [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    ids = [part.strip() for part in visible.split(",") if part.strip()]
+    if not ids or ids[0] == "-1":  # CUDA stops at the first invalid entry: "-1" hides every GPU
+        return []
+    return [docker.types.DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
+
+
 def default_image() -> str:
     return "prunebench:cuda" if has_gpus() else "prunebench:cpu"
 
@@ -138,7 +150,7 @@ class DockerExecutor(OneAtATime):
         if self.memory:
             args["mem_limit"] = self.memory
         if self.gpus:
-            args["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+            args["device_requests"] = gpu_requests(os.environ.get("CUDA_VISIBLE_DEVICES"))
         return args
 
     def run_one(self, job: CellJob) -> tuple[str, str]:
