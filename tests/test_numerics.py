@@ -116,8 +116,8 @@ def test_evaluation_is_the_authors(bf16, windows):
 
 def test_blockpruner_in_reference_numerics_computes_as_the_authors_loop(smollm2_ref, windows):
     """One alternating round on SmolLM2 in bf16 (64 tokens): the prefix-cached search (kept only where the
-    run-time check finds it bit-identical on this machine) removes what one-by-one whole forwards remove. Which sub-blocks
-    that is depends on the CPU's bf16 kernels, so no decision measured elsewhere is asserted."""
+    run-time check finds it bit-identical on this machine) removes what one-by-one whole forwards remove.
+    Which sub-blocks that is depends on the CPU's bf16 kernels, so no decision measured elsewhere is asserted."""
     from harness.models import load_model
     from methods import get_method
     from methods.arch import adapt
