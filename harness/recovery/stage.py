@@ -106,3 +106,30 @@ def run_cached(recovery: RecoveryPlan, adapter: ModelAdapter, tokenizer: Any, pr
     manifest = read_manifest(entry)
     report = RecoveryReport.model_validate(manifest["recovery"]).model_copy(update={"from_cache": True})
     return reload(entry, manifest), report
+
+
+# What a recovered checkpoint keeps of the pruned one's manifest besides the structure: its pruning's record.
+KEPT_RECORDS = ("prune_report",)
+
+
+def load_checkpoint(path: Path, dtype: Any, device: Any) -> tuple[ModelAdapter, Any, dict[str, Any]]:
+    """A pruned checkpoint as an adapter that knows its dense config and edits (what saving it again needs),
+    its tokenizer and its manifest."""
+    from transformers import AutoTokenizer
+
+    from harness.checkpoint import load_pruned, read_manifest
+    from methods.arch import adapt
+
+    manifest = read_manifest(path)
+    adapter = adapt(load_pruned(path, dtype=dtype, device=device))
+    adapter.base_config, adapter.ops = dict(manifest["base_config"]), list(manifest["ops"])
+    return adapter, AutoTokenizer.from_pretrained(path), manifest
+
+
+def save_recovered(adapter: ModelAdapter, tokenizer: Any, out: Path, manifest: dict[str, Any],
+                   report: RecoveryReport) -> Path:
+    """The merged model as a pruned checkpoint, with the pruned one's records and the recovery's report."""
+    from harness.checkpoint import save_pruned
+
+    info = {k: manifest[k] for k in KEPT_RECORDS if k in manifest}
+    return save_pruned(adapter, tokenizer, out, info={**info, "recovery": report.model_dump(mode="json")})
