@@ -470,6 +470,9 @@ def bench_cmd(
     no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip the latency measurements.")] = False,
     engine: Annotated[bool, typer.Option(
         "--engine", help="Also time each model in llama.cpp (an extra: make install-engine).")] = False,
+    recover: Annotated[bool, typer.Option(
+        "--recover", help="Heal each pruned model with LoRA before measuring it (the profile's recovery settings, "
+                          "or the bench file's recovery: {...}); see docs/recovery.md.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Run cells again even if they have a result.")] = False,
     export: Annotated[str | None, typer.Option(
         "--export", help="Also write each cell's model in these formats (comma-separated: hf, gguf) into "
@@ -515,6 +518,8 @@ bench never writes there (`prunebench publish` does).
             cfg = cfg.model_copy(update={name: {**(getattr(cfg, name) or {}), "enabled": False}})
     if engine:
         cfg = cfg.model_copy(update={"engine": {**(cfg.engine or {}), "enabled": True}})
+    if recover:
+        cfg = cfg.model_copy(update={"recovery": {**(cfg.recovery or {}), "enabled": True}})
     outcome = run_bench(cfg, force=force, console=err_console)
     raise typer.Exit(outcome.exit_code)
 

@@ -108,6 +108,16 @@ def run_cached(recovery: RecoveryPlan, adapter: ModelAdapter, tokenizer: Any, pr
     return reload(entry, manifest), report
 
 
+def evaluation_sources(spec: Any) -> list[str]:
+    """The evaluation texts a bench cell measures perplexity on: what its recovery must not train on."""
+    return list(spec.perplexity.datasets) if spec.perplexity.enabled else []
+
+
+def plan_of(spec: Any, model_type: str) -> RecoveryPlan:
+    """A bench cell's recovery, planned from its resolved spec."""
+    return plan(spec.profile, spec.recovery.model_dump(), model_type, evaluation_sources(spec))
+
+
 # What a recovered checkpoint keeps of the pruned one's manifest besides the structure: its pruning's record.
 KEPT_RECORDS = ("prune_report",)
 
