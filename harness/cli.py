@@ -404,11 +404,14 @@ with the evaluation text.
     problem = verify_checkpoint(checkpoint, digests=False)
     if problem not in (None, UNRECORDED):
         raise PrunebenchError(f"checkpoint {checkpoint} is damaged: {problem}")
+    from transformers import AutoTokenizer
+
+    text = stage.load_text(plan, AutoTokenizer.from_pretrained(checkpoint))  # overlap refused before the weights load
     dev = resolve_device(device)
     adapter, tokenizer, manifest = stage.load_checkpoint(checkpoint, resolve_dtype(dtype, dev, manifest["model_type"]),
                                                          dev)
     with RichProgress(err_console)(f"recovery ({plan.config.steps} steps)", plan.config.steps) as advance:
-        report = stage.run(plan, adapter, tokenizer, on_step=lambda step, total, loss: advance(1))
+        report = stage.run(plan, adapter, tokenizer, on_step=lambda step, total, loss: advance(1), text=text)
     saved = stage.save_recovered(adapter, tokenizer, out_dir, manifest, report)
     if as_json:
         _emit_json({**report.model_dump(mode="json"), "checkpoint": str(saved)})
