@@ -261,9 +261,9 @@ def run(spec: CellSpec, exports_dir: Path | None = None) -> CellResult:
     else:
         log.info("pruning with %s at %.4g", spec.method, spec.sparsity)
         adapter, pruning_report, peak = prune_or_reuse(spec, loaded, memory)
-    recovery_report = recover_cell(spec, adapter, loaded, pruning_report) if spec.recovery and not is_dense else None
-    if recovery_report is not None:
-        adapter = recovery_report[0]
+    recovery_report = None
+    if spec.recovery is not None and pruning_report is not None:  # the dense cell is never recovered
+        adapter, recovery_report = recover_cell(spec, adapter, loaded, pruning_report)
     model = adapter.model.eval()
     after = (adapter.total_parameters(), adapter.block_parameters())
     ctx = MeasureContext(model, adapter, loaded.tokenizer, spec.seed, is_dense, source, spec.numerics,
@@ -276,7 +276,8 @@ def run(spec: CellSpec, exports_dir: Path | None = None) -> CellResult:
         started_at=started, finished_at=now(), wall_seconds=wall,
         parameters=Parameters(total_before=before[0], total_after=after[0], blocks_before=before[1],
                               blocks_after=after[1], achieved_sparsity=(before[1] - after[1]) / before[1]),
-        pruning=pruning_report, recovery=recovery_report[1] if recovery_report else None, memory={**peak, **{f"process_{k}": v for k, v in process_memory.items()}},
+        pruning=pruning_report, recovery=recovery_report,
+        memory={**peak, **{f"process_{k}": v for k, v in process_memory.items()}},
         exports=exports,
         environment={**capture(), "runtime": {"dtype": str(loaded.dtype).removeprefix("torch."),
                                               "device": str(loaded.device)}},
