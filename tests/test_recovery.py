@@ -70,10 +70,10 @@ def _loss(model, ids: torch.Tensor) -> float:
         return model(input_ids=ids, labels=ids).loss.item()
 
 
-def test_a_recovery_step_lowers_the_training_loss(twossp_checkpoint):
-    adapter, tokenizer, _ = stage.load_checkpoint(twossp_checkpoint, torch.float32, "cpu")
+def test_a_recovery_step_lowers_the_training_loss(twossp_checkpoint, enwiki_tokens):
+    adapter, _, _ = stage.load_checkpoint(twossp_checkpoint, torch.float32, "cpu")
     plan = stage.plan("cpu-quick", {}, "llama", [])
-    chunks = stage.load_text(plan, tokenizer).chunks[:2, :64]
+    chunks = enwiki_tokens[0][: 2 * 64].reshape(2, 64)  # calibration text
     before = _loss(adapter.model, chunks)
     config = plan.config.model_copy(update={"steps": 1, "batch_size": 2, "micro_batch_size": 2, "seq_len": 64,
                                             "warmup_steps": 0, "lr": 1e-3, "dropout": 0.0})
@@ -130,8 +130,10 @@ def test_the_gguf_of_a_recovered_2ssp_model_agrees_with_prunebench_in_llama_cpp(
 
 
 def test_prunebench_recover_writes_a_recovered_checkpoint(twossp_checkpoint, tmp_path):
-    out = tmp_path / "healed"
+    out, notes = tmp_path / "healed", tmp_path / "notes.txt"
+    notes.write_text("A short text of the user's own, in one paragraph, that no evaluation article contains.\n" * 4)
     result = CliRunner().invoke(app, ["recover", str(twossp_checkpoint), "--out", str(out), "--profile", "cpu-quick",
+                                      "--data", f"text:{notes}",
                                       "--steps", "1", "--batch-size", "1", "--micro-batch-size", "1", "--seq-len", "16",
                                       "--json"])
     assert result.exit_code == 0, (result.output, result.exception)
