@@ -340,6 +340,90 @@ cannot hold is refused in one line (exit 2) before any weight is read, naming th
         typer.echo(f"  {note}")
 
 
+@app.command("recover")
+@user_errors
+def recover_cmd(
+    checkpoint_dir: Annotated[str, typer.Argument(
+        metavar="CHECKPOINT", help="A pruned checkpoint (`prunebench prune --out`).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Directory for the recovered checkpoint.")],
+    profile: Annotated[str, typer.Option(
+        help="The defaults: auto (paper on CUDA, cpu-quick on CPU), paper (LLM-Pruner's) or cpu-quick.")] = "auto",
+    rank: Annotated[int | None, typer.Option(help="LoRA rank (8).")] = None,
+    alpha: Annotated[float | None, typer.Option(help="LoRA alpha (16).")] = None,
+    dropout: Annotated[float | None, typer.Option(help="LoRA dropout (0.05).")] = None,
+    targets: Annotated[str | None, typer.Option(
+        "--targets", help="Comma-separated linear layers to adapt (all seven projections).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps (paper 1550, cpu-quick 60).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Sequences per step (paper 64, cpu-quick 4).")] = None,
+    micro_batch_size: Annotated[int | None, typer.Option(help="Sequences per forward pass (4).")] = None,
+    seq_len: Annotated[int | None, typer.Option(help="Tokens per sequence (paper 256, cpu-quick 128).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (paper 1e-4, cpu-quick 3e-4).")] = None,
+    schedule: Annotated[str | None, typer.Option(help="linear (default), cosine or constant, after warm-up.")] = None,
+    warmup_steps: Annotated[int | None, typer.Option(help="Warm-up steps (paper 100, cpu-quick 6).")] = None,
+    data: Annotated[str | None, typer.Option(
+        help="Training text: a source's calibration part (auto: the profile's calibration source).")] = None,
+    eval_data: Annotated[str | None, typer.Option(
+        help="Comma-separated evaluation sources the training text must not share text with (default: the "
+             "profile's perplexity datasets).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seeds the adapters, dropout and sample order (0).")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace --out if it holds a pruned checkpoint (anything else there is refused).")] = False,
+    dtype: Dtype = "auto",
+    device: Device = "auto",
+    as_json: AsJson = False,
+) -> None:
+    """Heal a pruned checkpoint with LoRA on its remaining linear layers, merged back: same structure, new weights.
+
+    The training text is the calibration part of a source, refused in one line when it shares a paragraph \
+with the evaluation text.
+    """
+    from harness.checkpoint import UNRECORDED, read_manifest, verify_checkpoint
+    from harness.metrics.registry import METRICS
+    from harness.models import resolve_device, resolve_dtype
+    from harness.outputs import check_replaceable, check_writable, out_path
+    from harness.progress import RichProgress
+    from harness.recovery import stage
+    from harness.recovery.config import recovery_config
+
+    checkpoint, out_dir = out_path(checkpoint_dir, "CHECKPOINT"), out_path(out)
+    source, dest = checkpoint.resolve(), out_dir.resolve()
+    if dest == source or source in dest.parents or dest in source.parents:
+        raise PrunebenchError(f"--out {out_dir} and the checkpoint {checkpoint} overlap: recover into another folder")
+    check_writable(out_dir)
+    check_replaceable(out_dir, "checkpoint", force)
+    if profile == "auto":
+        profile = "paper" if resolve_device(device).type == "cuda" else "cpu-quick"
+    settings = {"rank": rank, "alpha": alpha, "dropout": dropout, "target_modules": _split(targets, "--targets"),
+                "steps": steps, "batch_size": batch_size, "micro_batch_size": micro_batch_size, "seq_len": seq_len,
+                "lr": lr, "schedule": schedule, "warmup_steps": warmup_steps, "data": data, "seed": seed}
+    overrides = {k: v for k, v in settings.items() if v is not None}
+    recovery_config(profile, overrides, "recovery")  # the settings first: they need no checkpoint
+    manifest = read_manifest(checkpoint)
+    evaluation = _split(eval_data, "--eval-data") or METRICS["perplexity"].default_config(profile).datasets
+    plan = stage.plan(profile, overrides, manifest["model_type"], evaluation, where="recovery")
+    problem = verify_checkpoint(checkpoint, digests=False)
+    if problem not in (None, UNRECORDED):
+        raise PrunebenchError(f"checkpoint {checkpoint} is damaged: {problem}")
+    from transformers import AutoTokenizer
+
+    text = stage.load_text(plan, AutoTokenizer.from_pretrained(checkpoint))  # overlap refused before the weights load
+    dev = resolve_device(device)
+    adapter, tokenizer, manifest = stage.load_checkpoint(checkpoint, resolve_dtype(dtype, dev, manifest["model_type"]),
+                                                         dev)
+    with RichProgress(err_console)(f"recovery ({plan.config.steps} steps)", plan.config.steps) as advance:
+        report = stage.run(plan, adapter, tokenizer, on_step=lambda step, total, loss: advance(1), text=text)
+    saved = stage.save_recovered(adapter, tokenizer, out_dir, manifest, report)
+    if as_json:
+        _emit_json({**report.model_dump(mode="json"), "checkpoint": str(saved)})
+        return
+    typer.echo(f"recovered {checkpoint} in {report.seconds:.1f} s ({report.steps} steps, "
+               f"{report.tokens_per_second:.0f} tokens/s): training loss {report.loss_first:.4f} -> "
+               f"{report.loss_last:.4f}")
+    typer.echo(f"  LoRA rank {plan.config.rank} on {report.modules} linear layers, merged back; data "
+               f"{report.data.get('source')} ({report.data.get('role')} part); defaults: {report.follows}")
+    typer.echo(f"  saved to {saved}  (reload: from harness import load_pruned; m = load_pruned('{saved}'))")
+
+
 def _split(text: str | None, flag: str, cast=str) -> list | None:
     """A comma-separated flag's values; one that names none ('', ',') is refused rather than read as 'none'."""
     if text is None:
@@ -389,6 +473,9 @@ def bench_cmd(
     no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip the latency measurements.")] = False,
     engine: Annotated[bool, typer.Option(
         "--engine", help="Also time each model in llama.cpp (an extra: make install-engine).")] = False,
+    recover: Annotated[bool, typer.Option(
+        "--recover", help="Heal each pruned model with LoRA before measuring it (the profile's recovery settings, "
+                          "or the bench file's recovery: {...}); see docs/recovery.md.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Run cells again even if they have a result.")] = False,
     export: Annotated[str | None, typer.Option(
         "--export", help="Also write each cell's model in these formats (comma-separated: hf, gguf) into "
@@ -434,6 +521,8 @@ bench never writes there (`prunebench publish` does).
             cfg = cfg.model_copy(update={name: {**(getattr(cfg, name) or {}), "enabled": False}})
     if engine:
         cfg = cfg.model_copy(update={"engine": {**(cfg.engine or {}), "enabled": True}})
+    if recover:
+        cfg = cfg.model_copy(update={"recovery": {**(cfg.recovery or {}), "enabled": True}})
     outcome = run_bench(cfg, force=force, console=err_console)
     raise typer.Exit(outcome.exit_code)
 

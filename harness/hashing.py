@@ -42,6 +42,7 @@ SETTINGS_ADDED_LATER: dict[str, Any] = {
     "export": [],
     "calibration.construction": "joined",
     "calibration.draw": _draw_before_it,
+    "recovery": None,  # off: no recovery fine-tuning after pruning (harness.recovery)
 }
 
 # How a cell is run and where it came from, not what it computes: never hashed.

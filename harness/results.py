@@ -21,6 +21,7 @@ from harness.hashing import complete
 from harness.manifest import MANIFEST, RUN_RECORD, manifest_problem
 from harness.metrics.base import Scalar
 from harness.metrics.registry import METRICS
+from harness.recovery.config import RecoveryReport
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class _CellResult(_Strict):
     wall_seconds: float
     parameters: Parameters | None = None
     pruning: PruningReport | None = None
+    recovery: RecoveryReport | None = None  # the bench setting recovery: the LoRA healing after pruning
     memory: dict[str, int | None] = Field(default_factory=dict)
     environment: dict[str, JsonValue] = Field(default_factory=dict)
     error: ErrorInfo | None = None

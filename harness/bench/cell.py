@@ -215,6 +215,24 @@ def prune_or_reuse(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, Pru
     return fresh["adapter"], report, fresh["peak"]
 
 
+def recover_cell(spec: CellSpec, adapter, loaded, report: PruningReport):
+    """(adapter, recovery report) of the cell's recovered model: from the recovery cache when the same pruned model
+    was recovered with the same settings, data and code before, else trained now (and cached when pruning is)."""
+    from harness.recovery import stage
+
+    recovery = stage.plan_of(spec, adapter.config.model_type)
+    if not spec.cache_pruned or report.cache_key is None:
+        return adapter, stage.run(recovery, adapter, loaded.tokenizer)
+    info = {"prune_report": report.model_dump(mode="json"), "cell": spec.id}
+
+    def reload(entry: Path, manifest: dict[str, Any]):
+        from harness.checkpoint import load_pruned
+
+        return _logged(load_pruned(entry, dtype=loaded.dtype, device=loaded.device), manifest)
+
+    return stage.run_cached(recovery, adapter, loaded.tokenizer, report.cache_key, info, reload)
+
+
 def cell_of(spec: CellSpec) -> Cell:
     return Cell(id=spec.id, model=spec.model, method=spec.method, variant=spec.variant, sparsity=spec.sparsity,
                 seed=spec.seed)
@@ -250,6 +268,9 @@ def run(spec: CellSpec, exports_dir: Path | None = None) -> CellResult:
     else:
         log.info("pruning with %s at %.4g", spec.method, spec.sparsity)
         adapter, pruning_report, peak = prune_or_reuse(spec, loaded, memory)
+    recovery_report = None
+    if spec.recovery is not None and pruning_report is not None:  # the dense cell is never recovered
+        adapter, recovery_report = recover_cell(spec, adapter, loaded, pruning_report)
     model = adapter.model.eval()
     after = (adapter.total_parameters(), adapter.block_parameters())
     ctx = MeasureContext(model, adapter, loaded.tokenizer, spec.seed, is_dense, source, spec.numerics,
@@ -262,7 +283,8 @@ def run(spec: CellSpec, exports_dir: Path | None = None) -> CellResult:
         started_at=started, finished_at=now(), wall_seconds=wall,
         parameters=Parameters(total_before=before[0], total_after=after[0], blocks_before=before[1],
                               blocks_after=after[1], achieved_sparsity=(before[1] - after[1]) / before[1]),
-        pruning=pruning_report, memory={**peak, **{f"process_{k}": v for k, v in process_memory.items()}},
+        pruning=pruning_report, recovery=recovery_report,
+        memory={**peak, **{f"process_{k}": v for k, v in process_memory.items()}},
         exports=exports,
         environment={**capture(), "runtime": runtime(spec, loaded)},
         **results,

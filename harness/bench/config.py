@@ -32,6 +32,7 @@ from harness.errors import PrunebenchError
 from harness.hashing import EXTRAS, NOT_HASHED, canonical_hash, complete, config_hash
 from harness.metrics.registry import METRICS
 from harness.models import TokenizerKind
+from harness.recovery.config import RecoveryConfig
 from methods.base import Numerics
 
 Profile = Literal["paper", "cpu-quick"]
@@ -122,6 +123,9 @@ class _BenchConfig(_Config):
     executor_options: dict[str, Any] = Field(default_factory=dict)
     # Also write each cell's model in these formats (harness.export), into cells/exports/ beside its result.
     export: list[str] = Field(default_factory=list)
+    # Recovery fine-tuning after pruning (harness.recovery): overrides of the profile's settings; None = off,
+    # a mapping (even empty) = on unless it says ``enabled: false``.
+    recovery: dict[str, JsonValue] | None = None
 
     @field_validator("export")
     @classmethod
@@ -263,6 +267,8 @@ class _CellSpec(_Config):
     # The bench run that made the cell (its folder and start), named by a pruned model it leaves in the cache.
     # Like ``reprune`` and ``export``: how and where it ran, left out of both hashes.
     run: str | None = None
+    # The recovery after pruning, resolved; None = none (the dense cell never has one).
+    recovery: RecoveryConfig | None = None
 
     def config_hash(self) -> str:
         return config_hash(self.model_dump(mode="json"))

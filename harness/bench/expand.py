@@ -118,6 +118,7 @@ def resolve(config: BenchConfig) -> ResolvedBench:
     source = config.calibration.source if config.calibration.source != "auto" else defaults["calibration_source"]
     model_type = _ModelType(config.model, config.trust_remote_code)
     metrics = {name: metric_config(name, profile, getattr(config, name)) for name in METRICS}
+    recovery = _recovery(config, profile)
     cells: list[CellSpec] = []
     for v in variants:
         method = get_method(v.method)
@@ -135,9 +136,20 @@ def resolve(config: BenchConfig) -> ResolvedBench:
                 **metrics,
                 dtype=config.dtype, device=config.device, numerics=config.numerics, tokenizer=config.tokenizer,
                 trust_remote_code=config.trust_remote_code, cache_pruned=config.cache_pruned, export=config.export,
+                recovery=None if v.method == "dense" else recovery,
             ))
     return ResolvedBench(config, profile, out, cells, sparsities, grouped=grouped_methods(config.methods),
                          cpu_fallback=fallback)
+
+
+def _recovery(config: BenchConfig, profile: str):
+    """The bench's recovery settings on top of the profile's, or None when it asks for none."""
+    from harness.recovery.config import recovery_config
+
+    asked = dict(config.recovery) if config.recovery is not None else None
+    if asked is None or asked.pop("enabled", True) is False:
+        return None
+    return recovery_config(profile, asked)
 
 
 def default_out(model: str, preset: str | None = None) -> Path:
@@ -223,6 +235,12 @@ def validate(bench: ResolvedBench) -> None:
     for name, metric in METRICS.items():
         metric.validate(getattr(first, name))
     config = checked_config(ref, bench.config.trust_remote_code)
+    recovery = next((c.recovery for c in bench.cells if c.recovery is not None), None)
+    if recovery is not None:
+        from harness.recovery.stage import evaluation_sources, plan
+
+        plan(bench.profile, recovery.model_dump(), config.model_type, evaluation_sources(first))
+        check_positions(config, recovery.seq_len, "a recovery sample")
     for name, metric in METRICS.items():
         if getattr(first, name).enabled:
             check_positions(config, metric.positions(getattr(first, name)), f"{name}: a sequence")
