@@ -12,6 +12,13 @@ the result. Three things keep that from serving the wrong model:
 - an entry is served only if it verifies against the sizes and digests its manifest recorded
   (:func:`harness.checkpoint.verify_checkpoint`); a truncated, altered or unverifiable one is logged,
   deleted and pruned again, instead of failing every cell that reads it.
+
+Every code change makes new keys, so the folder would only grow: before and after creating an entry, the
+least recently used others are evicted while the folder holds more than its size limit
+(``$PRUNEBENCH_CACHE_MAX_GB``) or the file system has less than ``MIN_FREE_FRACTION`` free. An entry whose
+lock another process holds is never evicted. A process that was served an entry and loads it only later
+could lose it to an eviction in between: the least recently used order makes that the oldest entry, not
+the one just served.
 """
 
 from __future__ import annotations
@@ -34,6 +41,10 @@ from harness.checkpoint import UNRECORDED, verify_checkpoint
 from harness.errors import PrunebenchError
 
 log = logging.getLogger(__name__)
+
+# The share of the file system a new entry leaves free, by evicting old entries first (a full disk fails a
+# cell after its pruning has run; an evicted entry only costs a pruning later).
+MIN_FREE_FRACTION = 0.05
 
 # What prunes: the entry point every pruning goes through (``prunebench prune`` and a bench cell alike).
 PRUNING_ENTRY = "harness.pruning"
@@ -147,11 +158,25 @@ class Obtained(NamedTuple):
     repair: str | None = None  # why an existing entry was not served: corrupt, unverifiable (then pruned again)
 
 
-class PrunedModelCache:
-    """Checkpoint directories ``root/<key>``, each created under the lock ``root/<key>.lock``."""
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
-    def __init__(self, root: Path) -> None:
+
+class PrunedModelCache:
+    """Checkpoint directories ``root/<key>``, each created under the lock ``root/<key>.lock``; at most
+    ``max_bytes`` of them (None: no limit), the least recently used evicted first."""
+
+    def __init__(self, root: Path, max_bytes: int | None = None, min_free_fraction: float = MIN_FREE_FRACTION) -> None:
         self.root = Path(root)
+        self.max_bytes = max_bytes
+        self.min_free_fraction = min_free_fraction
+
+    @classmethod
+    def in_cache(cls, folder: str) -> PrunedModelCache:
+        """The cache ``folder`` of prunebench's cache directory, with the configured size limit."""
+        from harness.paths import cache_dir, cache_size_limit
+
+        return cls(cache_dir() / folder, max_bytes=cache_size_limit())
 
     def entry(self, key: str) -> Path:
         return self.root / key
@@ -171,11 +196,13 @@ class PrunedModelCache:
                 if reprune:
                     log.info("re-pruning as asked: removing the cached %s", entry)
                 elif problem is None:
+                    os.utime(entry)  # its last use: what the eviction order reads
                     return Obtained(entry, False)
                 else:
                     repair = f"{'unverifiable' if problem == UNRECORDED else 'corrupt'} ({problem})"
                     log.warning("pruned-model cache entry %s is %s; pruning again", entry, repair)
                 self._remove(entry)
+            self.evict(keep=key)  # room for the new entry
             try:
                 create(entry)
             finally:
@@ -183,7 +210,43 @@ class PrunedModelCache:
             problem = verify_checkpoint(entry, digests=False)  # just written and hashed: sizes suffice
             if problem is not None:
                 raise PrunebenchError(f"creating the pruned-model cache entry {entry} failed: {problem}")
+            self.evict(keep=key)  # within the limit, the new entry counted
             return Obtained(entry, True, repair)
+
+    def evict(self, keep: str) -> list[str]:
+        """Remove the least recently used entries other than ``keep`` while the folder is over its limit or
+        the disk short of free space; the keys removed."""
+        def pressed(total: int) -> bool:
+            over = self.max_bytes is not None and total > self.max_bytes
+            usage = shutil.disk_usage(self.root)
+            return over or usage.free < self.min_free_fraction * usage.total
+
+        entries = [p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        sizes = {p.name: folder_bytes(p) for p in entries}
+        total = sum(sizes.values())
+        evicted: list[str] = []
+        for victim in sorted((p for p in entries if p.name != keep), key=lambda p: p.stat().st_mtime):
+            if not pressed(total):
+                break
+            lock = FileLock(self.root / f"{victim.name}.lock")
+            try:
+                lock.acquire(blocking=False)
+            except Timeout:
+                continue  # being created or checked by another process
+            try:
+                self._remove(victim)
+            finally:
+                lock.release()
+            total -= sizes[victim.name]
+            evicted.append(victim.name)
+            log.info("evicted the least recently used cache entry %s (%.1f MB) to keep %s within its limit",
+                     victim, sizes[victim.name] / 1e6, self.root)
+        if pressed(total):
+            log.warning("the cache %s holds %.1f GB and nothing more can be evicted (limit %s, %.1f GB free)",
+                        self.root, total / 2**30,
+                        "none" if self.max_bytes is None else f"{self.max_bytes / 2**30:.1f} GB",
+                        shutil.disk_usage(self.root).free / 2**30)
+        return evicted
 
     @contextmanager
     def _locked(self, key: str) -> Iterator[None]:

@@ -9,6 +9,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests use only embedded data and tiny models
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Every code change makes new pruned-model cache keys: the suite keeps at most this much of them (each
+# cache folder), the least recently used evicted first, so that runs on one machine never fill its disk.
+os.environ.setdefault("PRUNEBENCH_CACHE_MAX_GB", "6")
 
 ARCHS = ("llama", "mistral", "qwen2", "phi3", "gemma3_text")
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_model
+from filelock import FileLock
 
 from harness.checkpoint import MANIFEST_NAME, UNRECORDED, load_pruned, save_pruned, verify_checkpoint
-from harness.prune_cache import PrunedModelCache, code_fingerprint, fingerprinted_files, source_digest
+from harness.prune_cache import PrunedModelCache, code_fingerprint, fingerprinted_files, folder_bytes, source_digest
 from methods.arch import adapt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,6 +78,50 @@ def test_reprune_creates_again_even_over_a_valid_entry(tmp_path):
     assert cache.obtain("k", create)[:2] == (entry, False) and create.calls == 1
     assert cache.obtain("k", create, reprune=True)[:2] == (entry, True) and create.calls == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k", "k.lock"]
+
+
+def test_the_least_recently_used_entries_go_first_when_the_folder_is_over_its_limit(tmp_path, caplog):
+    create = Creator()
+    sizing = PrunedModelCache(tmp_path / "sizing").obtain("k", create).entry
+    one = folder_bytes(sizing)
+    cache = PrunedModelCache(tmp_path / "c", max_bytes=int(2.5 * one), min_free_fraction=0.0)
+    for key in ("a", "b"):
+        cache.obtain(key, create)
+    os.utime(cache.entry("a"), (1, 1)), os.utime(cache.entry("b"), (2, 2))  # a used last long ago, then b
+    assert cache.obtain("a", create)[1] is False  # served: now a is the most recently used
+    with caplog.at_level(logging.INFO, logger="harness.prune_cache"):
+        cache.obtain("c", create)
+    assert sorted(p.name for p in cache.root.iterdir() if p.is_dir()) == ["a", "c"]  # b, the least recent, went
+    assert any("evicted the least recently used cache entry" in m and "/b " in m for m in caplog.messages)
+    # An entry whose lock another process holds stays, even over the limit; the overflow is said.
+    with FileLock(cache.root / "a.lock"):
+        tight = PrunedModelCache(cache.root, max_bytes=one, min_free_fraction=0.0)
+        with caplog.at_level(logging.WARNING, logger="harness.prune_cache"):
+            assert tight.evict(keep="c") == []
+    assert any("nothing more can be evicted" in m for m in caplog.messages)
+    assert tight.evict(keep="c") == ["a"] and verify_checkpoint(tight.entry("c")) is None
+
+
+def test_a_disk_short_of_space_evicts_before_creating(tmp_path):
+    create = Creator()
+    cache = PrunedModelCache(tmp_path, max_bytes=None, min_free_fraction=0.0)
+    for key in ("a", "b"):
+        cache.obtain(key, create)
+    cache.min_free_fraction = 1.0  # no file system is ever this free: every other entry must go
+    assert cache.obtain("c", create)[1] is True
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["c"]
+
+
+@pytest.mark.parametrize("value", ["ten", "-1", "nan"])
+def test_a_bad_cache_limit_is_one_line(monkeypatch, value):
+    from harness.errors import PrunebenchError
+    from harness.paths import cache_size_limit
+
+    monkeypatch.setenv("PRUNEBENCH_CACHE_MAX_GB", value)
+    with pytest.raises(PrunebenchError, match=r"PRUNEBENCH_CACHE_MAX_GB=.*: give a number of gigabytes"):
+        cache_size_limit()
+    monkeypatch.setenv("PRUNEBENCH_CACHE_MAX_GB", "1.5")
+    assert cache_size_limit() == 3 * 2**29
 
 
 def test_a_failed_create_leaves_nothing_half_written(tmp_path):

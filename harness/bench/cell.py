@@ -182,7 +182,6 @@ def prune_or_reuse(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, Pru
     from harness.checkpoint import save_pruned
     from harness.devices import device_identity
     from harness.models import load_weights
-    from harness.paths import cache_dir
     from harness.prune_cache import PrunedModelCache, code_fingerprint
 
     if not spec.cache_pruned:
@@ -191,7 +190,7 @@ def prune_or_reuse(spec: CellSpec, loaded, memory: PeakMemory) -> tuple[Any, Pru
     fingerprint = code_fingerprint()
     key = spec.prune_key(model_identity(loaded.ref), fingerprint, dtype=str(loaded.dtype).removeprefix("torch."),
                          device=device_identity(loaded.device))
-    cache = PrunedModelCache(cache_dir() / "pruned")
+    cache = PrunedModelCache.in_cache("pruned")
     fresh: dict[str, Any] = {}
 
     def create(entry: Path) -> None:

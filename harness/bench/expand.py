@@ -95,6 +95,10 @@ def resolve(config: BenchConfig) -> ResolvedBench:
     out = config.out or default_out(config.model, config.preset)
     check_out(out)  # first: a bench into results/ is refused before anything else happens
     check_run_folder(out)
+    if config.cache_pruned:
+        from harness.paths import cache_size_limit
+
+        cache_size_limit()  # a bad $PRUNEBENCH_CACHE_MAX_GB: one line now, not in every cell
     fallback = None
     if config.executor == "local":  # other executors run cells where this machine's torch may not see their GPUs
         from harness.devices import cpu_fallback, resolve_device

@@ -87,7 +87,6 @@ def run_cached(recovery: RecoveryPlan, adapter: ModelAdapter, tokenizer: Any, pr
     """The recovered model of ``adapter`` from the cache when the same recovery ran before, else recovered now and
     cached (with ``info``: the pruned checkpoint's own records). ``reload(entry, manifest)`` loads a cached entry."""
     from harness.checkpoint import read_manifest, save_pruned
-    from harness.paths import cache_dir
     from harness.prune_cache import PrunedModelCache
 
     text = load_text(recovery, tokenizer)
@@ -99,7 +98,7 @@ def run_cached(recovery: RecoveryPlan, adapter: ModelAdapter, tokenizer: Any, pr
         save_pruned(adapter, tokenizer, entry, info={**info, "recovery": report.model_dump(mode="json")})
         done["report"] = report
 
-    entry, created, _ = PrunedModelCache(cache_dir() / CACHE_FOLDER).obtain(key, create)
+    entry, created, _ = PrunedModelCache.in_cache(CACHE_FOLDER).obtain(key, create)
     if created:
         return adapter, done["report"]
     log.info("recovered model found in the cache (%s): not training again", entry)
