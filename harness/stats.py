@@ -2,9 +2,9 @@
 
 Intervals: a window bootstrap for perplexity (a ratio estimator, so whole windows are resampled), the
 Wilson score interval for accuracies, and an independent two-sample bootstrap for speed-ups (a ratio of
-medians). Tests: the paired sign-flip test on per-window losses, the exact McNemar test on per-example
-correctness, Holm's step-down correction, and a ranking that shares a rank between rows that the paired
-test does not separate. Pure functions of numpy arrays; every random draw comes from
+medians). Tests: the paired sign-flip test (on per-window losses, and on per-example correctness weighted
+to a difference of mean accuracies), Holm's step-down correction, and a ranking that shares a rank
+between rows that the paired test does not separate. Pure functions of numpy arrays; every random draw comes from
 ``numpy.random.default_rng(seed)`` with the caller's seed, so every number is reproducible.
 """
 
@@ -14,7 +14,6 @@ import math
 import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from statistics import NormalDist
 
 import numpy as np
@@ -78,19 +77,6 @@ def _finite_1d(values: Sequence[float], name: str, min_len: int = 1) -> np.ndarr
 def _same_length(a: np.ndarray, b: np.ndarray, names: str) -> None:
     if a.shape != b.shape:
         raise ValueError(f"{names} must have the same length, got {a.size} and {b.size}")
-
-
-def _binary_1d(values: Sequence[bool | int], name: str) -> np.ndarray:
-    """A 1-D boolean array from booleans or 0/1 integers; anything else is an error, not a truthiness test."""
-    arr = np.asarray(values)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
-    if arr.size == 0:
-        raise ValueError(f"{name} is empty")
-    if arr.dtype != np.bool_:
-        if not np.issubdtype(arr.dtype, np.integer) or not np.all((arr == 0) | (arr == 1)):
-            raise ValueError(f"{name} must hold booleans or 0/1 integers")
-    return arr.astype(bool)
 
 
 def _counts(successes: int, n: int, min_n: int) -> tuple[int, int]:
@@ -244,33 +230,6 @@ def paired_permutation_test(a: Sequence[float], b: Sequence[float], resamples: i
         signs = rng.choice(np.array([-1.0, 1.0]), size=(min(rows, resamples - start), d.size))
         extreme += int(np.count_nonzero(np.abs(signs @ d) >= threshold))
     return (extreme + 1) / (resamples + 1)
-
-
-def _binomial_lower_tail_half(k: int, m: int) -> Fraction:
-    """P(X <= k) for X ~ Bin(m, 1/2), exactly: sum_{j<=k} C(m, j) / 2^m with integer arithmetic."""
-    total, term = 0, 1  # term = C(m, j), updated by C(m, j+1) = C(m, j) (m - j) / (j + 1)
-    for j in range(k + 1):
-        total += term
-        term = term * (m - j) // (j + 1)
-    return Fraction(total, 1 << m)
-
-
-def mcnemar_exact(a: Sequence[bool | int], b: Sequence[bool | int]) -> float:
-    """Two-sided exact McNemar test on paired binary outcomes (e.g. per-example correctness of two models).
-
-    H0: both discordant kinds (a right and b wrong, a wrong and b right) are equally likely. Given the
-    m = n01 + n10 discordant pairs, n01 ~ Bin(m, 1/2), so p = min(1, 2 P(X <= min(n01, n10))). Computed in
-    exact integer arithmetic, so large m (10,000+) neither overflows nor loses the tail. No discordant pair
-    gives p = 1.0.
-    """
-    x, y = _binary_1d(a, "a"), _binary_1d(b, "b")
-    _same_length(x, y, "a and b")
-    n01 = int(np.count_nonzero(~x & y))
-    n10 = int(np.count_nonzero(x & ~y))
-    m = n01 + n10
-    if m == 0:
-        return 1.0
-    return float(min(Fraction(1), 2 * _binomial_lower_tail_half(min(n01, n10), m)))
 
 
 def holm(p_values: Sequence[float], alpha: float = 0.05) -> list[bool]:

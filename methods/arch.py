@@ -1,6 +1,8 @@
 """Architecture adapters: one class per model family hides where attention, FFN and norms live.
 
-The pruning algorithms only talk to a :class:`ModelAdapter`; they never branch on ``model_type``.
+The pruning algorithms only talk to a :class:`ModelAdapter`: they never branch on ``model_type`` to find,
+measure or edit a module. (``model_type`` does key one protocol table: the length of EvoPress's reference
+calibration samples, which the authors' scripts set per model family.)
 Every structural edit goes through the adapter, which logs it (``adapter.ops``) so that a saved
 checkpoint can be rebuilt by replaying the same edits on a fresh skeleton (see ``replay``).
 

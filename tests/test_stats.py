@@ -18,7 +18,6 @@ from harness.stats import (
     Interval,
     RankedRow,
     holm,
-    mcnemar_exact,
     paired_permutation_test,
     perplexity_interval,
     proportion_interval,
@@ -31,7 +30,7 @@ Z95 = 1.959963984540054  # Phi^-1(0.975)
 
 
 def normal_two_sided(z: float) -> float:
-    """2 (1 - Phi(|z|)) via erfc, the large-n reference for the permutation and McNemar tests."""
+    """2 (1 - Phi(|z|)) via erfc, the large-n reference for the permutation test."""
     return math.erfc(abs(z) / math.sqrt(2))
 
 
@@ -249,60 +248,6 @@ def test_sign_flip_bad_input():
         paired_permutation_test([1.0, float("inf")], [1.0, 2.0])
     with pytest.raises(ValueError, match="resamples"):
         paired_permutation_test([1.0], [2.0], resamples=0)
-
-
-# ---------------------------------------------------------------- mcnemar_exact
-
-
-def pairs(n11: int, n10: int, n01: int, n00: int) -> tuple[list[int], list[int]]:
-    """Outcome vectors with the given counts of (a, b) = (1,1), (1,0), (0,1), (0,0)."""
-    a = [1] * n11 + [1] * n10 + [0] * n01 + [0] * n00
-    b = [1] * n11 + [0] * n10 + [1] * n01 + [0] * n00
-    return a, b
-
-
-def test_mcnemar_hand_example():
-    # n01 = 1, n10 = 6: p = 2 (C(7,0) + C(7,1)) / 2^7 = 2 * 8 / 128.
-    a, b = pairs(n11=5, n10=6, n01=1, n00=3)
-    assert mcnemar_exact(a, b) == 2 * (1 + 7) / 2 ** 7 == 0.125
-    assert mcnemar_exact(b, a) == 0.125
-    assert mcnemar_exact([bool(x) for x in a], [bool(x) for x in b]) == 0.125
-
-
-def test_mcnemar_identical_and_balanced_are_not_separated():
-    a = [1, 0, 1, 1, 0, 1]
-    assert mcnemar_exact(a, a) == 1.0  # no discordant pair
-    a, b = pairs(n11=3, n10=4, n01=4, n00=2)
-    assert mcnemar_exact(a, b) == 1.0  # 2 P(X <= 4), X ~ Bin(8, 1/2), is above 1
-
-
-def test_mcnemar_large_difference_is_separated():
-    # 200 discordant pairs, 150 vs 50.
-    a, b = pairs(n11=0, n10=150, n01=50, n00=0)
-    expected = 2 * sum(math.comb(200, k) for k in range(51)) / 2 ** 200
-    p = mcnemar_exact(a, b)
-    assert p == pytest.approx(expected, rel=1e-12)
-    assert 0.0 < p < 1e-10
-
-
-def test_mcnemar_large_n_does_not_overflow():
-    # 10,100 discordant pairs, 5,100 vs 5,000: close to the continuity-corrected normal approximation.
-    a, b = pairs(n11=2000, n10=5100, n01=5000, n00=1000)
-    p = mcnemar_exact(a, b)
-    assert p == pytest.approx(normal_two_sided((100 - 1) / math.sqrt(10100)), abs=0.005)
-    tiny = mcnemar_exact(*pairs(n11=0, n10=10000, n01=1000, n00=0))
-    assert 0.0 <= tiny < 1e-300
-
-
-def test_mcnemar_bad_input():
-    with pytest.raises(ValueError, match="empty"):
-        mcnemar_exact([], [])
-    with pytest.raises(ValueError, match="same length"):
-        mcnemar_exact([1, 0], [1])
-    with pytest.raises(ValueError, match="0/1"):
-        mcnemar_exact([1, 2], [1, 0])
-    with pytest.raises(ValueError, match="0/1"):
-        mcnemar_exact([0.5, 1.0], [1, 0])
 
 
 # ---------------------------------------------------------------- holm

@@ -90,7 +90,7 @@ class TaskScore(BaseModel):
 
     ``outcomes`` holds every example's 0/1 result per metric ("acc", "acc_norm"), as a string of digits
     in the order of ``examples_sha256`` (a digest of the ordered example ids): two models scored on the
-    same examples can be compared example by example (McNemar's test).
+    same examples can be compared example by example (the paired sign-flip test).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
