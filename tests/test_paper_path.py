@@ -35,11 +35,12 @@ PAPER_TASKS = {"winogrande", "arc_easy", "arc_challenge", "hellaswag", "piqa", "
 COMMIT = re.compile(r"@[0-9a-f]{40}:")
 
 
-def bench(hub: LocalHub | str, home: Path, out: Path, model: str, *args: str, timeout: float = 900):
+def bench(hub: LocalHub | str, home: Path, out: Path, model: str, *args: str, timeout: float = 900,
+          methods: str = "dense, 2ssp, shortgpt"):
     """``prunebench bench`` with the small paper bench, against ``hub`` (a LocalHub, or an endpoint)."""
     config = home / "small.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(SMALL)
+    config.write_text(SMALL.replace("dense, 2ssp, shortgpt", methods))
     env = hub_env_for(hub, home)
     command = [sys.executable, "-m", "harness.cli", "bench", "-c", str(config), "--model", model, "--out", str(out),
                *args]
@@ -61,9 +62,12 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
-def check_paper_results(out: Path, model: str) -> dict[str, dict]:
+ALL_CELLS = {"dense", "2ssp-s0.375-seed0", "shortgpt-s0.375-seed0"}
+
+
+def check_paper_results(out: Path, model: str, expected: set[str] = ALL_CELLS) -> dict[str, dict]:
     cells = results(out)
-    assert set(cells) == {"dense", "2ssp-s0.375-seed0", "shortgpt-s0.375-seed0"}
+    assert set(cells) == expected
     for name, r in cells.items():
         assert r["status"] == "ok", (name, r.get("error"))
         assert set(r["perplexity"]) == PAPER_DATASETS
@@ -157,11 +161,21 @@ def test_a_file_missing_from_the_caches_without_the_hub_is_one_line(llama_runs, 
     assert f"model '{model}' is not in the local Hugging Face cache" in error_lines(result.stderr)[0]
 
 
+@pytest.fixture(scope="module")
+def family_home(tmp_path_factory):
+    """One Hugging Face and prunebench cache for the families: the first fetches the corpora and tasks, the
+    others fetch only their model (fetching everything afresh is the Llama runs' part)."""
+    return tmp_path_factory.mktemp("families")
+
+
 @pytest.mark.parametrize("model", [m for m in TINY_MODELS if m != "meta-llama/Llama-2-7b-hf"])
-def test_the_paper_profile_runs_for_each_family(local_hub, tmp_path, model):  # noqa: F811
-    result = bench(local_hub, tmp_path, tmp_path / "out", model)
+def test_the_paper_profile_runs_for_each_family(local_hub, family_home, tmp_path, model):  # noqa: F811
+    """2SSP's cell alone (it loads the dense model, removes FFN neurons and attention modules, and measures
+    every metric on both): the dense and ShortGPT cells add nothing per family that the Llama runs and the
+    architecture tests (layer removal on every family) do not already check."""
+    result = bench(local_hub, family_home, tmp_path / "out", model, methods="2ssp")
     assert result.returncode == 0, result.stderr[-4000:]
-    check_paper_results(tmp_path / "out", model)
+    check_paper_results(tmp_path / "out", model, expected={"2ssp-s0.375-seed0"})
 
 
 # --- faults of a real hub: one line, exit 2, before any cell ----------------------------------------------
