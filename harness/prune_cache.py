@@ -15,10 +15,9 @@ the result. Three things keep that from serving the wrong model:
 
 Every code change makes new keys, so the folder would only grow: before and after creating an entry, the
 least recently used others are evicted while the folder holds more than its size limit
-(``$PRUNEBENCH_CACHE_MAX_GB``) or the file system has less than ``MIN_FREE_FRACTION`` free. An entry whose
-lock another process holds is never evicted. A process that was served an entry and loads it only later
-could lose it to an eviction in between: the least recently used order makes that the oldest entry, not
-the one just served.
+(``$PRUNEBENCH_CACHE_MAX_GB``) or the file system has less than ``MIN_FREE_FRACTION`` free. Never evicted:
+an entry whose lock another process holds (being created or checked), and one created or served within
+``RECENT_S`` seconds, which a process may still be loading after the lock was released.
 """
 
 from __future__ import annotations
@@ -45,6 +44,7 @@ log = logging.getLogger(__name__)
 # The share of the file system a new entry leaves free, by evicting old entries first (a full disk fails a
 # cell after its pruning has run; an evicted entry only costs a pruning later).
 MIN_FREE_FRACTION = 0.05
+RECENT_S = 300.0
 
 # What prunes: the entry point every pruning goes through (``prunebench prune`` and a bench cell alike).
 PRUNING_ENTRY = "harness.pruning"
@@ -166,10 +166,12 @@ class PrunedModelCache:
     """Checkpoint directories ``root/<key>``, each created under the lock ``root/<key>.lock``; at most
     ``max_bytes`` of them (None: no limit), the least recently used evicted first."""
 
-    def __init__(self, root: Path, max_bytes: int | None = None, min_free_fraction: float = MIN_FREE_FRACTION) -> None:
+    def __init__(self, root: Path, max_bytes: int | None = None, min_free_fraction: float = MIN_FREE_FRACTION,
+                 recent_s: float = RECENT_S) -> None:
         self.root = Path(root)
         self.max_bytes = max_bytes
         self.min_free_fraction = min_free_fraction
+        self.recent_s = recent_s
 
     @classmethod
     def in_cache(cls, folder: str) -> PrunedModelCache:
@@ -225,9 +227,10 @@ class PrunedModelCache:
         sizes = {p.name: folder_bytes(p) for p in entries}
         total = sum(sizes.values())
         evicted: list[str] = []
+        recent = time.time() - self.recent_s
         for victim in sorted((p for p in entries if p.name != keep), key=lambda p: p.stat().st_mtime):
-            if not pressed(total):
-                break
+            if not pressed(total) or victim.stat().st_mtime > recent:
+                break  # the rest were used more recently still
             lock = FileLock(self.root / f"{victim.name}.lock")
             try:
                 lock.acquire(blocking=False)

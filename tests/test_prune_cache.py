@@ -93,9 +93,12 @@ def test_the_least_recently_used_entries_go_first_when_the_folder_is_over_its_li
         cache.obtain("c", create)
     assert sorted(p.name for p in cache.root.iterdir() if p.is_dir()) == ["a", "c"]  # b, the least recent, went
     assert any("evicted the least recently used cache entry" in m and "/b " in m for m in caplog.messages)
-    # An entry whose lock another process holds stays, even over the limit; the overflow is said.
+    # Over a limit of one entry: a, served moments ago, stays (a process may still be loading it) ...
+    tight = PrunedModelCache(cache.root, max_bytes=one, min_free_fraction=0.0)
+    assert tight.evict(keep="c") == []
+    # ... and, used long ago, it still stays while another process holds its lock; the overflow is said.
+    os.utime(cache.entry("a"), (3, 3))
     with FileLock(cache.root / "a.lock"):
-        tight = PrunedModelCache(cache.root, max_bytes=one, min_free_fraction=0.0)
         with caplog.at_level(logging.WARNING, logger="harness.prune_cache"):
             assert tight.evict(keep="c") == []
     assert any("nothing more can be evicted" in m for m in caplog.messages)
@@ -108,6 +111,8 @@ def test_a_disk_short_of_space_evicts_before_creating(tmp_path):
     for key in ("a", "b"):
         cache.obtain(key, create)
     cache.min_free_fraction = 1.0  # no file system is ever this free: every other entry must go
+    for key in ("a", "b"):
+        os.utime(cache.entry(key), (1, 1))  # last used long ago (moments ago, they would be kept)
     assert cache.obtain("c", create)[1] is True
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["c"]
 
