@@ -28,6 +28,7 @@ from methods.base import CalibrationNeeds, MethodOptions, PruneContext, PruningM
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO / "results" / "smollm2-135m"
+OLD_CELLS = REPO / "tests" / "records" / "smollm2-135m-6625192" / "cells"  # records older settings never saw
 
 
 def published(cell: str) -> dict[str, Any]:
@@ -146,14 +147,14 @@ def test_a_published_file_edited_or_added_afterwards_is_left_out(tmp_path):
 
 
 def test_published_records_read_with_the_settings_they_ran(tmp_path):
-    """Options added after the published SmolLM2 run read as their earlier values, not today's defaults."""
+    """Options added after an older SmolLM2 run read as their earlier values, not today's defaults."""
     from harness.bench.config import CellSpec
 
-    slicegpt = read_result(PUBLISHED / "cells" / "slicegpt-s0.375-seed0.json").config
+    slicegpt = read_result(OLD_CELLS / "slicegpt-s0.375-seed0.json").config
     assert slicegpt["method_options"]["variant"] == "paper"  # today's default is "reference"
-    assert read_result(PUBLISHED / "cells" / "2ssp-s0.25-seed0.json").config["method_options"]["ffn_budget"] == (
+    assert read_result(OLD_CELLS / "2ssp-s0.25-seed0.json").config["method_options"]["ffn_budget"] == (
         "balanced")
-    assert read_result(PUBLISHED / "cells" / "window-s0.25-seed0.json").config["method_options"]["ties"] == "first"
+    assert read_result(OLD_CELLS / "window-s0.25-seed0.json").config["method_options"]["ties"] == "first"
     spec = CellSpec.from_record(slicegpt)
     assert spec.method_options["variant"] == "paper" and spec.numerics == "exact"
     assert spec.calibration.construction == "joined" and spec.calibration.draw == "fixed"
@@ -287,7 +288,7 @@ def test_results_and_checkpoints_follow_the_umask(tmp_path, group_umask):
 def test_repro_judges_every_recorded_decision_and_only_names_what_newer_code_adds():
     from harness.repro import compare
 
-    old = read_result(PUBLISHED / "cells" / "2ssp-s0.25-seed0.json")
+    old = read_result(OLD_CELLS / "2ssp-s0.25-seed0.json")
     decisions = dict(old.pruning.decisions)
     newer = old.model_copy(update={"pruning": old.pruning.model_copy(update={
         "decisions": {**decisions, "numerics": "exact"}})})
