@@ -38,6 +38,7 @@ from filelock import FileLock, Timeout
 
 from harness.checkpoint import UNRECORDED, verify_checkpoint
 from harness.errors import PrunebenchError
+from harness.paths import cache_dir, cache_size_limit
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +177,6 @@ class PrunedModelCache:
     @classmethod
     def in_cache(cls, folder: str) -> PrunedModelCache:
         """The cache ``folder`` of prunebench's cache directory, with the configured size limit."""
-        from harness.paths import cache_dir, cache_size_limit
-
         return cls(cache_dir() / folder, max_bytes=cache_size_limit())
 
     def entry(self, key: str) -> Path:
