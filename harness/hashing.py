@@ -12,7 +12,8 @@ listed with its *earlier value*: the value that computes what the code before it
   record that has no earlier value makes the record unusable (one line), rather than silently filled.
 
 A new setting is one line: here for a harness setting, in the method's ``earlier_options`` for a method option
-(methods.base.PruningMethod), in the metric's ``earlier_settings`` for a metric setting.
+(methods.base.PruningMethod), in the metric's ``earlier_settings`` for a metric setting (a value, or a function of
+the metric's section).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def earlier_values(config: Config) -> Iterator[tuple[tuple[str, ...], Any]]:
         yield ("method_options", key), value
     for name, metric in METRICS.items():
         for key, value in metric.earlier_settings.items():
-            yield (name, key), value
+            yield (name, key), value(config.get(name) or {}) if callable(value) else value
 
 
 def _get(config: Config, path: tuple[str, ...]) -> tuple[bool, Any]:

@@ -18,8 +18,8 @@ import torch
 import yaml
 
 from harness.errors import DataUnavailable, PrunebenchError, UnknownName
-from harness.metrics import downstream as ds
-from harness.metrics.tasks import builders, store
+from harness.metrics.tasks import builders, catalog, generated, store
+from harness.metrics.tasks import driver as ds
 
 REPO = Path(__file__).resolve().parents[1]
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -44,7 +44,7 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prepared(cache):
-    return {name: ds.prepare_offline_task(name) for name in ds.OFFLINE_TASKS}
+    return {name: generated.prepare_generated_task(name) for name in catalog.GENERATED_TASKS}
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +67,12 @@ def tokenizer(smollm2_dir):
 
 def test_unknown_task_is_rejected_in_one_line_naming_the_known_ones():
     with pytest.raises(UnknownName) as err:
-        ds.validate_tasks(["wiki-cloze", "hellaswagg"])
+        catalog.validate_tasks(["wiki-cloze", "hellaswagg"])
     message = str(err.value)
     assert "\n" not in message and "hellaswagg" in message
-    assert all(name in message for name in ds.PAPER_TASKS + ds.OFFLINE_TASKS)
+    assert all(name in message for name in catalog.KNOWN_TASKS)
     with pytest.raises(PrunebenchError):
-        ds.validate_tasks([])
+        catalog.validate_tasks([])
 
 
 def test_run_downstream_rejects_bad_input_before_touching_the_model():
@@ -87,8 +87,8 @@ def test_unreachable_hub_task_is_one_line_data_unavailable(cache):
     if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes", "on"):
         pytest.skip("the hub may be reachable here")
     with pytest.raises(DataUnavailable) as err:
-        ds.run_downstream(None, None, ["piqa"])  # type: ignore[arg-type]
-    assert "\n" not in str(err.value) and "piqa" in str(err.value) and "wiki-cloze" in str(err.value)
+        ds.run_downstream(None, None, ["piqa"], source="hub")  # type: ignore[arg-type]
+    assert "\n" not in str(err.value) and "piqa" in str(err.value) and "hub" in str(err.value)
 
 
 # ------------------------------------------------------------------------------ offline datasets
@@ -100,8 +100,9 @@ def test_generated_datasets_are_deterministic_across_processes(prepared, cache, 
     other.mkdir()
     (other / "data").symlink_to(cache / "data")  # reuse the extracted Wikipedia text
     code = (
-        "import json; from harness.metrics.downstream import prepare_offline_task, OFFLINE_TASKS; "
-        "print(json.dumps({n: prepare_offline_task(n).sha256 for n in OFFLINE_TASKS}))"
+        "import json; from harness.metrics.tasks.generated import prepare_generated_task; "
+        "from harness.metrics.tasks.catalog import GENERATED_TASKS; "
+        "print(json.dumps({n: prepare_generated_task(n).sha256 for n in GENERATED_TASKS}))"
     )
     env = {**os.environ, "PRUNEBENCH_CACHE": str(other), "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True)
@@ -110,7 +111,7 @@ def test_generated_datasets_are_deterministic_across_processes(prepared, cache, 
     assert again == {name: stored.sha256 for name, stored in prepared.items()}
     for stored in prepared.values():
         assert store.sha256_file(stored.data_file) == stored.sha256
-        assert ds.prepare_offline_task(stored.name).directory == stored.directory  # reused, not rebuilt
+        assert generated.prepare_generated_task(stored.name).directory == stored.directory  # reused, not rebuilt
 
 
 def test_mmlu_offline_is_the_full_test_set_minus_broken_rows_in_stratified_order(prepared):

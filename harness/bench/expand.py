@@ -210,13 +210,13 @@ def _calibration(method, profile: str, source: str, asked: CalibrationConfig, mo
 def hub_needs(bench: ResolvedBench) -> tuple[list[tuple[str, str]], list[str]]:
     """The hub corpora (source, role) and lm-eval hub tasks the bench's cells read (harness.bench.inputs)."""
     from harness.data.sources import hub_source
-    from harness.metrics.downstream import PAPER_TASKS
+    from harness.metrics.tasks.driver import hub_tasks
 
     first = bench.cells[0]
     corpora = sorted({(c.calibration.source, "calibration") for c in bench.cells if hub_source(c.calibration.source)})
     if first.perplexity.enabled:
         corpora += [(d, "evaluation") for d in first.perplexity.datasets if hub_source(d)]
-    tasks = [t for t in first.downstream.tasks if t in PAPER_TASKS] if first.downstream.enabled else []
+    tasks = hub_tasks(first.downstream.tasks, first.downstream.source) if first.downstream.enabled else []
     return corpora, tasks
 
 

@@ -79,7 +79,7 @@ def prepare(model: str | None, corpora: list[tuple[str, str]], tasks: list[str])
         inputs.corpora.append(f"{source} ({role}, {corpus.protocol['documents']} documents)")
     if tasks:
         if mode == "online":
-            from harness.metrics.downstream import fetch_tasks
+            from harness.metrics.tasks.driver import fetch_tasks
 
             fetch_tasks(tasks)
             inputs.tasks = [f"task {t}" for t in tasks]

