@@ -19,6 +19,7 @@ from harness.data import offline, sources
 from harness.data.sources import Corpus, load_corpus, source_names, validate_source
 from harness.data.tokens import calibration_samples, eval_windows, tokenize
 from harness.errors import DataUnavailable, PrunebenchError, UnknownName
+from harness.files import sha256_file
 
 HUB_SOURCES = ("wikitext2", "c4", "fineweb-edu")
 OFFLINE_NAMES = ("enwiki-sample", "pydoc", "text:PATH", "jsonl:PATH")
@@ -164,7 +165,7 @@ def test_enwiki_corpus_is_the_joined_articles_with_a_protocol(shared_cache):
         assert corpus.text == "\n\n".join(text for _, text in articles)
         protocol = corpus.protocol
         assert protocol["part"] == role and protocol["articles"] == len(articles)
-        assert protocol["sha256"] == offline.sha256_file(offline.enwiki_path())
+        assert protocol["sha256"] == sha256_file(offline.enwiki_path())
         assert (
             protocol["gensim_version"] and protocol["extraction_version"] == offline.ENWIKI_EXTRACTION_VERSION
         )
@@ -196,7 +197,7 @@ def test_enwiki_cache_is_rebuilt_when_corrupt_or_of_another_version(own_cache, m
     assert [t for t, _ in offline.enwiki_articles("evaluation")] == ["T2", "T5", "T8"]
     offline.enwiki_articles("calibration")
     assert len(calls) == 1
-    cache = offline.enwiki_cache_file(offline.sha256_file(offline.enwiki_path()))
+    cache = offline.enwiki_cache_file(sha256_file(offline.enwiki_path()))
     cache.write_text("{truncated", encoding="utf-8")
     offline.enwiki_articles("evaluation")
     assert len(calls) == 2

@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from harness.errors import DataUnavailable, PrunebenchError, UnknownName
+from harness.files import sha256_file
 from harness.metrics.tasks import builders, catalog, generated, store
 from harness.metrics.tasks import driver as ds
 
@@ -110,7 +111,7 @@ def test_generated_datasets_are_deterministic_across_processes(prepared, cache, 
     again = json.loads(out.stdout.splitlines()[-1])
     assert again == {name: stored.sha256 for name, stored in prepared.items()}
     for stored in prepared.values():
-        assert store.sha256_file(stored.data_file) == stored.sha256
+        assert sha256_file(stored.data_file) == stored.sha256
         assert generated.prepare_generated_task(stored.name).directory == stored.directory  # reused, not rebuilt
 
 

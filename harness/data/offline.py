@@ -8,7 +8,6 @@ contiguous split would put different subjects in each part).
 from __future__ import annotations
 
 import bz2
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.errors import DataUnavailable, PrunebenchError
+from harness.files import sha256_file
 from harness.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -77,15 +77,6 @@ def split_part(items: Sequence[Any], part: Part) -> list[Any]:
         raise PrunebenchError(f"part must be 'calibration' or 'evaluation', not {part!r}")
     want_eval = part == "evaluation"
     return [x for i, x in enumerate(items) if (i % SPLIT_MODULUS in EVALUATION_RESIDUES) == want_eval]
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in blocks (protocols record it so the text can be reproduced)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def atomic_write_json(path: Path, payload: Any) -> None:

