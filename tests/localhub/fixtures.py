@@ -326,10 +326,10 @@ _TASK_SPLITS = {"train": 8, "validation": 8, "test": 4}  # the generated splits'
 def _check_package() -> None:
     """The package's files of the six tasks are present and at the catalog's pinned digests."""
     from harness.metrics.tasks import package
-    from harness.metrics.tasks.catalog import PAPER
+    from harness.metrics.tasks.catalog import LM_EVAL, PAPER_TASKS
 
-    for task in PAPER.values():
-        package.locate(task)
+    for name in PAPER_TASKS:
+        package.locate(LM_EVAL[name])
 
 
 def _package_table(folder: str, split: str) -> Any:

