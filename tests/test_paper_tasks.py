@@ -157,3 +157,16 @@ def test_scores_from_different_documents_never_pair():
     # records made before documents were digested pair only with the same source
     assert not examples_comparable(result("hub:allenai/ai2_arc/ARC-Easy", None), package_rows)
     assert examples_comparable(result("hub:allenai/ai2_arc/ARC-Easy", None), hub_rows)
+
+
+def test_a_limit_draws_the_same_spread_examples_for_every_model(loaded):
+    """A limited lm-eval task scores a seeded random draw, not its first rows (hellaswag's validation begins with
+    one source's captions), the same draw in every call; a group draws per subtask."""
+    hellaswag = driver._subset(loaded["hellaswag"], 50)
+    assert hellaswag == driver._subset(loaded["hellaswag"], 50)
+    indices = hellaswag["hellaswag"]
+    assert len(indices) == 50 and indices == sorted(set(indices)) and indices != list(range(50))
+    assert max(indices) > 5000  # spread over the split, not a prefix
+    mmlu = driver._subset(loaded["mmlu"], 2)
+    assert len(mmlu) == 57 and all(len(v) == 2 for v in mmlu.values())
+    assert driver._subset(loaded["arc_easy"], 10_000)["arc_easy"] == list(range(570))  # a limit above the size

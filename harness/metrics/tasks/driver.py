@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.errors import DataUnavailable, PrunebenchError
+from harness.errors import DataUnavailable, PrunebenchError, first_line
 from harness.metrics.base import Interval
 from harness.metrics.tasks import package
 from harness.metrics.tasks.catalog import (
@@ -44,6 +44,8 @@ LOG = logging.getLogger(__name__)
 
 # Bootstrap is only used by lm-eval for non-mean metrics; acc/acc_norm get the analytic stderr.
 BOOTSTRAP_ITERS = 1000
+# The draw of a limited lm-eval task's examples: fixed, so every model of a comparison scores the same ones.
+SUBSET_SEED = 0
 
 
 def check_tasks(names: list[str], source: Source, num_fewshot: int = 0) -> None:
@@ -84,8 +86,10 @@ def run_downstream(
 ) -> DownstreamResult:
     """Evaluate ``model`` as it is in memory on ``tasks`` with lm-eval and collect acc / acc_norm.
 
-    ``source`` says where lm-eval tasks' rows come from (catalog). ``limit`` caps the examples per task (the
-    first rows; a group such as ``mmlu``: spread over the subtasks, see ``_subtask_limit``). Each task is
+    ``source`` says where lm-eval tasks' rows come from (catalog). ``limit`` caps the examples per task: of an
+    lm-eval task, a random draw that is the same for every model (``_subset``); of a generated task, its first
+    rows, which its builder orders as a fair sample; a group such as ``mmlu`` spreads it over its subtasks
+    (``_subtask_limit``). Each task is
     evaluated by its own ``simple_evaluate`` call so that one group does not multiply the limit of the others;
     the model wrapper is shared. Global RNG states are restored afterwards.
     """
@@ -210,7 +214,7 @@ def _manager_load(manager: Any, specs: list[Any], name: str, where: str) -> dict
     try:
         return manager.load(specs)
     except Exception as exc:  # lm-eval and datasets raise many types for "cannot fetch"
-        detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        detail = first_line(exc)[:300]
         raise DataUnavailable(f"downstream task {name!r} cannot be loaded from {where} ({detail})") from exc
 
 
@@ -243,13 +247,15 @@ def _evaluate_task(
     from lm_eval import simple_evaluate
 
     per_subtask = _subtask_limit(limit, len(loaded.leaves))
+    samples = _subset(loaded, per_subtask) if loaded.stored is None and per_subtask is not None else None
     started = time.perf_counter()
     out = simple_evaluate(
         model=lm,
         tasks=loaded.tasks,
         task_manager=manager,
         num_fewshot=num_fewshot,
-        limit=per_subtask,
+        limit=None if samples is not None else per_subtask,
+        samples=samples,
         bootstrap_iters=BOOTSTRAP_ITERS,
         log_samples=True,  # per-example outcomes: the leaderboard's paired test needs them
         random_seed=seed,
@@ -259,10 +265,32 @@ def _evaluate_task(
     )
     seconds = time.perf_counter() - started
     LOG.info("downstream %s: %.1f s", loaded.name, seconds)
-    return _score(loaded, out, per_subtask if len(loaded.leaves) > 1 else None, seconds)
+    draw = f"random, seed {SUBSET_SEED}" if samples is not None else None
+    return _score(loaded, out, per_subtask if len(loaded.leaves) > 1 else None, seconds, draw)
 
 
-def _score(loaded: _LoadedTask, out: dict[str, Any], per_subtask: int | None, seconds: float) -> TaskScore:
+def _subset(loaded: _LoadedTask, per_subtask: int) -> dict[str, list[int]]:
+    """Which documents of each leaf task a limit scores: ``per_subtask`` drawn at random (seeded by the leaf's
+    name and SUBSET_SEED, not by the cell), in document order. The first rows of a real dataset are often one
+    source's (hellaswag's validation starts with ActivityNet captions, then WikiHow), so a prefix is no sample."""
+    subset = {}
+    for task in _leaf_tasks(loaded):
+        n = len(task.eval_docs)
+        rng = random.Random(f"{task.task_name}:{SUBSET_SEED}")
+        subset[task.task_name] = sorted(rng.sample(range(n), min(per_subtask, n)))
+    return subset
+
+
+def _leaf_tasks(loaded: _LoadedTask) -> list[Any]:
+    leaves = []
+    for item in loaded.tasks:  # lm-eval Tasks, or the one Group of a hub group task
+        leaves += item.get_all_tasks() if hasattr(item, "get_all_tasks") else [item]
+    return leaves
+
+
+def _score(
+    loaded: _LoadedTask, out: dict[str, Any], per_subtask: int | None, seconds: float, draw: str | None = None
+) -> TaskScore:
     """One TaskScore from simple_evaluate's output. Accuracies are the means of the per-example outcomes (what
     lm-eval's ``acc`` is, and its size-weighted group mean); a group's standard error is lm-eval's own where it
     reports the group, else the pooled sample's."""
@@ -287,7 +315,7 @@ def _score(loaded: _LoadedTask, out: dict[str, Any], per_subtask: int | None, se
         seconds=round(seconds, 2),
         outcomes=outcomes,
         examples_sha256=hashlib.sha256(json.dumps(ids).encode()).hexdigest(),
-        protocol=_task_protocol(loaded, out, per_subtask, hashes),
+        protocol=_task_protocol(loaded, out, per_subtask, hashes, draw),
     )
 
 
@@ -337,7 +365,7 @@ def _mean_interval(values: list[float], stderrs: list[float | None]) -> Interval
 
 
 def _task_protocol(
-    loaded: _LoadedTask, out: dict[str, Any], per_subtask: int | None, hashes: list[str]
+    loaded: _LoadedTask, out: dict[str, Any], per_subtask: int | None, hashes: list[str], draw: str | None
 ) -> TaskProtocol:
     leaves, stored = loaded.leaves, loaded.stored
     n_available = sum(int(out["n-samples"][t]["original"]) for t in leaves)
@@ -365,6 +393,7 @@ def _task_protocol(
         files=list(loaded.files),
         split=loaded.split,
         documents_sha256=documents,
+        draw=draw,
     )
 
 

@@ -27,6 +27,9 @@ class TaskProtocol(BaseModel):
     # sha256 of the scored documents themselves (lm-eval's per-document hashes, in order): two scores pair only
     # when it is equal, whichever source their rows came from. None in records made before it was kept.
     documents_sha256: str | None = None
+    # which examples a limit scored: None for all of them, or a generated task's first rows (ordered as a fair
+    # sample by its builder); "random, seed <n>" for lm-eval tasks (harness.metrics.tasks.driver._subset)
+    draw: str | None = None
 
 
 class TaskScore(BaseModel):
