@@ -60,7 +60,7 @@ def pruned_adapter(spec, ref):
     from harness.models import checked_config, resolve_dtype
     from harness.paths import cache_dir
     from harness.prune_cache import PrunedModelCache, code_fingerprint
-    from harness.results import Provenance
+    from harness.pruning_report import Provenance
     from methods.arch import adapt
 
     code = code_fingerprint()

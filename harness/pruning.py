@@ -42,7 +42,7 @@ from harness.models import (
     resolve_model,
     tokenizer_kind,
 )
-from harness.results import PruningReport
+from harness.pruning_report import PruningReport
 from methods import get_method
 from methods.arch import ModelAdapter, adapt
 from methods.base import (

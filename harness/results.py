@@ -12,15 +12,15 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, create_model
+from pydantic import Field, JsonValue, ValidationError, create_model
 
 from harness.env import provenance_problem
 from harness.export.base import ExportReport
 from harness.files import write_text_atomic
 from harness.hashing import complete
 from harness.manifest import MANIFEST, RUN_RECORD, manifest_problem
-from harness.metrics.base import Scalar
 from harness.metrics.registry import METRICS
+from harness.pruning_report import PruningReport, Strict
 from harness.recovery.config import RecoveryReport
 
 log = logging.getLogger(__name__)
@@ -34,11 +34,7 @@ READABLE_VERSIONS = (2, 3)
 EXPORTS_DIR = "exports"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Cell(_Strict):
+class Cell(Strict):
     """What a cell is: one model x method x sparsity x seed."""
 
     id: str
@@ -49,52 +45,7 @@ class Cell(_Strict):
     seed: int
 
 
-class Provenance(_Strict):
-    """Who measured a number that a result shows but did not measure itself (a cached pruned model's timing)."""
-
-    cell: str
-    run: str | None = None  # the bench run (its folder and start) the cell belonged to
-    finished_at: str
-    git: dict[str, str | bool] | None  # commit and dirty flag of the code that ran
-    hardware: str  # harness.env.fingerprint of the machine
-
-
-class PruningReport(_Strict):
-    """One pruning run: its timing by stage, the method's decisions and plan, its options and calibration.
-
-    The same model is returned by ``harness.pruning.execute``, printed by ``prunebench prune``, stored in the
-    pruned checkpoint's manifest and in a cell's result. ``decisions``, ``plan`` and ``options`` are the
-    method's own JSON data. When a cell reuses a cached pruned model, ``from_cache`` is true and the timings
-    are those of the run named by ``pruned_by``, never the cell's own.
-    """
-
-    method: str
-    target_sparsity: float | None
-    achieved_sparsity: float
-    # The same with the norms of removed attention modules counted as kept, as the reference harness counts
-    # (docs/reference-harness.md); None where no attention module was removed alone.
-    achieved_sparsity_norms_kept: float | None = None
-    parameters_before: dict[str, int]  # total, blocks
-    parameters_after: dict[str, int]
-    seconds: float
-    stages: dict[str, float]
-    decisions: dict[str, JsonValue]
-    plan: dict[str, JsonValue]
-    options: dict[str, JsonValue]
-    calibration: dict[str, Scalar]
-    model: dict[str, str]  # name, kind, dtype, device
-    numerics: Literal["exact", "reference"] = "exact"  # how the method's scores were computed (methods.base)
-    # stage -> the computation path that ran where machines may differ without changing decisions (e.g. a
-    # search's batching and prefix cache, kept only where checked bit-identical at run time: methods.search)
-    paths: dict[str, str] = {}
-    pruned_by: Provenance | None = None
-    from_cache: bool = False
-    cache_key: str | None = None
-    # Why the cache entry this cell should have reused was pruned again (corrupt, unverifiable, not loading).
-    cache_repair: str | None = None
-
-
-class Parameters(_Strict):
+class Parameters(Strict):
     total_before: int
     total_after: int
     blocks_before: int
@@ -106,14 +57,14 @@ class Parameters(_Strict):
 ErrorKind = Literal["exception", "timeout", "killed", "exit", "invalid", "interrupted", "engine", "image-missing"]
 
 
-class ErrorInfo(_Strict):
+class ErrorInfo(Strict):
     kind: ErrorKind
     message: str
     log_tail: str = ""
     exit_code: int | None = None  # the process's or container's exit status, 128 + N for signal N
 
 
-class Exports(_Strict):
+class Exports(Strict):
     """The exports a cell was asked for, by format: written, or refused (why, in one line).
 
     A refusal is the format's answer for this model (hf for 2SSP, gguf for SliceGPT), not a failure of the cell.
@@ -126,7 +77,7 @@ class Exports(_Strict):
         return all(f in self.written or f in self.refused for f in formats)
 
 
-class _CellResult(_Strict):
+class _CellResult(Strict):
     """A cell's result; each registered metric adds a field of its own name (None: not measured), below."""
 
     schema_version: Literal[3] = SCHEMA_VERSION

@@ -167,6 +167,8 @@ def test_a_limit_draws_the_same_spread_examples_for_every_model(loaded):
     indices = hellaswag["hellaswag"]
     assert len(indices) == 50 and indices == sorted(set(indices)) and indices != list(range(50))
     assert max(indices) > 5000  # spread over the split, not a prefix
+    # nested: a larger limit scores a superset (results at two limits pair on the smaller one's documents)
+    assert set(indices) < set(driver._subset(loaded["hellaswag"], 120)["hellaswag"])
     mmlu = driver._subset(loaded["mmlu"], 2)
     assert len(mmlu) == 57 and all(len(v) == 2 for v in mmlu.values())
     assert driver._subset(loaded["arc_easy"], 10_000)["arc_easy"] == list(range(570))  # a limit above the size

@@ -27,6 +27,7 @@ from harness.bench.config import CellSpec
 from harness.env import capture
 from harness.errors import PrunebenchError, first_line
 from harness.logs import quiet_libraries
+from harness.pruning_report import Provenance, PruningReport
 from harness.results import (
     EXPORTS_DIR,
     Cell,
@@ -34,8 +35,6 @@ from harness.results import (
     ErrorInfo,
     Exports,
     Parameters,
-    Provenance,
-    PruningReport,
     write_result,
 )
 from methods.errors import MethodError

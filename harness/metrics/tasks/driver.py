@@ -265,19 +265,20 @@ def _evaluate_task(
     )
     seconds = time.perf_counter() - started
     LOG.info("downstream %s: %.1f s", loaded.name, seconds)
-    draw = f"random, seed {SUBSET_SEED}" if samples is not None else None
+    draw = f"shuffle prefix, seed {SUBSET_SEED}" if samples is not None else None
     return _score(loaded, out, per_subtask if len(loaded.leaves) > 1 else None, seconds, draw)
 
 
 def _subset(loaded: _LoadedTask, per_subtask: int) -> dict[str, list[int]]:
-    """Which documents of each leaf task a limit scores: ``per_subtask`` drawn at random (seeded by the leaf's
-    name and SUBSET_SEED, not by the cell), in document order. The first rows of a real dataset are often one
-    source's (hellaswag's validation starts with ActivityNet captions, then WikiHow), so a prefix is no sample."""
+    """Which documents of each leaf task a limit scores: the first ``per_subtask`` of a seeded shuffle (seeded
+    by the leaf's name and SUBSET_SEED, not by the cell), in document order. The first rows of a real dataset
+    are often one source's (hellaswag's validation starts with ActivityNet captions, then WikiHow), so a prefix
+    of the file is no sample. A prefix of one shuffle nests: a larger limit scores a superset of a smaller."""
     subset = {}
     for task in _leaf_tasks(loaded):
-        n = len(task.eval_docs)
-        rng = random.Random(f"{task.task_name}:{SUBSET_SEED}")
-        subset[task.task_name] = sorted(rng.sample(range(n), min(per_subtask, n)))
+        order = list(range(len(task.eval_docs)))
+        random.Random(f"{task.task_name}:{SUBSET_SEED}").shuffle(order)
+        subset[task.task_name] = sorted(order[:per_subtask])
     return subset
 
 
