@@ -43,7 +43,7 @@ def main() -> int:
     loaded = load_model(resolve_model("smollm2-135m"), dtype="auto", device="auto")
     model, device = loaded.model, loaded.device
     lm = driver._wrap_model(model, loaded.tokenizer, args.batch_size)
-    task = driver._load(driver._task_manager([], []), args.task, "package", None)
+    task = driver._load(driver._task_manager([]), args.task, "package")
     requests = _requests(lm, task.tasks, args.docs)
     inputs = sorted({tuple((c + k)[-(lm.max_length + 1):][:-1]) for _, c, k in requests}, key=lambda t: (-len(t), t))
     batches = [_padded(inputs[i:i + args.batch_size]) for i in range(0, len(inputs), args.batch_size)]

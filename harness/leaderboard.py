@@ -279,8 +279,51 @@ def csv_rows(results: list[CellResult]) -> tuple[list[str], list[dict[str, Scala
     return header, out
 
 
+# A point of a plotted series: achieved sparsity (%), value, and the distances down and up to its interval.
+Point = tuple[float, float, float, float]
+DODGE = 0.25  # percentage points between neighbouring methods' markers at one sparsity
+
+
+def _series(results: list[CellResult], value: Any) -> dict[str, list[Point]]:
+    """One series per leaderboard row: ``value(result)`` -> (value, low, high) or None, at the achieved sparsity.
+    One seed shows its own interval; several show the spread over seeds around their mean."""
+    by_point: dict[tuple[str, float], list[tuple[CellResult, tuple[float, float, float]]]] = defaultdict(list)
+    for r in results:
+        measured = value(r) if r.parameters else None
+        if measured is not None:
+            by_point[(r.cell.variant, r.cell.sparsity)].append((r, measured))
+    series: dict[str, list[Point]] = defaultdict(list)
+    for (row, _), points in by_point.items():
+        x = statistics.fmean(r.parameters.achieved_sparsity * 100 for r, _ in points)
+        values = [v for _, (v, _, _) in points]
+        lo, hi = (points[0][1][1], points[0][1][2]) if len(points) == 1 else (min(values), max(values))
+        y = statistics.fmean(values)
+        series[row].append((x, y, max(0.0, y - lo), max(0.0, hi - y)))
+    return {row: sorted(points) for row, points in sorted(series.items())}
+
+
+def _draw(ax: Any, series: dict[str, list[Point]]) -> None:
+    """Each method's line with error bars; the dense model as a dashed line with its interval as a band. Methods
+    that remove whole blocks land on the same sparsities, so each method's points are shifted sideways by a
+    fraction of a percentage point (``DODGE``), in a fixed order, to keep the error bars apart."""
+    methods = [m for m in series if m != "dense"]
+    for method, points in series.items():
+        if method == "dense":
+            _, y, lo, hi = points[0]
+            ax.axhline(y, color="black", linestyle="--", linewidth=1, label="dense")
+            ax.axhspan(y - lo, y + hi, color="black", alpha=0.08)
+            continue
+        shift = DODGE * (methods.index(method) - (len(methods) - 1) / 2)
+        ax.errorbar([p[0] + shift for p in points], [p[1] for p in points],
+                    yerr=[[p[2] for p in points], [p[3] for p in points]], marker="o", capsize=3, label=method)
+    ax.set_xlabel("achieved sparsity of the transformer blocks (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def plot(results: list[CellResult], path: Path) -> Path | None:
-    """Perplexity on the first dataset against achieved sparsity, one line per method, with 95 % intervals."""
+    """Perplexity on the first dataset, and mean downstream accuracy where measured, against achieved sparsity:
+    one line per method, with 95 % intervals (the leaderboard's own)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -289,36 +332,33 @@ def plot(results: list[CellResult], path: Path) -> Path | None:
     if not results or not results[0].perplexity:
         return None
     dataset = next(iter(results[0].perplexity))
-    by_point: dict[tuple[str, float], list[CellResult]] = defaultdict(list)
-    for r in results:
-        if r.perplexity and dataset in r.perplexity and r.parameters:
-            by_point[(r.cell.variant, r.cell.sparsity)].append(r)
-    series: dict[str, list[tuple[float, float, float, float]]] = defaultdict(list)
-    for (row, _), rs in by_point.items():
-        x = statistics.fmean(r.parameters.achieved_sparsity * 100 for r in rs)
-        values = [r.perplexity[dataset].value for r in rs]
-        if len(rs) == 1:  # one seed: its bootstrap interval; several: the spread over seeds
-            lo, hi = rs[0].perplexity[dataset].interval.low, rs[0].perplexity[dataset].interval.high
-        else:
-            lo, hi = min(values), max(values)
-        y = statistics.fmean(values)
-        series[row].append((x, y, max(0.0, y - lo), max(0.0, hi - y)))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, points in sorted(series.items()):
-        points.sort()
-        if method == "dense":
-            x, y, lo, hi = points[0]
-            ax.axhline(y, color="black", linestyle="--", linewidth=1, label="dense")
-            ax.axhspan(y - lo, y + hi, color="black", alpha=0.08)
-            continue
-        ax.errorbar([p[0] for p in points], [p[1] for p in points],
-                    yerr=[[p[2] for p in points], [p[3] for p in points]], marker="o", capsize=3, label=method)
+
+    def perplexity(r: CellResult) -> tuple[float, float, float] | None:
+        p = r.perplexity.get(dataset) if r.perplexity else None
+        return (p.value, p.interval.low, p.interval.high) if p else None
+
+    def accuracy(r: CellResult) -> tuple[float, float, float] | None:
+        d = r.downstream
+        if d is None or d.mean_acc is None:
+            return None
+        interval = d.mean_acc_interval
+        low, high = (interval.low, interval.high) if interval else (d.mean_acc, d.mean_acc)
+        return 100 * d.mean_acc, 100 * low, 100 * high
+
+    accuracies = _series(results, accuracy)
+    fig, axes = plt.subplots(1, 2 if accuracies else 1, figsize=(13 if accuracies else 7, 4.5), squeeze=False)
+    model = results[0].cell.model
+    ax = axes[0][0]
+    _draw(ax, _series(results, perplexity))
     ax.set_yscale("log")
-    ax.set_xlabel("achieved sparsity of the transformer blocks (%)")
     ax.set_ylabel(f"perplexity ({dataset}, log scale)")
-    ax.set_title(f"{results[0].cell.model}: perplexity vs sparsity (95 % intervals)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.set_title(f"{model}: perplexity vs sparsity (95 % intervals)")
+    if accuracies:
+        ax = axes[0][1]
+        _draw(ax, accuracies)
+        tasks = ", ".join(results[0].downstream.scores) if results[0].downstream else ""
+        ax.set_ylabel("mean accuracy over tasks (%)")
+        ax.set_title(f"{model}: mean accuracy vs sparsity (95 % intervals)\n{tasks}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -27,7 +27,7 @@ TINY = {
     "model": "smollm2-135m",
     "profile": "cpu-quick",
     "perplexity": {"datasets": ["enwiki-sample"], "seq_len": 128, "max_windows": 3},
-    "downstream": {"tasks": ["wiki-cloze"], "limit": 8, "batch_size": 8},
+    "downstream": {"tasks": ["lambada_openai"], "limit": 8, "batch_size": 8},
     "latency": {"seq_len": 32, "warmup": 1, "repeats": 2, "decode_tokens": 2, "decode_prompt": 8},
     "calibration": {"samples": 2, "seq_len": 64},
     "method_options": {"2ssp": {"search_batch": 16}},
@@ -278,7 +278,7 @@ def test_every_metric_is_recorded_with_its_protocol_and_environment(small_bench)
     assert (ppl.value > 1 and ppl.protocol.windows == 3 and ppl.protocol.seq_len == 128
             and ppl.protocol.data["text_sha256"])
     assert ppl.interval.low < ppl.value < ppl.interval.high and len(ppl.window_nll) == 3
-    score = r.downstream.scores["wiki-cloze"]
+    score = r.downstream.scores["lambada_openai"]
     assert 0 <= score.acc <= 1 and score.acc_interval.low <= score.acc <= score.acc_interval.high
     assert len(score.outcomes["acc"]) == score.n == 8 and score.outcomes["acc"].count("1") == round(score.acc * 8)
     assert r.latency.prefill_ms.repeats == 2 and len(r.latency.prefill_ms.samples) == 2

@@ -193,9 +193,9 @@ def leaf_tasks(loaded):
 
 docs = {}
 for source in ("hub", "package"):
-    manager = driver._task_manager(NAMES if source == "hub" else [], [])
+    manager = driver._task_manager(NAMES if source == "hub" else [])
     for name in NAMES:
-        loaded = driver._load(manager, name, source, None)
+        loaded = driver._load(manager, name, source)
         tasks = leaf_tasks(loaded)
         rows = [json.dumps(doc, sort_keys=True) for leaf in loaded.leaves for doc in tasks[leaf].eval_docs]
         scored = {t.config.test_split if t.has_test_docs() else t.config.validation_split for t in tasks.values()}

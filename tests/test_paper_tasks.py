@@ -29,8 +29,8 @@ def loaded(tmp_path_factory):
     """Every lm-eval task loaded once from the package (the Arrow cache in a private prunebench cache)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PRUNEBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
-        manager = driver._task_manager([], [])
-        yield {name: driver._load(manager, name, "package", None) for name in catalog.LM_EVAL_TASKS}
+        manager = driver._task_manager([])
+        yield {name: driver._load(manager, name, "package") for name in catalog.LM_EVAL_TASKS}
 
 
 def _docs(task: driver._LoadedTask) -> list[tuple[str, dict]]:

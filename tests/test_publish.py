@@ -297,3 +297,32 @@ def test_the_help_of_the_commands_renders(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0, result.output
     assert ("results/" if command != "repro" else "--only-device") in result.output
+
+
+def test_the_plot_draws_each_methods_accuracy_at_its_achieved_sparsity_with_its_interval(tmp_path):
+    """The leaderboard plot's accuracy panel: one point per row and sparsity, at the achieved (not target)
+    sparsity, with the mean accuracy's own interval; a run without downstream scores gets the perplexity panel
+    alone."""
+    from harness.leaderboard import _series, plot
+
+    found, problems = scan_results(REPO / "tests" / "records" / "smollm2-135m-6625192" / "cells")
+    assert not problems and len(found) == 3
+    results = [r for _, r in found]
+
+    def accuracy(r):
+        i = r.downstream.mean_acc_interval
+        return 100 * r.downstream.mean_acc, 100 * i.low, 100 * i.high
+
+    series = _series(results, accuracy)
+    assert set(series) == {"2ssp", "slicegpt", "window"}
+    for r in results:
+        (x, y, down, up), = series[r.cell.variant]
+        assert x == pytest.approx(100 * r.parameters.achieved_sparsity)
+        assert y - down == pytest.approx(100 * r.downstream.mean_acc_interval.low)
+        assert y + up == pytest.approx(100 * r.downstream.mean_acc_interval.high)
+    from matplotlib.image import imread
+
+    both = imread(plot(results, tmp_path / "both.png"))
+    no_downstream = [r.model_copy(update={"downstream": None}) for r in results]
+    alone = imread(plot(no_downstream, tmp_path / "ppl.png"))
+    assert both.shape[1] > 1.5 * alone.shape[1]  # two panels side by side, against one

