@@ -6,14 +6,18 @@ padded as lm-eval does. Timed on those same batches, alternating round by round 
 alike:
 
 - bare: ``model(input_ids).logits`` for every batch, nothing else;
-- evaluator: prunebench's scorer (harness.metrics.tasks.hflm), which returns every request's log-likelihood;
+- evaluator: prunebench's scorer (harness.metrics.tasks.hflm), which returns every request's log-likelihood. It runs
+  the prefix that a question's choices share once (a row of the prefix and every choice's tokens, under a mask),
+  so it forwards fewer tokens than bare and its ratio can exceed 1;
 - lm-eval: lm-eval's own HFLM scorer on the same requests, for reference;
 - metric: the whole downstream metric on the same documents (task loading, lm-eval's bookkeeping, outcomes).
 
-Prints tokens/s of each (tokens of the model's inputs, padding excluded) and each one's ratio to bare, and how far
-the evaluator's log-likelihoods are from lm-eval's. Exits 1 if the evaluator is below --min-ratio of bare.
+Prints tokens/s of each (tokens of lm-eval's sequences, padding excluded, whatever each one forwards) and each
+one's ratio to bare, the tokens the evaluator forwards, and how far its log-likelihoods are from lm-eval's.
+Exits 1 if the evaluator is below --min-ratio of bare.
 
-    python benchmarks/downstream_throughput.py [--task hellaswag] [--docs 48] [--rounds 3] [--batch-size 16]
+    python benchmarks/downstream_throughput.py [--model smollm2-135m] [--task hellaswag] [--docs 48] [--rounds 3]
+        [--batch-size 16]
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ def main() -> int:
     from harness.models import load_model, resolve_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m", help="an embedded name, hub id or local directory")
     ap.add_argument("--task", default="hellaswag")
     ap.add_argument("--docs", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=3)
@@ -40,7 +45,7 @@ def main() -> int:
     ap.add_argument("--min-ratio", type=float, default=0.8)
     args = ap.parse_args()
 
-    loaded = load_model(resolve_model("smollm2-135m"), dtype="auto", device="auto")
+    loaded = load_model(resolve_model(args.model), dtype="auto", device="auto")
     model, device = loaded.model, loaded.device
     lm = driver._wrap_model(model, loaded.tokenizer, args.batch_size)
     task = driver._load(driver._task_manager([]), args.task, "package")
@@ -80,6 +85,9 @@ def main() -> int:
           f"{torch.get_num_threads()} threads")
     for name in runs:
         print(f"{name:>9}: {rate[name]:9.0f} tokens/s  {rate[name] / rate['bare']:.3f}x bare")
+    rows = lm.rows(requests)
+    print(f"evaluator forwards {sum(len(r) for r in rows)} tokens in {len(rows)} rows "
+          f"({sum(r.packed for r in rows)} of them shared by several choices)")
     diff = max(abs(a[0] - b[0]) for a, b in zip(mine, theirs, strict=True))
     greedy = sum(a[1] != b[1] for a, b in zip(mine, theirs, strict=True))
     print(f"evaluator vs lm-eval: max |log-likelihood difference| {diff:.2e}, greedy flags differing: {greedy}")

@@ -170,3 +170,31 @@ def test_dense_smollm2_is_well_above_a_destroyed_one(cache, smollm2, tokenizer):
 
     broken = ds.run_downstream(_destroyed(smollm2), tokenizer, ["lambada_openai"], limit=REAL_LIMIT)
     assert broken.scores["lambada_openai"].acc < 0.05
+
+
+@pytest.mark.real_model
+def test_shared_prefix_scoring_agrees_with_lm_evals_scorer(cache, smollm2, tokenizer):
+    """ARC-Easy's choices share their question: prunebench scores the question once per row, lm-eval's HFLM once per
+    choice. On the real model both give each continuation the same log-likelihood (float32 sums over different
+    matrix shapes: measured within 4e-5) and the same greedy flag, so every question picks the same answer."""
+    from lm_eval.models.huggingface import HFLM
+
+    lm = ds._wrap_model(smollm2, tokenizer, batch_size=16)
+    task = ds._load(ds._task_manager([]), "arc_easy", "package").tasks[0]
+    task.build_all_requests(limit=30, rank=0, world_size=1)
+    requests = [((c, k), *lm._encode_pair(c, k)) for c, k in (i.args for i in task.instances)]
+    assert any(row.packed for row in lm.rows(requests))
+    ours = lm._loglikelihood_tokens(requests, disable_tqdm=True)
+    theirs = HFLM._loglikelihood_tokens(lm, requests, disable_tqdm=True)
+    assert [o[1] for o in ours] == [t[1] for t in theirs]
+    assert max(abs(o[0] - t[0]) for o, t in zip(ours, theirs, strict=True)) < 1e-3
+
+    def picks(scores: list[tuple[float, bool]]) -> list[int]:
+        """Each question's chosen answer: the choice of highest log-likelihood."""
+        by_question: dict[int, list[float]] = {}
+        for instance, (logprob, _) in zip(task.instances, scores, strict=True):
+            by_question.setdefault(instance.doc_id, []).append(logprob)
+        return [max(range(len(v)), key=v.__getitem__) for _, v in sorted(by_question.items())]
+
+    assert picks(ours) == picks(theirs)
+
