@@ -245,11 +245,10 @@ def prune_cmd(
         if num_prune < 1:
             raise PrunebenchError(f"--num-prune {num_prune} names several targets: "
                                   f"run them with `prunebench bench --num-prune {num_prune}`")
-        from harness.bench.expand import sparsities_for
         from harness.models import num_layers
 
         layers = num_layers(model, trust_remote_code)
-        sparsity = sparsities_for(num_prune, layers)[0]
+        sparsity = pruning.sparsities_for(num_prune, layers)[0]
         err_console.print(f"--num-prune {num_prune}: sparsity {num_prune}/{layers} = {sparsity:.6g}", highlight=False)
     named = {"alpha": alpha, "n_attn": n_attn, "stage2_samples": stage2_samples, "stages": stages, "norm": norm,
              "scoring": scoring}
@@ -524,6 +523,11 @@ bench never writes there (`prunebench publish` does).
     if recover:
         cfg = cfg.model_copy(update={"recovery": {**(cfg.recovery or {}), "enabled": True}})
     outcome = run_bench(cfg, force=force, console=err_console)
+    if not outcome.interrupted:
+        from harness.leaderboard import write_leaderboard
+
+        for path in write_leaderboard(outcome.out):
+            err_console.print(f"wrote {path}", highlight=False)
     raise typer.Exit(outcome.exit_code)
 
 
@@ -539,7 +543,7 @@ def leaderboard_cmd(
     Refused (exit 2, nothing written) when DIRECTORY holds no valid result, or a file of the leaderboard's \
 name that is not a prunebench leaderboard.
     """
-    from harness.leaderboard import publish
+    from harness.leaderboard import write_leaderboard
     from harness.outputs import out_path
 
     directory = out_path(folder, "DIRECTORY")
@@ -547,7 +551,7 @@ name that is not a prunebench leaderboard.
         raise PrunebenchError(f"'{directory}' is not a directory")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise PrunebenchError(f"--name '{name}' is not a file name (letters, digits, . _ -)")
-    for path in publish(directory, name):
+    for path in write_leaderboard(directory, name):
         typer.echo(f"wrote {path}")
 
 

@@ -19,7 +19,10 @@ class ModelUnavailable(PrunebenchError):
     """A model that cannot be loaded here (unknown id, offline hub, not a causal LM)."""
 
 
-def first_line(err: BaseException) -> str:
-    """``Type: first line of the message``: how an error that was caught is named in one line."""
+def first_line(err: BaseException, *, named: bool = True) -> str:
+    """``Type: first line of the message``: how an error that was caught is named in one line. With ``named``
+    false, the first line alone, where the surrounding words already say what failed (the type if it has none)."""
     text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+    if not text:
+        return type(err).__name__
+    return f"{type(err).__name__}: {text[0]}" if named else text[0]

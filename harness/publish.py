@@ -201,7 +201,7 @@ def _swap(staging: Path, dest: Path) -> None:
 
 def publish(run_dir: Path, to: Path | None = None, force: bool = False) -> Published:
     """Copy a finished, clean run into ``to`` (default results/<model>[/<preset>]) with a new leaderboard."""
-    from harness.leaderboard import publish as build_leaderboard
+    from harness.leaderboard import write_leaderboard
 
     run_dir = Path(run_dir)
     bench, found, commit = check_run(run_dir)
@@ -217,7 +217,7 @@ def publish(run_dir: Path, to: Path | None = None, force: bool = False) -> Publi
         if problems or len(copied) != len(found):
             raise PublishRefused(f"the copy in {staging} does not read back "
                                  f"({problems[:1] or len(copied)}); nothing published")
-        leaderboard = [dest / p.relative_to(staging) for p in build_leaderboard(staging)]
+        leaderboard = [dest / p.relative_to(staging) for p in write_leaderboard(staging)]
         kept = []
         for nested in _nested_runs(dest, model):  # their own publications: kept
             shutil.copytree(nested, staging / nested.name, symlinks=True)

@@ -20,8 +20,9 @@ from harness.files import write_text_atomic
 from harness.hashing import complete
 from harness.manifest import MANIFEST, RUN_RECORD, manifest_problem
 from harness.metrics.registry import METRICS
-from harness.pruning_report import PruningReport, Strict
+from harness.pruning_report import PruningReport
 from harness.recovery.config import RecoveryReport
+from harness.schema import Strict
 
 log = logging.getLogger(__name__)
 

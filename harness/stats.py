@@ -18,19 +18,11 @@ from statistics import NormalDist
 
 import numpy as np
 
+from harness.schema import Interval
+
 EXACT_PERMUTATION_MAX_N = 16  # 2^16 sign vectors x 16 pairs: 1M entries, enumerated at once
 _CHUNK_ENTRIES = 1 << 22  # bound on one resampling block (rows x sample size), ~32 MB of int64
 _TIE_RTOL = 1e-12
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A confidence interval [low, high] at `level`, with a short description of how it was computed."""
-
-    low: float
-    high: float
-    level: float
-    method: str
 
 
 @dataclass(frozen=True)
@@ -156,7 +148,7 @@ def proportion_interval(successes: int, n: int, level: float = 0.95) -> Interval
     # At 0/n (n/n) the lower (upper) end is exactly 0 (1); set it so rounding does not leave 3e-17.
     low = 0.0 if successes == 0 else max(0.0, center - half)
     high = 1.0 if successes == n else min(1.0, center + half)
-    return Interval(low=low, high=high, level=level, method="wilson")
+    return Interval(low=low, high=high, level=level, method="Wilson score")
 
 
 def proportion_stderr(successes: int, n: int) -> float:

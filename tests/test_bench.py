@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from harness.bench.config import BenchConfig, load_bench_file, make_config
-from harness.bench.expand import resolve
+from harness.bench.expand import hub_needs, resolve
 from harness.errors import PrunebenchError
 from harness.results import InvalidResult, read_result
 
@@ -316,7 +316,7 @@ def test_a_metric_change_reuses_the_cached_pruned_model(small_bench, tmp_path):
 def test_leaderboard_never_mixes_protocols(small_bench, tmp_path):
     import shutil
 
-    from harness.leaderboard import publish
+    from harness.leaderboard import write_leaderboard
 
     shutil.copytree(small_bench / "cells", tmp_path / "a")
     other = json.loads((small_bench / "cells" / "dense.json").read_text())
@@ -324,7 +324,7 @@ def test_leaderboard_never_mixes_protocols(small_bench, tmp_path):
     other["cell"]["id"] = other["config"]["id"] = "dense-other"
     (tmp_path / "a" / "dense-other.json").write_text(json.dumps(other))
     (tmp_path / "a" / "garbage.json").write_text("[1, 2")
-    written = publish(tmp_path)
+    written = write_leaderboard(tmp_path)
     md = (tmp_path / "leaderboard.md").read_text()
     assert md.count("## smollm2-135m — protocol") == 2
     assert "## Files left out" in md and "garbage.json: not readable JSON" in md
@@ -357,7 +357,7 @@ def _fabricated_row(cells: Path, base: dict, name: str, nll_shift: float, window
 def test_leaderboard_ranks_only_what_the_paired_test_separates(small_bench, tmp_path):
     import shutil
 
-    from harness.leaderboard import publish
+    from harness.leaderboard import write_leaderboard
 
     cells = tmp_path / "cells"
     shutil.copytree(small_bench / "cells", cells)
@@ -368,7 +368,7 @@ def test_leaderboard_ranks_only_what_the_paired_test_separates(small_bench, tmp_
     _fabricated_row(cells, base, "twin", 0.0, 8)
     _fabricated_row(cells, base, "worse", 0.5, 8)
     _fabricated_row(cells, base, "worst", 1.0, 8)
-    publish(tmp_path)
+    write_leaderboard(tmp_path)
     md = (tmp_path / "leaderboard.md").read_text()
     cells_of = [line.split("|") for line in md.splitlines() if line.startswith("| ")]
     ranks = {c[3].strip(): c[1].strip() for c in cells_of if c[3].strip() in ("best", "twin", "worse", "worst")}
@@ -382,7 +382,7 @@ def test_leaderboard_ranks_only_what_the_paired_test_separates(small_bench, tmp_
         f.unlink()
     _fabricated_row(cells, base, "best", 0.0, 3)
     _fabricated_row(cells, base, "worst", 1.0, 3)
-    publish(tmp_path)
+    write_leaderboard(tmp_path)
     md = (tmp_path / "leaderboard.md").read_text()
     assert [line.split("|")[1].strip() for line in md.splitlines() if "| worst " in line or "| best " in line] == \
         ["1=", "1="]
@@ -392,7 +392,7 @@ def test_leaderboard_ranks_only_what_the_paired_test_separates(small_bench, tmp_
 def test_results_of_a_dirty_tree_are_flagged_in_the_leaderboard(small_bench, tmp_path):
     import shutil
 
-    from harness.leaderboard import publish
+    from harness.leaderboard import write_leaderboard
 
     shutil.copytree(small_bench / "cells", tmp_path / "cells")
     for path in (tmp_path / "cells").glob("*.json"):
@@ -401,7 +401,7 @@ def test_results_of_a_dirty_tree_are_flagged_in_the_leaderboard(small_bench, tmp
         data = json.loads(path.read_text())
         data["environment"]["prunebench"]["git"] = {"commit": "0" * 40, "dirty": path.name == "dense.json"}
         path.write_text(json.dumps(data))
-    publish(tmp_path)
+    write_leaderboard(tmp_path)
     md = (tmp_path / "leaderboard.md").read_text()
     assert "**Warning: 1 of 2 results were measured from a modified (dirty) working tree" in md and "dense" in md
 
@@ -433,3 +433,17 @@ def test_a_profile_that_needs_the_hub_fails_at_once_without_it(tmp_path):
         "not in prunebench's data cache" in errors[0], result.stderr
     assert "the Hugging Face hub is unreachable" in errors[0] and "profile cpu-quick" in errors[0]
     assert "does not answer: reading the" in result.stderr and not (tmp_path / "out" / "cells").exists()
+
+
+def test_a_bench_fetches_what_its_calibration_and_its_metrics_read_from_the_hub(tmp_path):
+    """The driver's one hub access (harness.bench.inputs) covers the calibration corpus and what each metric says it
+    reads (Metric.hub_inputs): the paper's perplexity corpora, downstream tasks read from the hub; nothing offline."""
+    paper = BenchConfig(profile="paper", methods=["dense", "2ssp"], sparsities=[0.5], out=tmp_path / "paper",
+                        downstream={"source": "hub", "tasks": ["piqa", "arc_easy"]})
+    assert hub_needs(resolve(paper)) == (
+        [("c4", "calibration"), ("wikitext2", "evaluation"), ("c4", "evaluation"), ("fineweb-edu", "evaluation")],
+        ["piqa", "arc_easy"])
+    quiet = paper.model_copy(update={"out": tmp_path / "quiet", "perplexity": {"enabled": False},
+                                     "downstream": {"source": "package"}})
+    assert hub_needs(resolve(quiet)) == ([("c4", "calibration")], [])
+    assert hub_needs(resolve(BenchConfig(methods=["dense"], out=tmp_path / "quick"))) == ([], [])

@@ -118,3 +118,47 @@ def test_a_ray_worker_starting_a_cell_loads_no_torch():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# The layers of the code, bottom first: a module may import its own layer and those below it, never one above.
+# A name matches a module and everything under it; the longest matching name decides.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("methods",),  # the algorithms: they know models, never the harness
+    ("harness", "harness.errors", "harness.schema", "harness.files", "harness.paths", "harness.logs",
+     "harness.progress", "harness.hub", "harness.env", "harness.stats", "harness.manifest", "harness.outputs",
+     "harness.devices", "harness.slow_tokenizer"),  # plumbing
+    ("harness.checkpoint", "harness.models", "harness.data", "harness.export", "harness.engine"),  # models, data
+    ("harness.pruning_report", "harness.pruning", "harness.prune_cache"),  # pruning a model
+    ("harness.metrics", "harness.recovery"),  # measuring and healing one model
+    ("harness.hashing", "harness.results"),  # the records of a cell
+    ("harness.bench", "harness.recovery.stage"),  # running cells (a cell's recovery stage reads its bench config)
+    ("harness.leaderboard", "harness.publish", "harness.repro"),  # reporting runs
+    ("harness.cli",),
+)
+# The package's one-line reload (``from harness import load_pruned``) imports the checkpoint lazily.
+FACADES = {("harness", "harness.checkpoint")}
+
+
+def layer_of(module: str) -> int:
+    matches = [(len(name), i) for i, names in enumerate(LAYERS) for name in names
+               if module == name or module.startswith(name + ".")]
+    if not matches:
+        raise AssertionError(f"{module} is in no layer: add it to LAYERS")
+    return max(matches)[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets
+                  if layer_of(b) > layer_of(a) and (a, b) not in FACADES)
+
+
+def test_the_layer_check_finds_an_upward_import(tmp_path):
+    (tmp_path / "harness" / "bench").mkdir(parents=True)
+    (tmp_path / "methods").mkdir()
+    (tmp_path / "harness" / "stats.py").write_text("def f():\n    from harness.bench import runner\n")
+    (tmp_path / "harness" / "bench" / "runner.py").write_text("from harness import stats\n")
+    assert upward_imports(import_graph(tmp_path)) == ["harness.stats -> harness.bench.runner"]
+
+
+def test_imports_point_down():
+    assert upward_imports(import_graph()) == []

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from harness.bench.config import BenchConfig
-from harness.bench.expand import resolve, sparsities_for
+from harness.bench.expand import resolve
 from harness.errors import PrunebenchError
+from harness.pruning import sparsities_for
 
 
 def test_num_prune_maps_blocks_to_sparsities():

@@ -12,10 +12,11 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from harness import stats
+from harness.schema import Interval
 from harness.stats import (
-    Interval,
     RankedRow,
     holm,
     paired_permutation_test,
@@ -110,7 +111,7 @@ def test_wilson_interval_for_7_of_20_from_its_formula():
     assert ci.low == pytest.approx(center - half, rel=1e-12)
     assert ci.high == pytest.approx(center + half, rel=1e-12)
     assert (round(ci.low, 4), round(ci.high, 4)) == (0.1812, 0.5671)  # the tabulated Wilson interval
-    assert ci.level == 0.95 and ci.method == "wilson"
+    assert ci.level == 0.95 and ci.method == "Wilson score"
 
 
 def test_wilson_interval_at_the_boundaries_and_other_levels():
@@ -364,6 +365,6 @@ def test_blocked_resampling_gives_the_same_hand_values(monkeypatch):
 
 
 def test_interval_is_a_frozen_value():
-    ci = Interval(0.1, 0.2, 0.95, "wilson")
-    with pytest.raises(AttributeError):
+    ci = Interval(low=0.1, high=0.2, level=0.95, method="Wilson score")
+    with pytest.raises(ValidationError, match="frozen"):
         ci.low = 0.0  # type: ignore[misc]

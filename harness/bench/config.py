@@ -28,7 +28,7 @@ from pydantic import (
 
 from harness import __version__
 from harness.data.tokens import Construction, Draw
-from harness.errors import PrunebenchError
+from harness.errors import PrunebenchError, first_line
 from harness.hashing import EXTRAS, NOT_HASHED, canonical_hash, complete, config_hash
 from harness.metrics.registry import METRICS
 from harness.models import TokenizerKind
@@ -213,7 +213,7 @@ def load_bench_file(path: Path) -> dict[str, Any]:
     except OSError as err:
         raise PrunebenchError(f"cannot read bench file {path}: {err.strerror}") from err
     except yaml.YAMLError as err:
-        raise PrunebenchError(f"bench file {path} is not valid YAML: {str(err).splitlines()[0]}") from err
+        raise PrunebenchError(f"bench file {path} is not valid YAML: {first_line(err, named=False)}") from err
     if not isinstance(data, dict):
         raise PrunebenchError(f"bench file {path} must hold a mapping of settings")
     return data

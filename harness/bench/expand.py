@@ -21,7 +21,7 @@ from harness.errors import PrunebenchError
 from harness.metrics.registry import METRICS
 from harness.models import num_layers
 from harness.outputs import check_run_folder
-from harness.pruning import method_protocol
+from harness.pruning import method_protocol, sparsities_for
 from methods import expand_method_name, get_method, method_names
 from methods.base import PruningMethod
 from methods.errors import MethodError, UnsupportedArchitecture
@@ -73,18 +73,6 @@ def grouped_methods(names: list[str]) -> dict[str, str]:
             if m not in names:
                 grouped.setdefault(m, name)
     return grouped
-
-
-def sparsities_for(num_prune: int, layers: int) -> list[float]:
-    """The authors' --num_prune: N blocks' worth (N/L); -2 the paper's three rates; -1 every step 1/L."""
-    if num_prune == -2:
-        return [0.25, 0.375, 0.5]
-    if num_prune == -1:
-        return [k / layers for k in range(1, layers)]
-    if not 0 < num_prune < layers:
-        raise PrunebenchError(f"--num-prune {num_prune}: give 1..{layers - 1} blocks (the model has {layers}), "
-                              "-1 or -2")
-    return [num_prune / layers]
 
 
 def with_preset(config: BenchConfig, profile: str) -> BenchConfig:
@@ -208,15 +196,17 @@ def _calibration(method, profile: str, source: str, asked: CalibrationConfig, mo
 
 
 def hub_needs(bench: ResolvedBench) -> tuple[list[tuple[str, str]], list[str]]:
-    """The hub corpora (source, role) and lm-eval hub tasks the bench's cells read (harness.bench.inputs)."""
+    """The hub corpora (source, role) and lm-eval hub tasks the bench's cells read (harness.bench.inputs): the
+    calibration's, and what each metric says it reads (``Metric.hub_inputs``)."""
     from harness.data.sources import hub_source
-    from harness.metrics.tasks.driver import hub_tasks
 
     first = bench.cells[0]
     corpora = sorted({(c.calibration.source, "calibration") for c in bench.cells if hub_source(c.calibration.source)})
-    if first.perplexity.enabled:
-        corpora += [(d, "evaluation") for d in first.perplexity.datasets if hub_source(d)]
-    tasks = hub_tasks(first.downstream.tasks, first.downstream.source) if first.downstream.enabled else []
+    tasks: list[str] = []
+    for name, metric in METRICS.items():
+        needs = metric.hub_inputs(getattr(first, name))
+        corpora += [(d, "evaluation") for d in needs.corpora]
+        tasks += needs.tasks
     return corpora, tasks
 
 

@@ -1,4 +1,5 @@
-"""The bench driver: validate, skip what is done, run the rest in isolation, publish the leaderboard."""
+"""The bench driver: validate, skip what is done, run the rest in isolation. The leaderboard is not its business:
+the command that asked for the bench writes it from the results (harness.leaderboard)."""
 
 from __future__ import annotations
 
@@ -107,8 +108,7 @@ def plan_jobs(bench: ResolvedBench, force: bool, env: dict[str, str] | None = No
     return jobs, skipped
 
 
-def run_bench(config: BenchConfig, force: bool = False, console: Console | None = None,
-              publish: bool = True) -> BenchOutcome:
+def run_bench(config: BenchConfig, force: bool = False, console: Console | None = None) -> BenchOutcome:
     console = console or Console(stderr=True)
     bench = resolve(config)
     validate(bench)
@@ -148,11 +148,6 @@ def run_bench(config: BenchConfig, force: bool = False, console: Console | None 
         except BenchInterrupted:
             outcome.interrupted = True
             console.print("interrupted: finished cells are kept; run the same bench again to resume", highlight=False)
-    if publish and not outcome.interrupted:
-        from harness.leaderboard import publish as publish_leaderboard
-
-        for path in publish_leaderboard(bench.out):
-            console.print(f"wrote {path}", highlight=False)
     if outcome.failed:
         console.print(f"{len(outcome.failed)} cells failed: {', '.join(outcome.failed)} (logs beside their results)",
                       highlight=False)

@@ -12,16 +12,14 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from harness.errors import DataUnavailable, PrunebenchError
-from harness.files import sha256_file
+from harness.files import sha256_file, write_text_atomic
 from harness.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -77,19 +75,6 @@ def split_part(items: Sequence[Any], part: Part) -> list[Any]:
         raise PrunebenchError(f"part must be 'calibration' or 'evaluation', not {part!r}")
     want_eval = part == "evaluation"
     return [x for i, x in enumerate(items) if (i % SPLIT_MODULUS in EVALUATION_RESIDUES) == want_eval]
-
-
-def atomic_write_json(path: Path, payload: Any) -> None:
-    """Write JSON via a temp file in the same folder and os.replace, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- enwiki-sample -----------------------------------------------------------------------------
@@ -205,15 +190,9 @@ def all_enwiki_articles() -> list[tuple[str, str]]:
     if articles is None:
         log.info("extracting %s (cached afterwards in %s)", path.name, cache)
         articles = extract_enwiki(path)
-        atomic_write_json(
-            cache,
-            {
-                "extraction_version": ENWIKI_EXTRACTION_VERSION,
-                "sha256": sha,
-                "gensim_version": gensim_version(),
-                "articles": articles,
-            },
-        )
+        record = {"extraction_version": ENWIKI_EXTRACTION_VERSION, "sha256": sha, "gensim_version": gensim_version(),
+                  "articles": articles}
+        write_text_atomic(cache, json.dumps(record, ensure_ascii=False))
     return articles
 
 

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from harness.data import offline
 from harness.errors import DataUnavailable, PrunebenchError, UnknownName
+from harness.files import write_text_atomic
 from harness.hub import HUB_TIMEOUT_S, describe_failure, hub_endpoint, hub_reachable, one_line
 from harness.paths import cache_dir
 
@@ -342,7 +343,7 @@ def _hub_documents(spec: str, source: HubSource, role: Role) -> tuple[list[str],
     docs = _read_cached_documents(cache, protocol)
     if docs is None:
         docs = _fetch_hub_documents(spec, source, part)
-        offline.atomic_write_json(cache, {"protocol": protocol, "documents": docs})
+        write_text_atomic(cache, json.dumps({"protocol": protocol, "documents": docs}, ensure_ascii=False))
         log.info("%s (%s): %d documents fetched from %s@%s, kept in %s", spec, role, len(docs), source.dataset,
                  source.revision[:12], cache)
     else:

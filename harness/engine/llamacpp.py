@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.errors import PrunebenchError
-from harness.metrics.base import Strict
+from harness.errors import PrunebenchError, first_line
+from harness.schema import Strict
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def load_llama_cpp() -> ModuleType:
         import llama_cpp
     except (ImportError, OSError, RuntimeError) as err:  # not installed, a dependency missing, its library broken
         raise EngineUnavailable(
-            f"llama.cpp is not available ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}): "
+            f"llama.cpp is not available ({first_line(err)}): "
             f"install it with `make install-engine` (or pip install llama-cpp-python=={VERSION})") from err
     return llama_cpp
 

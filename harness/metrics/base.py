@@ -14,37 +14,15 @@ from typing import Any, ClassVar, Generic, TypeVar
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from harness.schema import Interval, Scalar
 from methods.arch import ModelAdapter
 from methods.base import Numerics
-
-Scalar = str | int | float | bool | None
-
-
-def as_scalars(mapping: dict[str, Any], leave_out: set[str] | frozenset[str] = frozenset()) -> dict[str, Scalar]:
-    """A protocol description with scalar values only (anything else is written as its text)."""
-    return {k: v if isinstance(v, str | int | float | bool) or v is None else str(v)
-            for k, v in mapping.items() if k not in leave_out}
-
-
-class Strict(BaseModel):
-    """Results and configs reject unknown keys: a misspelt field is an error, not a silent default."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class MetricConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
-
-
-class Interval(Strict):
-    """A confidence interval and how it was obtained."""
-
-    low: float
-    high: float
-    level: float
-    method: str
 
 
 @dataclass
@@ -86,6 +64,15 @@ class Tolerances:
     accuracy_atol: float = 0.02
 
 
+@dataclass(frozen=True)
+class HubInputs:
+    """What a metric reads from the Hugging Face hub with a config: the bench's driver fetches it once, before its
+    cells, which then read it offline (harness.bench.inputs)."""
+
+    corpora: tuple[str, ...] = ()  # text sources (harness.data.sources), read for evaluation
+    tasks: tuple[str, ...] = ()  # lm-eval tasks whose datasets come from the hub
+
+
 C = TypeVar("C", bound=MetricConfig)
 R = TypeVar("R")
 
@@ -104,9 +91,12 @@ class Metric(Generic[C, R]):
     def default_config(self, profile: str) -> C:
         raise NotImplementedError
 
-    def validate(self, config: C) -> list[str]:
-        """Refuse bad input before any model loads; return the hub resources the config needs."""
-        return []
+    def validate(self, config: C) -> None:
+        """Refuse bad input in one line before any model loads."""
+
+    def hub_inputs(self, config: C) -> HubInputs:
+        """What the metric reads from the hub with ``config`` (nothing, unless a metric says otherwise)."""
+        return HubInputs()
 
     def positions(self, config: C) -> int:
         """The longest sequence (in tokens) the metric runs the model on: a bench refuses one beyond the model's

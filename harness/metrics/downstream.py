@@ -15,10 +15,10 @@ from pydantic import Field
 
 from harness.metrics.base import (
     Check,
+    HubInputs,
     MeasureContext,
     Metric,
     MetricConfig,
-    Scalar,
     Tolerances,
     mean_spread,
     over_seeds,
@@ -26,6 +26,7 @@ from harness.metrics.base import (
 from harness.metrics.tasks.catalog import LM_EVAL_TASKS, PAPER_TASKS, Source
 from harness.metrics.tasks.driver import check_tasks, hub_tasks, run_downstream
 from harness.metrics.tasks.results import DownstreamResult
+from harness.schema import Scalar
 from harness.stats import paired_permutation_test
 
 LOG = logging.getLogger(__name__)
@@ -102,11 +103,12 @@ class DownstreamMetric(Metric[DownstreamConfig, DownstreamResult]):
         # as much as one of each of these three): 150 each is what `make bench`'s budget leaves (docs/protocol.md)
         return DownstreamConfig(tasks=["lambada_openai", "arc_easy", "piqa"], limit=150, batch_size=16)
 
-    def validate(self, config: DownstreamConfig) -> list[str]:
-        if not config.enabled:
-            return []
-        check_tasks(config.tasks, config.source, config.num_fewshot)
-        return hub_tasks(config.tasks, config.source)
+    def validate(self, config: DownstreamConfig) -> None:
+        if config.enabled:
+            check_tasks(config.tasks, config.source, config.num_fewshot)
+
+    def hub_inputs(self, config: DownstreamConfig) -> HubInputs:
+        return HubInputs(tasks=tuple(hub_tasks(config.tasks, config.source))) if config.enabled else HubInputs()
 
     def describe(self, config: DownstreamConfig) -> str:
         if not config.enabled:

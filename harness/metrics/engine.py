@@ -32,12 +32,11 @@ from harness.metrics.base import (
     MeasureContext,
     Metric,
     MetricConfig,
-    Scalar,
-    Strict,
     Tolerances,
     over_seeds,
 )
 from harness.metrics.latency import LatencyMetric, SpeedUp, Timing, speedup, summarize
+from harness.schema import Scalar, Strict
 
 log = logging.getLogger(__name__)
 
@@ -189,14 +188,13 @@ class EngineMetric(Metric[EngineConfig, EngineResult]):
         return EngineConfig(prompt_tokens=latency.seq_len, decode_prompt=latency.decode_prompt,
                             decode_tokens=decode_tokens, warmup=2, repeats=10)
 
-    def validate(self, config: EngineConfig) -> list[str]:
+    def validate(self, config: EngineConfig) -> None:
         if config.enabled:
             from harness.engine.llamacpp import load_llama_cpp
             from harness.export import resolve_format
 
             resolve_format("gguf", config.gguf_dtype)  # an unknown dtype is one line, before any model loads
             load_llama_cpp()  # so is a missing llama-cpp-python
-        return []
 
     def positions(self, config: EngineConfig) -> int:
         return max(config.prompt_tokens, config.decode_prompt + config.decode_tokens)

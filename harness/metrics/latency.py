@@ -21,15 +21,13 @@ from pydantic import Field
 
 from harness.metrics.base import (
     Check,
-    Interval,
     MeasureContext,
     Metric,
     MetricConfig,
-    Scalar,
-    Strict,
     Tolerances,
     over_seeds,
 )
+from harness.schema import Interval, Scalar, Strict
 from harness.stats import ratio_interval
 
 log = logging.getLogger(__name__)
@@ -129,9 +127,8 @@ def summarize(values: list[float]) -> Timing:
 def speedup(dense: Timing, pruned: Timing, higher_is_faster: bool, seed: int = 0) -> SpeedUp:
     """Ratio of medians, dense over pruned for times (pruned over dense for rates), with its interval."""
     num, den = (pruned, dense) if higher_is_faster else (dense, pruned)
-    ci = ratio_interval(num.samples, den.samples, level=0.95, resamples=2000, seed=seed)
-    return SpeedUp(value=num.median / den.median,
-                   interval=Interval(low=ci.low, high=ci.high, level=ci.level, method=ci.method))
+    interval = ratio_interval(num.samples, den.samples, level=0.95, resamples=2000, seed=seed)
+    return SpeedUp(value=num.median / den.median, interval=interval)
 
 
 @torch.inference_mode()

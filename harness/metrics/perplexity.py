@@ -32,18 +32,16 @@ from harness.data.tokens import eval_windows, tokenize
 from harness.errors import PrunebenchError
 from harness.metrics.base import (
     Check,
-    Interval,
+    HubInputs,
     MeasureContext,
     Metric,
     MetricConfig,
-    Scalar,
-    Strict,
     Tolerances,
-    as_scalars,
     mean_spread,
     over_seeds,
 )
 from harness.models import tokenizer_kind
+from harness.schema import Interval, Scalar, Strict, as_scalars
 from harness.stats import paired_permutation_test, perplexity_interval
 from methods.arch import ModelAdapter
 from methods.base import Numerics
@@ -194,8 +192,7 @@ def _interval(nll: list[float], targets: list[int], seed: int) -> Interval:
     if len(nll) < 2:  # one window has no spread to resample: say so instead of a zero-width interval
         value = math.exp(nll[0] / targets[0])
         return Interval(low=value, high=value, level=0.95, method="none (a single window has no spread)")
-    ci = perplexity_interval(nll, targets, level=0.95, resamples=BOOTSTRAP_RESAMPLES, seed=seed)
-    return Interval(low=ci.low, high=ci.high, level=ci.level, method=ci.method)
+    return perplexity_interval(nll, targets, level=0.95, resamples=BOOTSTRAP_RESAMPLES, seed=seed)
 
 
 # A value recorded with the reference numerics but no dtype can be checked only this closely against its windows:
@@ -277,14 +274,18 @@ class PerplexityMetric(Metric[PerplexityConfig, Scores]):
         # that the paired test separates the methods of the default leaderboard (see docs/protocol.md).
         return PerplexityConfig(datasets=["enwiki-sample"], seq_len=256, max_windows=40)
 
-    def validate(self, config: PerplexityConfig) -> list[str]:
-        from harness.data.sources import hub_source, validate_source
+    def validate(self, config: PerplexityConfig) -> None:
+        from harness.data.sources import validate_source
 
         if config.enabled and not config.datasets:
             raise PrunebenchError("perplexity is enabled but names no dataset")
         for dataset in config.datasets:
             validate_source(dataset)
-        return [d for d in config.datasets if hub_source(d)] if config.enabled else []
+
+    def hub_inputs(self, config: PerplexityConfig) -> HubInputs:
+        from harness.data.sources import hub_source
+
+        return HubInputs(corpora=tuple(d for d in config.datasets if hub_source(d))) if config.enabled else HubInputs()
 
     def positions(self, config: PerplexityConfig) -> int:
         return config.seq_len + (config.bos == "always")  # a window, and a BOS asked for before it

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from harness.metrics.base import MeasureContext, Metric, MetricConfig, Strict
+from harness.metrics.base import MeasureContext, Metric, MetricConfig
+from harness.schema import Strict
 
 DEFAULT_PROMPTS = (
     "The capital of France is",

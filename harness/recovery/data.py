@@ -19,7 +19,7 @@ import torch
 from harness.data.sources import Corpus, load_corpus, validate_source
 from harness.data.tokens import tokenize
 from harness.errors import DataUnavailable, PrunebenchError
-from harness.metrics.base import as_scalars
+from harness.schema import as_scalars
 
 # Paragraphs shorter than this are headings or boilerplate that two unrelated texts may share.
 MIN_PARAGRAPH_WORDS = 8

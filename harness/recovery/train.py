@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from harness.errors import PrunebenchError
+from harness.errors import PrunebenchError, first_line
 from harness.recovery.config import RecoveryConfig, RecoveryReport
 from harness.recovery.data import TrainingText, batches, check_amount, passes
 from methods.arch import ModelAdapter
@@ -43,7 +43,7 @@ def _lora(model: torch.nn.Module, config: RecoveryConfig):
         return get_peft_model(model, lora)
     except ValueError as err:  # no module left to adapt (every targeted one was removed)
         raise PrunebenchError(f"recovery: no linear layer named {', '.join(config.target_modules)} is left in the "
-                              f"pruned model ({str(err).splitlines()[0][:120]})") from None
+                              f"pruned model ({first_line(err, named=False)[:120]})") from None
 
 
 def recover(adapter: ModelAdapter, text: TrainingText, config: RecoveryConfig, follows: str,

@@ -38,7 +38,7 @@ from harness.bench.executors.base import (
     record_failure,
     timeout_failure,
 )
-from harness.errors import PrunebenchError
+from harness.errors import PrunebenchError, first_line
 from harness.paths import cache_dir
 
 log = logging.getLogger("prunebench.docker")
@@ -70,11 +70,6 @@ def default_image() -> str:
     return "prunebench:cuda" if has_gpus() else "prunebench:cpu"
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
-
-
 def describe_container_exit(code: int, oom: bool) -> Failure:
     """A container that ended without a result: killed (out of memory, or by signal ``code`` - 128), or exited."""
     if oom:
@@ -99,7 +94,7 @@ class DockerExecutor(OneAtATime):
         except (docker.errors.DockerException, OSError) as err:  # no socket, refused, or an API error
             raise PrunebenchError(
                 "no Docker engine answers (start one, e.g. `sudo docker/ensure-engine.sh`, or use --executor local): "
-                f"{_first_line(err)}"
+                f"{first_line(err, named=False)}"
             ) from None
         self.image_name = image or default_image()
         try:
@@ -175,9 +170,10 @@ class DockerExecutor(OneAtATime):
             return container, None
         except docker.errors.ImageNotFound as err:
             failure = Failure("image-missing", f"image '{self.image_name}' ({self.image.short_id}) is no longer "
-                                               f"there: build it with `make image` ({_first_line(err)})")
+                                               f"there: build it with `make image` ({first_line(err, named=False)})")
         except (docker.errors.DockerException, requests.RequestException) as err:
-            failure = Failure("engine", f"the Docker engine could not start the container: {_first_line(err)}")
+            failure = Failure("engine", "the Docker engine could not start the container: "
+                                        f"{first_line(err, named=False)}")
         if container is not None:
             self._remove(container)
         return None, failure
@@ -200,7 +196,7 @@ class DockerExecutor(OneAtATime):
             # The engine's read timeout is how a wait with a limit ends: a timeout only once the limit passed.
             if deadline is not None and time.monotonic() >= deadline:
                 return timeout_failure(job.timeout_s)
-            return Failure("engine", f"lost the container while waiting for it: {_first_line(err)}")
+            return Failure("engine", f"lost the container while waiting for it: {first_line(err, named=False)}")
         self._remove(container)
         status = fresh_result(job, started)
         if status is not None:
@@ -224,8 +220,9 @@ class DockerExecutor(OneAtATime):
                             sys.stderr.write(f"[{job.spec.id}] {line}\n")
                         sys.stderr.flush()
             except (docker.errors.DockerException, requests.RequestException) as err:
-                log.warning("cell %s: the container's log stream broke off: %s", job.spec.id, _first_line(err))
-                out.write(f"=== the log stream broke off: {_first_line(err)}\n".encode())
+                log.warning("cell %s: the container's log stream broke off: %s", job.spec.id,
+                            first_line(err, named=False))
+                out.write(f"=== the log stream broke off: {first_line(err, named=False)}\n".encode())
 
     def _remove(self, container: Any) -> None:
         try:
@@ -234,4 +231,4 @@ class DockerExecutor(OneAtATime):
             log.debug("container %s was already removed", container.short_id)
         except (docker.errors.DockerException, requests.RequestException) as err:
             log.warning("could not remove container %s (remove it with `docker rm -f %s`): %s",
-                        container.short_id, container.short_id, _first_line(err))
+                        container.short_id, container.short_id, first_line(err, named=False))

@@ -42,7 +42,7 @@ from harness.bench.executors.base import (
     timeout_failure,
     wait_cell,
 )
-from harness.errors import PrunebenchError
+from harness.errors import PrunebenchError, first_line
 
 if TYPE_CHECKING:
     from harness.bench.config import CellSpec
@@ -257,10 +257,8 @@ def describe_ray_error(err: Exception) -> Failure:
         return Failure("killed", "the Ray task was cancelled")
     if isinstance(err, rex.RayTaskError):  # the task body raised on the worker (e.g. prunebench missing there)
         cause = err.cause if isinstance(err.cause, BaseException) else err
-        return Failure("exception", (f"{type(cause).__name__} in the Ray task: "
-                                     f"{str(cause).strip().splitlines()[0] if str(cause).strip() else ''}")[:500])
-    text = str(err).strip().splitlines()
-    return Failure("exception", f"{type(err).__name__}: {text[0] if text else ''}"[:500])
+        return Failure("exception", f"{type(cause).__name__} in the Ray task: {first_line(cause, named=False)}"[:500])
+    return Failure("exception", first_line(err)[:500])
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -464,7 +462,7 @@ class RayExecutor:
         try:
             result = CellResult.model_validate_json(answer["result"])
         except ValidationError as err:
-            message = f"the cell wrote a result that does not match the schema: {str(err).splitlines()[0]}"
+            message = f"the cell wrote a result that does not match the schema: {first_line(err, named=False)}"
             self._record_failure(item, started, Failure("exception", message))
             return "failed", message
         result.environment["ray"] = self._provenance(item)

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from harness.errors import DataUnavailable, PrunebenchError, first_line
-from harness.metrics.base import Interval
 from harness.metrics.tasks import package
 from harness.metrics.tasks.catalog import LM_EVAL, LmEvalTask, Source, validate_source, validate_tasks
 from harness.metrics.tasks.results import DownstreamProtocol, DownstreamResult, TaskProtocol, TaskScore
 from harness.paths import cache_dir
+from harness.schema import Interval
 from harness.stats import proportion_interval
 
 LOG = logging.getLogger(__name__)
@@ -334,8 +334,7 @@ def _stderr(outcomes: str) -> float | None:
 
 
 def _wilson(outcomes: str) -> Interval:
-    ci = proportion_interval(outcomes.count("1"), len(outcomes), level=0.95)
-    return Interval(low=ci.low, high=ci.high, level=ci.level, method="Wilson score")
+    return proportion_interval(outcomes.count("1"), len(outcomes), level=0.95)
 
 
 def _mean_interval(values: list[float], stderrs: list[float | None]) -> Interval | None:

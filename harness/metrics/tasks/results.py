@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.metrics.base import Interval
+from harness.schema import Interval
 
 
 class TaskProtocol(BaseModel):
