@@ -24,7 +24,7 @@ from harness.errors import ModelUnavailable, PrunebenchError, first_line
 from harness.files import as_if_created
 from harness.hub import cache_root, cached_commit, describe_failure, hub_endpoint, hub_reachable, offline_mode
 from harness.paths import cache_dir
-from methods.arch import adapter_class, supported_model_types
+from methods.arch import adapter_class
 from methods.errors import MethodError
 
 log = logging.getLogger(__name__)
@@ -340,7 +340,4 @@ def load_weights(ref: ModelRef, dtype: torch.dtype, device: torch.device, trust_
         model.to(device)
     return model.eval()
 
-
-def supported_architectures() -> str:
-    return ", ".join(supported_model_types())
 

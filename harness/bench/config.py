@@ -35,7 +35,6 @@ from harness.models import TokenizerKind
 from harness.recovery.config import RecoveryConfig
 from methods.base import Numerics
 
-Profile = Literal["paper", "cpu-quick"]
 PROFILES: tuple[str, ...] = ("paper", "cpu-quick")
 
 

@@ -30,7 +30,7 @@ from harness.metrics.tasks.catalog import LM_EVAL, LmEvalTask, Source, validate_
 from harness.metrics.tasks.results import DownstreamProtocol, DownstreamResult, TaskProtocol, TaskScore
 from harness.paths import cache_dir
 from harness.schema import Interval
-from harness.stats import proportion_interval
+from harness.stats import proportion_interval, proportion_stderr
 
 LOG = logging.getLogger(__name__)
 
@@ -325,12 +325,8 @@ def _mean(outcomes: str) -> float:
 
 
 def _stderr(outcomes: str) -> float | None:
-    """lm-eval's standard error of a mean of 0/1 values: the sample standard deviation over sqrt(n)."""
-    n = len(outcomes)
-    if n < 2:
-        return None
-    p = _mean(outcomes)
-    return math.sqrt(p * (1 - p) / (n - 1))
+    """lm-eval's standard error of a mean of 0/1 values (none for a single example)."""
+    return proportion_stderr(outcomes.count("1"), len(outcomes)) if len(outcomes) >= 2 else None
 
 
 def _wilson(outcomes: str) -> Interval:
