@@ -40,7 +40,10 @@ ALPHA = 0.05
 
 def protocol_key(r: CellResult) -> str:
     config = protocol_config(r.config)
-    data = {name: (p.protocol.text_id(), p.protocol.targets) for name, p in (r.perplexity or {}).items()}
+    data: dict[str, Any] = {}
+    for name, metric in METRICS.items():
+        if r.metric(name) is not None:
+            data.update(metric.data_identity(r.metric(name)))
     return canonical_hash({"config": config, "data": data, "hardware": fingerprint(r.environment)}, 10)
 
 
@@ -154,7 +157,7 @@ def _first(rows: list[Row], metric: Metric) -> Any:
 
 
 def _short(metric: Metric) -> str:
-    return {"perplexity": "PPL", "downstream": "acc"}.get(metric.name, metric.name)
+    return metric.short_name or metric.name
 
 
 def describe_protocol(r: CellResult) -> list[str]:

@@ -84,6 +84,7 @@ class Metric(Generic[C, R]):
     config_type: ClassVar[type[MetricConfig]]
     result_type: ClassVar[Any]  # a pydantic-compatible type: a model, or e.g. dict[str, Model]
     column_order: ClassVar[int] = 100  # where its columns stand in a leaderboard, lowest first
+    short_name: ClassVar[str] = ""  # its rank column's label (``# PPL``); empty: the metric's name
     # Settings of its config added after results were first recorded, each with the value that measures what the
     # metric measured before the setting existed (harness.hashing: filled into older records, left out of hashes).
     earlier_settings: ClassVar[dict[str, Any]] = {}
@@ -130,6 +131,11 @@ class Metric(Generic[C, R]):
     def cells(self, seeds: list[R], dense: list[R] | None) -> list[str]:
         """This row's cells under ``headers``; ``dense`` is the dense model's row where there is one."""
         return []
+
+    def data_identity(self, result: R) -> dict[str, Any]:
+        """What identifies the data a result was measured on, where results on other data must not share a
+        leaderboard table although their settings are equal (perplexity: each text's identity and length)."""
+        return {}
 
     def rank_basis(self, sample: R) -> str | None:
         """What rows are ranked by when this metric ranks them (None: it does not)."""

@@ -92,6 +92,7 @@ def paired_mean_acc_p_value(a: DownstreamResult, b: DownstreamResult) -> float |
 class DownstreamMetric(Metric[DownstreamConfig, DownstreamResult]):
     name = "downstream"
     column_order = 1
+    short_name = "acc"
     config_type = DownstreamConfig
     result_type = DownstreamResult
     earlier_settings: ClassVar[dict[str, Any]] = {"source": _source_before_it}

@@ -264,6 +264,7 @@ Scores = dict[str, PerplexityScore]
 class PerplexityMetric(Metric[PerplexityConfig, Scores]):
     name = "perplexity"
     column_order = 0
+    short_name = "PPL"
     config_type = PerplexityConfig
     result_type = Scores
 
@@ -332,6 +333,9 @@ class PerplexityMetric(Metric[PerplexityConfig, Scores]):
         names = list(seeds[0])
         return [over_seeds([s[n].value for s in seeds if n in s], [s[n].interval for s in seeds if n in s])
                 if all(n in s for s in seeds) else "-" for n in names]
+
+    def data_identity(self, result: Scores) -> dict[str, Any]:
+        return {name: (p.protocol.text_id(), p.protocol.targets) for name, p in result.items()}
 
     def rank_basis(self, sample: Scores) -> str | None:
         return f"perplexity on {next(iter(sample))}" if sample else None
