@@ -166,3 +166,19 @@ def test_a_container_over_its_time_limit_is_recorded_as_timeout(cpu_image, tmp_p
     import docker
 
     assert not docker.from_env().containers.list(all=True, filters={"label": "prunebench.cell=dense"})  # removed
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"imagee": "prunebench:cpu"}, "docker executor option 'imagee': Extra inputs are not permitted"),
+    ({"echo": "loud"}, "docker executor option 'echo'"),
+])
+def test_bad_options_are_one_line_before_the_engine_is_asked(options, message, monkeypatch):
+    """Like the ray executor's: a mistyped key is one line naming the options there are, never a TypeError; it is
+    refused before any Docker engine is reached (none is here: the socket points nowhere)."""
+    from harness.bench.executors import make_executor
+    from harness.errors import PrunebenchError
+
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    with pytest.raises(PrunebenchError, match=message) as err:
+        make_executor("docker", options)
+    assert "\n" not in str(err.value) and "options: image, gpus, network, echo, memory" in str(err.value)

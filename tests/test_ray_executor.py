@@ -60,7 +60,11 @@ def spec(device: str = "cpu", dtype: str = "auto"):
 
 
 def test_resources_follow_the_documented_rule_and_the_options():
-    from harness.bench.executors.ray import GIB, cell_resources, parse_options
+    from harness.bench.executors.base import parse_options as typed
+    from harness.bench.executors.ray import GIB, RayOptions, cell_resources
+
+    def parse_options(options):
+        return typed(RayOptions, options, "ray")
 
     n = 135_000_000
     cpu = cell_resources(spec("cpu"), parse_options({}), cluster_gpus=4, parameters=n)

@@ -18,7 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from harness.errors import PrunebenchError
 
 if TYPE_CHECKING:
     from harness.bench.config import CellSpec
@@ -31,6 +35,21 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # Settings passed on to a cell that runs elsewhere (container, node): how it reaches the hub, and the methods
 # added by name (methods.registry: the cell must know the methods the driver planned with).
 HUB_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "PRUNEBENCH_METHODS")
+
+
+Options = TypeVar("Options", bound=BaseModel)
+
+
+def parse_options(model: type[Options], options: dict[str, Any], executor: str) -> Options:
+    """An executor's ``executor_options`` as its typed options: a mistyped key or a bad value is one line that
+    names it and the options there are, not a TypeError from a constructor."""
+    try:
+        return model(**options)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "executor_options"
+        known = ", ".join(model.model_fields)
+        raise PrunebenchError(f"{executor} executor option '{where}': {first['msg']} (options: {known})") from None
 
 
 class BenchInterrupted(Exception):

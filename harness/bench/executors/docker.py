@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 import requests
+from pydantic import BaseModel, ConfigDict
 
 import docker
 from harness.bench.executors.base import (
@@ -35,6 +36,7 @@ from harness.bench.executors.base import (
     OneAtATime,
     cell_command,
     fresh_result,
+    parse_options,
     record_failure,
     timeout_failure,
 )
@@ -83,11 +85,23 @@ def describe_container_exit(code: int, oom: bool) -> Failure:
     return Failure("exit", f"the container exited with code {code} without writing a result", code)
 
 
+class DockerOptions(BaseModel):
+    """``executor_options`` of the docker executor (a bench file's ``executor_options``, or ``--image``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image: str | None = None  # None: prunebench:cuda where the engine sees GPUs, else prunebench:cpu
+    gpus: bool | None = None  # pass the GPUs through; None: where the engine has them
+    network: str | None = None  # a Docker network for the container (None: the engine's default)
+    echo: bool = True  # copy the container's output to the terminal as it runs
+    memory: str | None = None  # the container's memory limit, as Docker reads it ("16g")
+
+
 class DockerExecutor(OneAtATime):
     name = "docker"
 
-    def __init__(self, image: str | None = None, gpus: bool | None = None, network: str | None = None,
-                 echo: bool = True, memory: str | None = None):
+    def __init__(self, **options: Any):
+        opts = parse_options(DockerOptions, options, self.name)  # a mistyped key: one line, before the engine
         try:
             self.client = docker.from_env(timeout=600)
             self.client.ping()
@@ -96,16 +110,16 @@ class DockerExecutor(OneAtATime):
                 "no Docker engine answers (start one, e.g. `sudo docker/ensure-engine.sh`, or use --executor local): "
                 f"{first_line(err, named=False)}"
             ) from None
-        self.image_name = image or default_image()
+        self.image_name = opts.image or default_image()
         try:
             self.image = self.client.images.get(self.image_name)
         except docker.errors.ImageNotFound:
             raise PrunebenchError(f"image '{self.image_name}' not found: build it with `make image` "
                                   f"(docker/build-image.sh cpu|cuda)") from None
-        self.gpus = has_gpus() if gpus is None else gpus
-        self.network = network
-        self.echo = echo
-        self.memory = memory
+        self.gpus = has_gpus() if opts.gpus is None else opts.gpus
+        self.network = opts.network
+        self.echo = opts.echo
+        self.memory = opts.memory
 
     def image_digest(self) -> str:
         digests = self.image.attrs.get("RepoDigests") or []

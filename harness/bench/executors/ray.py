@@ -37,6 +37,7 @@ from harness.bench.executors.base import (
     OnEvent,
     cell_command,
     describe_exit,
+    parse_options,
     record_failure,
     start_cell,
     timeout_failure,
@@ -73,16 +74,6 @@ class RayOptions(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)  # extra environment of every cell
     runtime_env: dict[str, Any] | None = None  # passed to ray.init (Ray's own working_dir, pip, env_vars)
     autoscaling: bool = False  # the cluster grows on demand: submit cells no current node can hold
-
-
-def parse_options(options: dict[str, Any]) -> RayOptions:
-    try:
-        return RayOptions(**options)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "executor_options"
-        known = ", ".join(RayOptions.model_fields)
-        raise PrunebenchError(f"ray executor option '{where}': {first['msg']} (options: {known})") from None
 
 
 def import_ray() -> Any:
@@ -310,7 +301,7 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, **options: Any):
-        self.options = parse_options(options)
+        self.options = parse_options(RayOptions, options, "ray")
         self.ray = import_ray()
         self.owns_connection = False
         self._connect()
