@@ -524,7 +524,7 @@ bench never writes there (`prunebench publish` does).
         cfg = cfg.model_copy(update={"recovery": {**(cfg.recovery or {}), "enabled": True}})
     outcome = run_bench(cfg, force=force, console=err_console)
     if not outcome.interrupted:
-        from harness.leaderboard import write_leaderboard
+        from harness.report.leaderboard import write_leaderboard
 
         for path in write_leaderboard(outcome.out):
             err_console.print(f"wrote {path}", highlight=False)
@@ -543,8 +543,8 @@ def leaderboard_cmd(
     Refused (exit 2, nothing written) when DIRECTORY holds no valid result, or a file of the leaderboard's \
 name that is not a prunebench leaderboard.
     """
-    from harness.leaderboard import write_leaderboard
     from harness.outputs import out_path
+    from harness.report.leaderboard import write_leaderboard
 
     directory = out_path(folder, "DIRECTORY")
     if not directory.is_dir():
@@ -576,8 +576,8 @@ def repro_cmd(
     """Re-run recorded cells with their recorded configs; exit 1 if any metric is outside its tolerance."""
     from tabulate import tabulate
 
-    from harness import repro
     from harness.outputs import check_replaceable, check_writable, out_path
+    from harness.report import repro
 
     if executor not in ("local", "docker"):
         raise PrunebenchError(f"unknown executor '{executor}'; choose local or docker")
@@ -630,7 +630,7 @@ def publish_cmd(
 or an unknown commit, when the results come from several commits, or when the run has no leaderboard.
     """
     from harness.outputs import out_path
-    from harness.publish import publish
+    from harness.report.publish import publish
 
     done = publish(run_dir, out_path(to, "--to"), force)
     replacing = "" if done.replaced is None else f" (replacing the previous publication, {done.replaced} results)"

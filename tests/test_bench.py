@@ -316,7 +316,7 @@ def test_a_metric_change_reuses_the_cached_pruned_model(small_bench, tmp_path):
 def test_leaderboard_never_mixes_protocols(small_bench, tmp_path):
     import shutil
 
-    from harness.leaderboard import write_leaderboard
+    from harness.report.leaderboard import write_leaderboard
 
     shutil.copytree(small_bench / "cells", tmp_path / "a")
     other = json.loads((small_bench / "cells" / "dense.json").read_text())
@@ -357,7 +357,7 @@ def _fabricated_row(cells: Path, base: dict, name: str, nll_shift: float, window
 def test_leaderboard_ranks_only_what_the_paired_test_separates(small_bench, tmp_path):
     import shutil
 
-    from harness.leaderboard import write_leaderboard
+    from harness.report.leaderboard import write_leaderboard
 
     cells = tmp_path / "cells"
     shutil.copytree(small_bench / "cells", cells)
@@ -392,7 +392,7 @@ def test_leaderboard_ranks_only_what_the_paired_test_separates(small_bench, tmp_
 def test_results_of_a_dirty_tree_are_flagged_in_the_leaderboard(small_bench, tmp_path):
     import shutil
 
-    from harness.leaderboard import write_leaderboard
+    from harness.report.leaderboard import write_leaderboard
 
     shutil.copytree(small_bench / "cells", tmp_path / "cells")
     for path in (tmp_path / "cells").glob("*.json"):
@@ -408,7 +408,7 @@ def test_results_of_a_dirty_tree_are_flagged_in_the_leaderboard(small_bench, tmp
 
 @pytest.mark.real_model
 def test_repro_tolerance_is_the_methods_own_where_it_declares_one(small_bench):
-    from harness.repro import compare
+    from harness.report.repro import compare
     from harness.results import CellResult
 
     old = read_result(small_bench / "cells" / "2ssp-s0.25-seed0.json")

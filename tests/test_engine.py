@@ -128,7 +128,7 @@ def test_without_llama_cpp_the_error_is_one_line_saying_how_to_install(tmp_path)
 def test_without_llama_cpp_a_bench_runs_unless_the_engine_is_asked_for(tmp_path):
     env = _env_without_llama_cpp(tmp_path)
     # With the engine off, everything a bench runs imports and validates without llama.cpp.
-    plain = ("import sys; import harness.bench.cell, harness.leaderboard, harness.repro; "
+    plain = ("import sys; import harness.bench.cell, harness.report.leaderboard, harness.report.repro; "
              "from harness.bench.config import BenchConfig; from harness.bench.expand import resolve, validate; "
              f"validate(resolve(BenchConfig(methods=['dense', 'shortgpt'], profile='cpu-quick', out='{tmp_path}/o'))); "
              "print('llama_cpp' in sys.modules)")

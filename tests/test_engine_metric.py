@@ -73,7 +73,7 @@ def test_make_bench_engine_1_installs_the_extra_and_passes_the_flag(tmp_path):
 
 
 def test_cells_recorded_before_the_engine_existed_read_as_engine_off_and_keep_their_hash_and_protocol():
-    from harness.leaderboard import protocol_key
+    from harness.report.leaderboard import protocol_key
 
     older = 0
     for path, r in scan_results(PUBLISHED)[0] + scan_results(OLD_CELLS)[0]:  # the last one is old
@@ -137,7 +137,7 @@ def test_cells_and_csv_of_a_measured_and_a_refused_result():
 
 
 def test_results_keep_their_kind_and_the_columns_stand_beside_the_pytorch_speed_ups():
-    from harness.leaderboard import markdown
+    from harness.report.leaderboard import markdown
 
     results = []
     for path, _ in scan_results(PUBLISHED)[0]:

@@ -132,7 +132,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("harness.metrics", "harness.recovery"),  # measuring and healing one model
     ("harness.hashing", "harness.results"),  # the records of a cell
     ("harness.bench", "harness.recovery.stage"),  # running cells (a cell's recovery stage reads its bench config)
-    ("harness.leaderboard", "harness.publish", "harness.repro"),  # reporting runs
+    ("harness.report",),  # reporting runs: leaderboards, plots, samples, publishing, repro
     ("harness.cli",),
 )
 # The package's one-line reload (``from harness import load_pruned``) imports the checkpoint lazily.

@@ -52,7 +52,7 @@ def test_the_code_fingerprint_covers_every_module_pruning_imports_and_nothing_el
     closure = {f.relative_to(base).as_posix() for f in fingerprinted_files(base)}
     assert {"harness/pruning.py", "harness/slow_tokenizer.py", "harness/checkpoint.py", "harness/models.py",
             "methods/twossp.py", "methods/slicegpt_layers.py", "methods/nll.py"} <= closure
-    assert not {"harness/cli.py", "harness/leaderboard.py", "harness/bench/runner.py"} & closure
+    assert not {"harness/cli.py", "harness/report/leaderboard.py", "harness/bench/runner.py"} & closure
     # no metric: a change to how a pruned model is measured must not prune every model again
     assert not [f for f in closure if f.startswith("harness/metrics/")]
     for package in ("harness", "methods"):
@@ -65,7 +65,7 @@ def test_the_code_fingerprint_covers_every_module_pruning_imports_and_nothing_el
         (tmp_path / rel).write_bytes(original + b"\n# a fix\n")
         assert source_digest(files, tmp_path) != before, rel
         (tmp_path / rel).write_bytes(original)
-    (tmp_path / "harness/leaderboard.py").write_text("# reporting only\n")
+    (tmp_path / "harness/report/leaderboard.py").write_text("# reporting only\n")
     assert source_digest(fingerprinted_files(tmp_path), tmp_path) == before
 
     real = code_fingerprint()

@@ -19,8 +19,8 @@ from harness.bench.config import BenchConfig
 from harness.bench.expand import default_out, published_root, resolve
 from harness.bench.runner import plan_jobs, run_bench
 from harness.cli import app
-from harness.leaderboard import write_leaderboard
-from harness.publish import PublishRefused, default_dest, publish, read_bench
+from harness.report.leaderboard import write_leaderboard
+from harness.report.publish import PublishRefused, default_dest, publish, read_bench
 from harness.results import CellResult, ErrorInfo, read_result, scan_results, write_result
 
 REPO = Path(__file__).resolve().parents[1]
@@ -306,7 +306,7 @@ def test_the_plot_draws_each_methods_accuracy_at_its_achieved_sparsity_with_its_
     """The leaderboard plot's accuracy panel: one point per row and sparsity, at the achieved (not target)
     sparsity, with the mean accuracy's own interval; a run without downstream scores gets the perplexity panel
     alone."""
-    from harness.leaderboard import _series, plot
+    from harness.report.plots import _series, plot
 
     found, problems = scan_results(REPO / "tests" / "records" / "smollm2-135m-6625192" / "cells")
     assert not problems and len(found) == 3

@@ -286,7 +286,7 @@ def test_results_and_checkpoints_follow_the_umask(tmp_path, group_umask):
 
 
 def test_repro_judges_every_recorded_decision_and_only_names_what_newer_code_adds():
-    from harness.repro import compare
+    from harness.report.repro import compare
 
     old = read_result(OLD_CELLS / "2ssp-s0.25-seed0.json")
     decisions = dict(old.pruning.decisions)

@@ -1,5 +1,5 @@
 """The bench driver: validate, skip what is done, run the rest in isolation. The leaderboard is not its business:
-the command that asked for the bench writes it from the results (harness.leaderboard)."""
+the command that asked for the bench writes it from the results (harness.report.leaderboard)."""
 
 from __future__ import annotations
 

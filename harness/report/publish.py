@@ -201,7 +201,7 @@ def _swap(staging: Path, dest: Path) -> None:
 
 def publish(run_dir: Path, to: Path | None = None, force: bool = False) -> Published:
     """Copy a finished, clean run into ``to`` (default results/<model>[/<preset>]) with a new leaderboard."""
-    from harness.leaderboard import write_leaderboard
+    from harness.report.leaderboard import write_leaderboard
 
     run_dir = Path(run_dir)
     bench, found, commit = check_run(run_dir)

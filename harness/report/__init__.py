@@ -1,0 +1,1 @@
+"""Reporting finished runs: leaderboards (tables, plots, samples), publishing a run into results/, and repro."""
