@@ -329,3 +329,23 @@ def test_the_plot_draws_each_methods_accuracy_at_its_achieved_sparsity_with_its_
     no_downstream = [r.model_copy(update={"downstream": None}) for r in results]
     alone = imread(plot(no_downstream, tmp_path / "ppl.png"))
     assert both.shape[1] > 1.5 * alone.shape[1]  # two panels side by side, against one
+
+
+def test_the_note_under_the_tables_says_what_the_metrics_shown_rank_and_order_by():
+    """The note is built from the metrics the results hold: with perplexity and accuracy both ranks and their paired
+    tests are described and rows follow perplexity; without perplexity the rows follow mean accuracy and the note
+    names no perplexity; without either, no rank is described."""
+    from harness.report.leaderboard import table_note
+
+    found, problems = scan_results(REPO / "tests" / "records" / "smollm2-135m-6625192" / "cells")
+    assert not problems
+    results = [r for _, r in found]
+    both = table_note(results)
+    assert both.startswith("Rows are ordered by perplexity on the first dataset. `# PPL` and `# acc` are ranks by "
+                           "perplexity and by mean accuracy that a paired test supports")
+    assert "perplexity windows" in both and "downstream examples" in both and "Recovery = " in both
+    no_ppl = table_note([r.model_copy(update={"perplexity": None}) for r in results])
+    assert no_ppl.startswith("Rows are ordered by mean accuracy. `# acc` is a rank by mean accuracy that a paired "
+                             "test supports") and "perplexity" not in no_ppl
+    neither = table_note([r.model_copy(update={"perplexity": None, "downstream": None}) for r in results])
+    assert "rank" not in neither and "Rows are ordered" not in neither and "Recovery" not in neither

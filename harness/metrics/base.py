@@ -85,6 +85,14 @@ class Metric(Generic[C, R]):
     result_type: ClassVar[Any]  # a pydantic-compatible type: a model, or e.g. dict[str, Model]
     column_order: ClassVar[int] = 100  # where its columns stand in a leaderboard, lowest first
     short_name: ClassVar[str] = ""  # its rank column's label (``# PPL``); empty: the metric's name
+    # The leaderboard's note under each table, in the metric's words (empty: it has nothing to say there). A
+    # ranking metric says what it orders rows by when it ranks first, what its rank is by, and what its paired
+    # test compares; a metric with intervals says how they are made; ``note`` is anything else.
+    order_by: ClassVar[str] = ""
+    rank_by: ClassVar[str] = ""
+    paired_on: ClassVar[str] = ""
+    interval_note: ClassVar[str] = ""
+    note: ClassVar[str] = ""
     # Settings of its config added after results were first recorded, each with the value that measures what the
     # metric measured before the setting existed (harness.hashing: filled into older records, left out of hashes).
     earlier_settings: ClassVar[dict[str, Any]] = {}

@@ -93,6 +93,12 @@ class DownstreamMetric(Metric[DownstreamConfig, DownstreamResult]):
     name = "downstream"
     column_order = 1
     short_name = "acc"
+    order_by = "mean accuracy"
+    rank_by = "mean accuracy"
+    paired_on = ("the same downstream examples (sign-flip test on the per-example outcomes, weighted to the mean over "
+                 "tasks)")
+    interval_note = "accuracy Wilson (mean over tasks: normal)"
+    note = "Recovery = mean accuracy / dense mean accuracy."
     config_type = DownstreamConfig
     result_type = DownstreamResult
     earlier_settings: ClassVar[dict[str, Any]] = {"source": _source_before_it}

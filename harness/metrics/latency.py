@@ -176,6 +176,7 @@ def measure(model: torch.nn.Module, config: LatencyConfig, seed: int = 0) -> Lat
 class LatencyMetric(Metric[LatencyConfig, LatencyScore]):
     name = "latency"
     column_order = 2
+    interval_note = "speed-ups by bootstrap over the repeats of both models"
     config_type = LatencyConfig
     result_type = LatencyScore
 

@@ -265,6 +265,10 @@ class PerplexityMetric(Metric[PerplexityConfig, Scores]):
     name = "perplexity"
     column_order = 0
     short_name = "PPL"
+    order_by = "perplexity on the first dataset"
+    rank_by = "perplexity"
+    paired_on = "the same perplexity windows (sign-flip permutation test on the per-window mean NLL)"
+    interval_note = "perplexity by bootstrap over windows"
     config_type = PerplexityConfig
     result_type = Scores
 

@@ -204,6 +204,28 @@ def provenance_lines(results: list[CellResult]) -> list[str]:
     return lines
 
 
+def table_note(results: list[CellResult]) -> str:
+    """What the tables of a group mean, in the words of the metrics they show: how rows are ordered, what each rank
+    column ranks by and on what its paired test pairs, how intervals are made."""
+    shown = sorted((m for m in METRICS.values() if any(r.metric(m.name) for r in results)),
+                   key=lambda m: m.column_order)
+    ranking = [m for m in shown if m.rank_by]
+    parts = []
+    if ranking:
+        labels = " and ".join(f"`# {_short(m)}`" for m in ranking)
+        ranks = ("are ranks by " if len(ranking) > 1 else "is a rank by ") + " and by ".join(m.rank_by for m in ranking)
+        parts.append(f"Rows are ordered by {ranking[0].order_by}. {labels} {ranks} that a paired test supports: the "
+                     "best remaining row leads a group, every other row is compared with it on "
+                     f"{' or '.join(m.paired_on for m in ranking)}, Holm-corrected at {ALPHA:g}; rows not separated "
+                     "from the leader share its rank (`1=`).")
+    intervals = list(dict.fromkeys(m.interval_note for m in shown if m.interval_note))
+    if intervals:
+        parts.append(f"Intervals are 95 %: {', '.join(intervals)}.")
+    parts += [m.note for m in shown if m.note]
+    parts.append("With several seeds: mean ± standard deviation over seeds.")
+    return " ".join(parts)
+
+
 def markdown(results: list[CellResult], failed: list[CellResult], problems: list[str]) -> str:
     out = io.StringIO()
     out.write(f"{TITLE}\n\n")
@@ -226,15 +248,7 @@ def markdown(results: list[CellResult], failed: list[CellResult], problems: list
             out.write(f"\n### Target sparsity {sparsity:.1%}\n\n")
             header, body = sparsity_table(rows[sparsity], dense, notes)
             out.write(tabulate(body, header, tablefmt="github", disable_numparse=True) + "\n")
-        out.write("\nRows are ordered by perplexity on the first dataset. `# PPL` and `# acc` are ranks by perplexity "
-                  "and by mean accuracy that a paired test supports: the best remaining row leads a group, every "
-                  "other row is compared with it on the same perplexity windows (sign-flip permutation test on the "
-                  "per-window mean NLL) or the same downstream examples (sign-flip test on the per-example outcomes, "
-                  f"weighted to the mean over tasks), Holm-corrected at {ALPHA:g}; rows not separated from the "
-                  "leader share its rank (`1=`). Intervals are 95 %: perplexity by bootstrap over windows, accuracy "
-                  "Wilson (mean over tasks: normal), speed-ups by bootstrap over the repeats of both models. Recovery "
-                  "= mean accuracy / dense mean accuracy. With several seeds: mean ± standard deviation over "
-                  "seeds.\n")
+        out.write(f"\n{table_note(group)}\n")
         if notes:
             out.write("\n" + "".join(f"- {mark} {text}\n" for mark, text in notes.items()))
     if failed:
