@@ -305,7 +305,7 @@ def test_the_help_of_the_commands_renders(command):
 def test_the_plot_draws_each_methods_accuracy_at_its_achieved_sparsity_with_its_interval(tmp_path):
     """The leaderboard plot's accuracy panel: one point per row and sparsity, at the achieved (not target)
     sparsity, with the mean accuracy's own interval; a run without downstream scores gets the perplexity panel
-    alone."""
+    alone, one without perplexity the accuracy panel alone."""
     from harness.report.plots import _series, plot
 
     found, problems = scan_results(REPO / "tests" / "records" / "smollm2-135m-6625192" / "cells")
@@ -329,6 +329,11 @@ def test_the_plot_draws_each_methods_accuracy_at_its_achieved_sparsity_with_its_
     no_downstream = [r.model_copy(update={"downstream": None}) for r in results]
     alone = imread(plot(no_downstream, tmp_path / "ppl.png"))
     assert both.shape[1] > 1.5 * alone.shape[1]  # two panels side by side, against one
+    # Each metric draws its own panel: accuracy alone where perplexity was off; nothing to plot, no file.
+    no_perplexity = imread(plot([r.model_copy(update={"perplexity": None}) for r in results], tmp_path / "acc.png"))
+    assert no_perplexity.shape == alone.shape and not (no_perplexity == alone).all()
+    nothing = [r.model_copy(update={"perplexity": None, "downstream": None}) for r in results]
+    assert plot(nothing, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
 
 
 def test_the_note_under_the_tables_says_what_the_metrics_shown_rank_and_order_by():

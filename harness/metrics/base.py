@@ -8,6 +8,7 @@ schema, the leaderboard and ``repro`` iterate over that list and never name a me
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -71,6 +72,17 @@ class HubInputs:
 
     corpora: tuple[str, ...] = ()  # text sources (harness.data.sources), read for evaluation
     tasks: tuple[str, ...] = ()  # lm-eval tasks whose datasets come from the hub
+
+
+@dataclass(frozen=True)
+class Panel:
+    """A panel of the leaderboard's plot: a metric's value against achieved sparsity, one line per row."""
+
+    value: Callable[[Any], tuple[float, float, float] | None]  # the metric's result -> (value, low, high)
+    ylabel: str
+    title: str  # after "<model>: "
+    log: bool = False
+    title_size: float | None = None
 
 
 C = TypeVar("C", bound=MetricConfig)
@@ -144,6 +156,10 @@ class Metric(Generic[C, R]):
         """What identifies the data a result was measured on, where results on other data must not share a
         leaderboard table although their settings are equal (perplexity: each text's identity and length)."""
         return {}
+
+    def panel(self, sample: R) -> Panel | None:
+        """Its panel of the leaderboard's plot, set up from one result (none: the metric is not plotted)."""
+        return None
 
     def rank_basis(self, sample: R) -> str | None:
         """What rows are ranked by when this metric ranks them (None: it does not)."""

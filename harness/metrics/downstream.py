@@ -19,6 +19,7 @@ from harness.metrics.base import (
     MeasureContext,
     Metric,
     MetricConfig,
+    Panel,
     Tolerances,
     mean_spread,
     over_seeds,
@@ -160,6 +161,18 @@ class DownstreamMetric(Metric[DownstreamConfig, DownstreamResult]):
             scores = [d.scores[task] for d in seeds]
             out.append(over_seeds([s.acc for s in scores], [s.acc_interval for s in scores], digits=1, scale=100))
         return out
+
+    def panel(self, sample: DownstreamResult) -> Panel | None:
+        def value(d: DownstreamResult) -> tuple[float, float, float] | None:
+            if d.mean_acc is None:
+                return None
+            interval = d.mean_acc_interval
+            low, high = (interval.low, interval.high) if interval else (d.mean_acc, d.mean_acc)
+            return 100 * d.mean_acc, 100 * low, 100 * high
+
+        tasks = ", ".join(sample.scores)
+        return Panel(value, "mean accuracy over tasks (%)", f"mean accuracy vs sparsity (95 % intervals)\n{tasks}",
+                     title_size=10)
 
     def rank_basis(self, sample: DownstreamResult) -> str | None:
         return "mean accuracy"

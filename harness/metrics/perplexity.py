@@ -36,6 +36,7 @@ from harness.metrics.base import (
     MeasureContext,
     Metric,
     MetricConfig,
+    Panel,
     Tolerances,
     mean_spread,
     over_seeds,
@@ -340,6 +341,17 @@ class PerplexityMetric(Metric[PerplexityConfig, Scores]):
 
     def data_identity(self, result: Scores) -> dict[str, Any]:
         return {name: (p.protocol.text_id(), p.protocol.targets) for name, p in result.items()}
+
+    def panel(self, sample: Scores) -> Panel | None:
+        if not sample:
+            return None
+        dataset = next(iter(sample))
+
+        def value(scores: Scores) -> tuple[float, float, float] | None:
+            p = scores.get(dataset)
+            return (p.value, p.interval.low, p.interval.high) if p else None
+
+        return Panel(value, f"perplexity ({dataset}, log scale)", "perplexity vs sparsity (95 % intervals)", log=True)
 
     def rank_basis(self, sample: Scores) -> str | None:
         return f"perplexity on {next(iter(sample))}" if sample else None

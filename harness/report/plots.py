@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from harness.metrics.registry import METRICS
 from harness.results import CellResult
 
 # A point of a plotted series: achieved sparsity (%), value, and the distances down and up to its interval.
@@ -53,43 +54,34 @@ def _draw(ax: Any, series: dict[str, list[Point]]) -> None:
 
 
 def plot(results: list[CellResult], path: Path) -> Path | None:
-    """Perplexity on the first dataset, and mean downstream accuracy where measured, against achieved sparsity:
-    one line per method, with 95 % intervals (the leaderboard's own)."""
+    """Each plotted metric's panel (``Metric.panel``: perplexity on the first dataset, mean downstream accuracy)
+    against achieved sparsity: one line per method, with 95 % intervals (the leaderboard's own)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not results or not results[0].perplexity:
+    if not results:
         return None
-    dataset = next(iter(results[0].perplexity))
-
-    def perplexity(r: CellResult) -> tuple[float, float, float] | None:
-        p = r.perplexity.get(dataset) if r.perplexity else None
-        return (p.value, p.interval.low, p.interval.high) if p else None
-
-    def accuracy(r: CellResult) -> tuple[float, float, float] | None:
-        d = r.downstream
-        if d is None or d.mean_acc is None:
-            return None
-        interval = d.mean_acc_interval
-        low, high = (interval.low, interval.high) if interval else (d.mean_acc, d.mean_acc)
-        return 100 * d.mean_acc, 100 * low, 100 * high
-
-    accuracies = _series(results, accuracy)
-    fig, axes = plt.subplots(1, 2 if accuracies else 1, figsize=(13 if accuracies else 7, 4.5), squeeze=False)
+    panels = []
+    for metric in sorted(METRICS.values(), key=lambda m: m.column_order):
+        sample = results[0].metric(metric.name)
+        panel = metric.panel(sample) if sample else None
+        if panel is None:
+            continue
+        series = _series(results, lambda r, m=metric, p=panel: p.value(r.metric(m.name)) if r.metric(m.name) else None)
+        if series:
+            panels.append((panel, series))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 + 6 * (len(panels) - 1), 4.5), squeeze=False)
     model = results[0].cell.model
-    ax = axes[0][0]
-    _draw(ax, _series(results, perplexity))
-    ax.set_yscale("log")
-    ax.set_ylabel(f"perplexity ({dataset}, log scale)")
-    ax.set_title(f"{model}: perplexity vs sparsity (95 % intervals)")
-    if accuracies:
-        ax = axes[0][1]
-        _draw(ax, accuracies)
-        tasks = ", ".join(results[0].downstream.scores) if results[0].downstream else ""
-        ax.set_ylabel("mean accuracy over tasks (%)")
-        ax.set_title(f"{model}: mean accuracy vs sparsity (95 % intervals)\n{tasks}", fontsize=10)
+    for ax, (panel, series) in zip(axes[0], panels, strict=True):
+        _draw(ax, series)
+        if panel.log:
+            ax.set_yscale("log")
+        ax.set_ylabel(panel.ylabel)
+        ax.set_title(f"{model}: {panel.title}", **({"fontsize": panel.title_size} if panel.title_size else {}))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
