@@ -58,18 +58,9 @@ def canonical_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def _off_by_default(metric: Any) -> bool:
-    from pydantic import ValidationError
-
-    try:
-        return not metric.config_type().enabled
-    except ValidationError:  # a config with required fields is always given: never an extra
-        return False
-
-
-# Metrics that run only when asked for (the engine). While off, their config is no part of a cell's hash; a
-# record made before one existed did not run it, and reads as having it off.
-EXTRAS = frozenset(name for name, metric in METRICS.items() if _off_by_default(metric))
+# Metrics that run only when asked for (``Metric.extra``: the engine). While off, their config is no part of a
+# cell's hash; a record made before one existed did not run it, and reads as having it off.
+EXTRAS = frozenset(name for name, metric in METRICS.items() if metric.extra)
 
 
 def _method_options(config: Config) -> dict[str, Any]:

@@ -201,3 +201,14 @@ def test_bench_cells_time_their_pruned_model_and_the_dense_one_and_report_what_g
     assert "llama.cpp decode speed-up [95 % CI]" in board and "- engine: llama.cpp on the CPU" in board
     assert "| no GGUF: its edits slicegpt (SliceGPT's" in board
     assert set(cache_dir().glob("engine-*")) == temporary  # this bench's temporary GGUFs are gone
+
+
+def test_an_extra_metric_is_off_by_default_and_out_of_the_hash_while_off():
+    """The engine says it is an extra (Metric.extra); its default config is off, so its config joins no cell's hash
+    until it is turned on, and a record made before it existed reads as having it off."""
+    from harness.hashing import EXTRAS
+    from harness.metrics.registry import METRICS
+
+    assert EXTRAS == {"engine"}
+    for name in EXTRAS:
+        assert METRICS[name].config_type().enabled is False

@@ -96,6 +96,9 @@ class Metric(Generic[C, R]):
     config_type: ClassVar[type[MetricConfig]]
     result_type: ClassVar[Any]  # a pydantic-compatible type: a model, or e.g. dict[str, Model]
     column_order: ClassVar[int] = 100  # where its columns stand in a leaderboard, lowest first
+    # Off unless asked for, in every profile (its config's default has ``enabled`` false): an extra's config is no
+    # part of a cell's hash while it is off, and a record made before it existed reads as having it off.
+    extra: ClassVar[bool] = False
     short_name: ClassVar[str] = ""  # its rank column's label (``# PPL``); empty: the metric's name
     # The leaderboard's note under each table, in the metric's words (empty: it has nothing to say there). A
     # ranking metric says what it orders rows by when it ranks first, what its rank is by, and what its paired

@@ -175,6 +175,7 @@ def _short(reason: str) -> str:
 class EngineMetric(Metric[EngineConfig, EngineResult]):
     name = "engine"
     column_order = 3  # right after the PyTorch speed-ups (latency, 2)
+    extra = True  # llama-cpp-python is an extra install (make install-engine)
     interval_note = "speed-ups by bootstrap over the repeats of both models"
     config_type = EngineConfig
     result_type = EngineResult
