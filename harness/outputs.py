@@ -95,8 +95,13 @@ def holds(path: Path, kind: Kind) -> bool:
     raise ValueError(kind)
 
 
+# The lock a bench holds on its run folder while it runs (harness.bench.runner): a folder that holds only the
+# lock of a bench that stopped before writing anything is still empty.
+RUN_LOCK = ".bench.lock"
+
+
 def _empty(path: Path) -> bool:
-    return path.is_dir() and not any(path.iterdir())
+    return path.is_dir() and not any(p.name != RUN_LOCK for p in path.iterdir())
 
 
 def check_replaceable(path: Path, kind: Kind, force: bool, flag: str = "--out") -> None:

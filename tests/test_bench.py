@@ -437,7 +437,7 @@ def test_a_profile_that_needs_the_hub_fails_at_once_without_it(tmp_path):
 
 def test_a_bench_fetches_what_its_calibration_and_its_metrics_read_from_the_hub(tmp_path):
     """The driver's one hub access (harness.bench.inputs) covers the calibration corpus and what each metric says it
-    reads (Metric.hub_inputs): the paper's perplexity corpora, downstream tasks read from the hub; nothing offline."""
+    reads (Metric.hub_needs): the paper's perplexity corpora, downstream tasks read from the hub; nothing offline."""
     paper = BenchConfig(profile="paper", methods=["dense", "2ssp"], sparsities=[0.5], out=tmp_path / "paper",
                         downstream={"source": "hub", "tasks": ["piqa", "arc_easy"]})
     assert hub_needs(resolve(paper)) == (
@@ -447,3 +447,20 @@ def test_a_bench_fetches_what_its_calibration_and_its_metrics_read_from_the_hub(
                                      "downstream": {"source": "package"}})
     assert hub_needs(resolve(quiet)) == ([("c4", "calibration")], [])
     assert hub_needs(resolve(BenchConfig(methods=["dense"], out=tmp_path / "quick"))) == ([], [])
+
+
+def test_a_second_bench_into_a_running_benchs_folder_is_one_line(tmp_path):
+    """While a bench runs into a folder it holds its lock; another bench into that folder is refused in one line,
+    exit 2, before any cell starts, and leaves the first bench's files alone."""
+    from filelock import FileLock
+
+    from harness.outputs import RUN_LOCK
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with FileLock(out / RUN_LOCK):  # the first bench, as far as the second can tell
+        second = run_cli(["bench", "--methods", "dense", "--out", str(out)])
+    errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert second.returncode == 2 and len(errors) == 1, second.stderr[-2000:]
+    assert "another bench is running into" in errors[0]
+    assert not (out / "cells").exists() and not (out / "bench.json").exists()

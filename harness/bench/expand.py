@@ -197,14 +197,14 @@ def _calibration(method, profile: str, source: str, asked: CalibrationConfig, mo
 
 def hub_needs(bench: ResolvedBench) -> tuple[list[tuple[str, str]], list[str]]:
     """The hub corpora (source, role) and lm-eval hub tasks the bench's cells read (harness.bench.inputs): the
-    calibration's, and what each metric says it reads (``Metric.hub_inputs``)."""
+    calibration's, and what each metric says it reads (``Metric.hub_needs``)."""
     from harness.data.sources import hub_source
 
     first = bench.cells[0]
     corpora = sorted({(c.calibration.source, "calibration") for c in bench.cells if hub_source(c.calibration.source)})
     tasks: list[str] = []
     for name, metric in METRICS.items():
-        needs = metric.hub_inputs(getattr(first, name))
+        needs = metric.hub_needs(getattr(first, name))
         corpora += [(d, "evaluation") for d in needs.corpora]
         tasks += needs.tasks
     return corpora, tasks

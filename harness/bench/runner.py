@@ -6,18 +6,24 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from filelock import FileLock, Timeout
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.bench.config import BenchConfig
-from harness.bench.executors import BenchInterrupted, CellJob, Event, make_executor
+from harness.bench.executors import BenchInterrupted, CellJob, Event, Executor, make_executor
 from harness.bench.expand import ResolvedBench, hub_needs, resolve, validate
+from harness.bench.inputs import HubInputs
 from harness.bench.inputs import prepare as prepare_inputs
+from harness.errors import PrunebenchError
 from harness.files import write_text_atomic
 from harness.metrics.registry import METRICS
+from harness.outputs import RUN_LOCK
 from harness.results import EXPORTS_DIR, InvalidResult, read_result
 
 log = logging.getLogger(__name__)
@@ -119,6 +125,32 @@ def run_bench(config: BenchConfig, force: bool = False, console: Console | None 
     if inputs.mode != "none":
         console.print(inputs.describe(), highlight=False, soft_wrap=True)
     bench.out.mkdir(parents=True, exist_ok=True)
+    with exclusive(bench.out):
+        outcome = _run(bench, config, executor, inputs, force, console)
+    if outcome.failed:
+        console.print(f"{len(outcome.failed)} cells failed: {', '.join(outcome.failed)} (logs beside their results)",
+                      highlight=False)
+    return outcome
+
+
+@contextmanager
+def exclusive(out: Path) -> Iterator[None]:
+    """The run folder, held by this bench until it ends: a second bench into the same folder (another terminal, a
+    second `make bench`) is refused in one line instead of running the same cells beside it."""
+    lock = FileLock(out / RUN_LOCK)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise PrunebenchError(f"another bench is running into {out} (it holds {out / RUN_LOCK}): wait for it to "
+                              "end, or give this one another --out") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _run(bench: ResolvedBench, config: BenchConfig, executor: Executor, inputs: HubInputs, force: bool,
+         console: Console) -> BenchOutcome:
     run_id = f"{bench.out.resolve()} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}"
     write_text_atomic(bench.out / "bench.json", json.dumps(
         {"config": config.model_dump(mode="json"), "profile": bench.profile, "sparsities": bench.sparsities,
@@ -148,7 +180,4 @@ def run_bench(config: BenchConfig, force: bool = False, console: Console | None 
         except BenchInterrupted:
             outcome.interrupted = True
             console.print("interrupted: finished cells are kept; run the same bench again to resume", highlight=False)
-    if outcome.failed:
-        console.print(f"{len(outcome.failed)} cells failed: {', '.join(outcome.failed)} (logs beside their results)",
-                      highlight=False)
     return outcome

@@ -66,7 +66,7 @@ class Tolerances:
 
 
 @dataclass(frozen=True)
-class HubInputs:
+class HubNeeds:
     """What a metric reads from the Hugging Face hub with a config: the bench's driver fetches it once, before its
     cells, which then read it offline (harness.bench.inputs)."""
 
@@ -118,9 +118,9 @@ class Metric(Generic[C, R]):
     def validate(self, config: C) -> None:
         """Refuse bad input in one line before any model loads."""
 
-    def hub_inputs(self, config: C) -> HubInputs:
+    def hub_needs(self, config: C) -> HubNeeds:
         """What the metric reads from the hub with ``config`` (nothing, unless a metric says otherwise)."""
-        return HubInputs()
+        return HubNeeds()
 
     def positions(self, config: C) -> int:
         """The longest sequence (in tokens) the metric runs the model on: a bench refuses one beyond the model's

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from harness.metrics.base import (
     Check,
-    HubInputs,
+    HubNeeds,
     MeasureContext,
     Metric,
     MetricConfig,
@@ -115,8 +115,8 @@ class DownstreamMetric(Metric[DownstreamConfig, DownstreamResult]):
         if config.enabled:
             check_tasks(config.tasks, config.source, config.num_fewshot)
 
-    def hub_inputs(self, config: DownstreamConfig) -> HubInputs:
-        return HubInputs(tasks=tuple(hub_tasks(config.tasks, config.source))) if config.enabled else HubInputs()
+    def hub_needs(self, config: DownstreamConfig) -> HubNeeds:
+        return HubNeeds(tasks=tuple(hub_tasks(config.tasks, config.source))) if config.enabled else HubNeeds()
 
     def describe(self, config: DownstreamConfig) -> str:
         if not config.enabled:

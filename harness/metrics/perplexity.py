@@ -32,7 +32,7 @@ from harness.data.tokens import eval_windows, tokenize
 from harness.errors import PrunebenchError
 from harness.metrics.base import (
     Check,
-    HubInputs,
+    HubNeeds,
     MeasureContext,
     Metric,
     MetricConfig,
@@ -288,10 +288,10 @@ class PerplexityMetric(Metric[PerplexityConfig, Scores]):
         for dataset in config.datasets:
             validate_source(dataset)
 
-    def hub_inputs(self, config: PerplexityConfig) -> HubInputs:
+    def hub_needs(self, config: PerplexityConfig) -> HubNeeds:
         from harness.data.sources import hub_source
 
-        return HubInputs(corpora=tuple(d for d in config.datasets if hub_source(d))) if config.enabled else HubInputs()
+        return HubNeeds(corpora=tuple(d for d in config.datasets if hub_source(d))) if config.enabled else HubNeeds()
 
     def positions(self, config: PerplexityConfig) -> int:
         return config.seq_len + (config.bos == "always")  # a window, and a BOS asked for before it
