@@ -266,7 +266,8 @@ def test_reference_stage1_numerics_and_tie_rules_on_smollm2_in_bf16(smollm2_ref,
     same scores (the authors' call). numerics=exact (float32 norms) keeps different neurons in every layer.
     Measured: exact and reference differ by 1 to 7 kept neurons per layer, 87 of 30 720 in all; in bf16, 4 to 34
     neurons per layer share the score at the cut, more than it has room for in 25 of the 30 layers, and the two tie
-    rules keep other sets in exactly those 25.
+    rules keep other sets only in those (all 25 here; CI's CPU agreed in one of them: which tied neurons torch.topk keeps
+    is not specified).
     """
     from harness.data.tokens import calibration_samples
     from harness.models import load_model
@@ -290,7 +291,7 @@ def test_reference_stage1_numerics_and_tie_rules_on_smollm2_in_bf16(smollm2_ref,
                                 for i in range(adapter.num_layers)]
     k = decisions["kept_width"]
     assert k == 1024
-    straddled = 0
+    straddled = rules_differ = 0
     for li, (scores, again) in enumerate(zip(authors["lowest"], authors["topk"], strict=True)):
         scores /= len(calib)
         assert scores.dtype == torch.bfloat16 and torch.equal(scores * len(calib), again)  # the same scores twice
@@ -301,8 +302,11 @@ def test_reference_stage1_numerics_and_tie_rules_on_smollm2_in_bf16(smollm2_ref,
         cut = scores.sort(descending=True).values[k - 1]
         above, tied = int((scores > cut).sum()), int((scores == cut).sum())
         straddled += above + tied > k
-        assert (lowest != topk) == (above + tied > k), li  # the rules differ exactly where ties straddle the cut
-    assert straddled > 0
+        # Which of the tied neurons torch.topk keeps is its own business (it differs between CPUs), so the rules may
+        # agree where ties straddle the cut; where they do not straddle it, the set is determined and both keep it.
+        assert lowest == topk or above + tied > k, li
+        rules_differ += lowest != topk
+    assert straddled > 0 and rules_differ > 0
     differ = [k - len(set(a) & set(b)) for a, b in zip(kept["exact", "lowest"], kept["reference", "lowest"],
                                                        strict=True)]
     assert sum(differ) > 0 and max(differ) < 0.02 * k, differ
