@@ -113,9 +113,12 @@ class DownstreamMetric(Metric[DownstreamConfig, DownstreamResult]):
     def default_config(self, profile: str) -> DownstreamConfig:
         if profile == "paper":
             return DownstreamConfig(tasks=list(PAPER_TASKS))
-        # cpu-quick: the tasks the dense SmolLM2-135M is clearly above chance on, less HellaSwag (an example costs
-        # as much as one of each of these three): 150 each is what `make bench`'s budget leaves (docs/protocol.md)
-        return DownstreamConfig(tasks=["lambada_openai", "arc_easy", "piqa"], limit=150, batch_size=16)
+        # cpu-quick: two of the tasks the dense SmolLM2-135M is clearly above chance on. PIQA is left out: at 50 %
+        # every method scores 51-59 % on it, so it adds noise to the mean, not separation. ARC-Easy gets 400
+        # examples, as a pilot on 600-example draws found the least that separates best from worst at 50 %
+        # (docs/protocol.md); both fit `make bench`'s budget with the shared-prefix scorer
+        return DownstreamConfig(tasks=["lambada_openai", "arc_easy"], limit=150, task_limits={"arc_easy": 400},
+                                batch_size=16)
 
     def validate(self, config: DownstreamConfig) -> None:
         if config.enabled:
