@@ -403,7 +403,7 @@ def test_results_of_a_dirty_tree_are_flagged_in_the_leaderboard(small_bench, tmp
         path.write_text(json.dumps(data))
     write_leaderboard(tmp_path)
     md = (tmp_path / "leaderboard.md").read_text()
-    assert "**Warning: 1 of 2 results were measured from a modified (dirty) working tree" in md and "dense" in md
+    assert "**Warning: 1 of 2 results were measured from modified (dirty) sources" in md and "dense" in md
 
 
 @pytest.mark.real_model
