@@ -562,10 +562,10 @@ def repro_cmd(
     executor: Annotated[str, typer.Option(help="local or docker.")] = "local",
     image: Annotated[str | None, typer.Option(
         help="Docker image (default prunebench:cuda with GPUs, else prunebench:cpu).")] = None,
-    rtol: Annotated[float, typer.Option(
-        help="Relative tolerance on perplexities; a method may declare a larger one "
-             "(SliceGPT: 1e-2, see docs/uncertainty.md).")] = 1e-3,
-    atol: Annotated[float, typer.Option(help="Absolute tolerance on downstream accuracies.")] = 0.02,
+    tolerance: Annotated[list[str] | None, typer.Option(
+        metavar="METRIC=VALUE",
+        help="Replace a metric's tolerance (repeatable); each metric has its own, in its own sense, and a method "
+             "may widen one (docs/usage.md#containers-and-reproducibility).")] = None,
     out: Annotated[str | None, typer.Option(
         "--out", "-o", help="Where the new results go (default a temporary directory): new, empty or an earlier "
                             "repro's folder.")] = None,
@@ -581,6 +581,7 @@ def repro_cmd(
 
     if executor not in ("local", "docker"):
         raise PrunebenchError(f"unknown executor '{executor}'; choose local or docker")
+    limits = repro.tolerances(tolerance or [])
     out_dir = out_path(out)
     if out_dir is not None:
         check_writable(out_dir)
@@ -597,7 +598,7 @@ def repro_cmd(
     pairs = repro.rerun(recorded, executor, options, workdir, repro.event_printer(err_console))
     report, violations = [], 0
     for path, old, new in pairs:
-        checks = repro.compare(old, new, rtol, atol)
+        checks = repro.compare(old, new, limits)
         violations += sum(c.ok is False for c in checks)
         report.append({"result": str(path), "cell": old.cell.id, "new_result": str(workdir / f"{old.cell.id}.json"),
                        "checks": [c.__dict__ for c in checks]})

@@ -105,6 +105,19 @@ def commit_source_digest(commit: str, root: Path | None = None) -> str | None:
     return _digest(files)
 
 
+def ran_committed_sources(environment: dict[str, Any]) -> bool:
+    """Whether the code a result ran is exactly its recorded commit's: a clean tree, or a tree whose changes lay
+    only outside the sources (a run published into results/ before the next bench, an edited doc), which the
+    recorded source digest proves by equalling the commit's. False where that cannot be shown."""
+    record = environment.get("prunebench") or {}
+    git, recorded = record.get("git"), record.get("source_sha256")
+    if not isinstance(git, dict) or not git.get("commit"):
+        return False
+    if git.get("dirty") is False:
+        return True
+    return recorded is not None and commit_source_digest(str(git["commit"])) == recorded
+
+
 def provenance_problem(environment: dict[str, Any]) -> str | None:
     """Where a result's record of its code contradicts the repository: it says it ran a clean tree of a commit
     this repository holds, but the sources it ran differ from that commit's."""

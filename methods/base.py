@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal, Protocol
 
 import torch
@@ -109,9 +110,10 @@ class PruningMethod(ABC):
 
     # Option values per protocol (e.g. a smaller search for ``quick``); the user's options win.
     protocol_options: ClassVar[dict[str, dict[str, Any]]] = {}
-    # How far a re-run's perplexity may honestly drift (relative) on another machine, where float rounding
-    # differs; None: the harness default. A method whose decisions amplify rounding says so here, and why.
-    repro_perplexity_rtol: ClassVar[float | None] = None
+    # How far a re-run's value of a metric may honestly drift on another machine, where float rounding differs,
+    # by metric name (``{"perplexity": 1e-2}``; in the metric's own sense, see harness.metrics.base.Metric.tolerance);
+    # a metric not named keeps its tolerance. A method whose decisions amplify rounding says so here, and why.
+    repro_tolerances: ClassVar[Mapping[str, float]] = MappingProxyType({})
     # Options added after results were first recorded, each with its earlier value: the value that computes what
     # the method computed before the option existed. A result recorded without the option reads as having that
     # value, and at that value the option is left out of a cell's configuration hash (harness.hashing), so that

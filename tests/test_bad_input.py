@@ -100,6 +100,8 @@ CASES = [
          "does not hold a published run", F),
     Case("repro into foreign files", ["repro", "{result}", "--out", "{foreign}"],
          "is not results of prunebench repro", F),
+    Case("repro with a tolerance for no metric", ["repro", "{result}", "--tolerance", "perplexit=1e-2", "--out",
+                                                  "{foreign}"], "--tolerance 'perplexit=1e-2': give METRIC=VALUE", F),
     Case("leaderboard over the user's own leaderboard.md", ["leaderboard", "{notes-run}"],
          "is not a prunebench leaderboard", ["notes-run"]),
     # --- empty strings

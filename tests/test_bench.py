@@ -403,23 +403,42 @@ def test_results_of_a_dirty_tree_are_flagged_in_the_leaderboard(small_bench, tmp
         path.write_text(json.dumps(data))
     write_leaderboard(tmp_path)
     md = (tmp_path / "leaderboard.md").read_text()
-    assert "**Warning: 1 of 2 results were measured from a modified (dirty) working tree" in md and "dense" in md
+    assert "**Warning: 1 of 2 results were measured from modified (dirty) sources" in md and "dense" in md
 
 
 @pytest.mark.real_model
 def test_repro_tolerance_is_the_methods_own_where_it_declares_one(small_bench):
-    from harness.report.repro import compare
+    from harness.report.repro import compare, tolerances
     from harness.results import CellResult
 
     old = read_result(small_bench / "cells" / "2ssp-s0.25-seed0.json")
     data = old.model_dump(mode="json")
     data["perplexity"]["enwiki-sample"]["value"] *= 1.005  # a 5e-3 drift, as SliceGPT shows across CPUs
     new = CellResult.model_validate(data)
-    ppl = [c for c in compare(old, new, 1e-3, 0.02) if c.metric.startswith("perplexity")]
-    assert ppl and not any(c.ok for c in ppl)
+    ppl = [c for c in compare(old, new, tolerances([])) if c.metric.startswith("perplexity")]
+    assert ppl and not any(c.ok for c in ppl) and ppl[0].tolerance == "<= 0.001 rel"
     as_slicegpt = old.model_copy(update={"cell": old.cell.model_copy(update={"method": "slicegpt"})})
-    ppl = [c for c in compare(as_slicegpt, new, 1e-3, 0.02) if c.metric.startswith("perplexity")]
+    ppl = [c for c in compare(as_slicegpt, new, tolerances([])) if c.metric.startswith("perplexity")]
     assert ppl and all(c.ok for c in ppl) and ppl[0].tolerance == "<= 0.01 rel"
+    # The user's tolerance replaces the metric's (the method's still widens it); the others stay.
+    given = tolerances(["perplexity=6e-3"])
+    assert given == {**tolerances([]), "perplexity": 6e-3} and given["downstream"] == 0.02
+    ppl = [c for c in compare(old, new, given) if c.metric.startswith("perplexity")]
+    assert ppl and all(c.ok for c in ppl) and ppl[0].tolerance == "<= 0.006 rel"
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    (["latency=0.1"], "one of the metrics repro judges: perplexity (relative, default 0.001), downstream (absolute"),
+    (["perplexity"], "the value must be a number >= 0"),
+    (["perplexity=-1"], "the value must be a number >= 0"),
+    (["downstream=lots"], "the value must be a number >= 0"),
+])
+def test_a_bad_repro_tolerance_is_one_line(given, message):
+    from harness.report.repro import tolerances
+
+    with pytest.raises(PrunebenchError) as err:
+        tolerances(given)
+    assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_a_profile_that_needs_the_hub_fails_at_once_without_it(tmp_path):

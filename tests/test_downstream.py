@@ -68,6 +68,21 @@ def test_per_task_limits_must_name_scored_tasks_and_be_positive(task_limits, mes
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ({}, (["lambada_openai", "arc_easy"], 150, {"arc_easy": 400})),
+    ({"tasks": ["lambada_openai"]}, (["lambada_openai"], 150, {})),  # the profile's arc_easy limit has no task
+    ({"tasks": ["arc_easy", "piqa"]}, (["arc_easy", "piqa"], 150, {"arc_easy": 400})),
+    ({"limit": 20}, (["lambada_openai", "arc_easy"], 20, {})),  # the user's limit holds for every task
+    ({"limit": 20, "task_limits": {"arc_easy": 30}}, (["lambada_openai", "arc_easy"], 20, {"arc_easy": 30})),
+])
+def test_a_bench_file_over_the_profiles_per_task_limits(overrides, expected):
+    from harness.bench.config import metric_config
+
+    config = metric_config("downstream", "cpu-quick", overrides)
+    assert (config.tasks, config.limit, config.task_limits) == expected
+
+
+
 def test_run_downstream_rejects_bad_input_before_touching_the_model():
     with pytest.raises(UnknownName):
         ds.run_downstream(None, None, ["no-such-task"])  # type: ignore[arg-type]

@@ -234,6 +234,27 @@ def test_publish_refuses_a_run_that_is_not_clean_and_complete(tmp_path, edits, d
     assert sorted(p.name for p in dest.parent.iterdir()) == ["smollm2-135m"]  # no temporary folder left
 
 
+def test_a_tree_dirty_only_outside_the_sources_publishes(tmp_path):
+    """Publishing one model's run into results/ leaves the tree dirty for the next model's bench; that bench's
+    results still ran exactly their commit's sources (their recorded source digest says so), so they publish. A
+    result whose sources differed from the commit's does not."""
+    recorded = read_result(PUBLISHED / "cells" / "dense.json").environment["prunebench"]
+    commit = recorded["git"]["commit"]
+    dirty = {cell: {"commit": commit, "dirty": True} for cell in CELLS}
+    dest = tmp_path / "results" / "smollm2-135m"
+    result = invoke("publish", make_run(tmp_path / "a", edits=dirty), "--to", dest)
+    assert result.exit_code == 0, result.output
+    assert "results were measured from modified (dirty) sources" not in (dest / "leaderboard.md").read_text()
+
+    run = make_run(tmp_path / "b", edits=dirty)
+    data = json.loads((run / "cells" / "dense.json").read_text())
+    data["environment"]["prunebench"]["source_sha256"] = "0" * 64  # sources edited after the commit
+    (run / "cells" / "dense.json").write_text(json.dumps(data))
+    result = invoke("publish", run, "--to", tmp_path / "elsewhere")
+    assert result.exit_code == 2 and "1 results were measured from a dirty tree (uncommitted changes to the " \
+        "sources" in result.stderr and ": dense)" in result.stderr
+
+
 def test_publish_replaces_the_destination_as_a_whole(tmp_path):
     dest = tmp_path / "results" / "smollm2-135m"
     assert invoke("publish", make_run(tmp_path / "a", cells=CELLS), "--to", dest).exit_code == 0

@@ -286,15 +286,15 @@ def test_results_and_checkpoints_follow_the_umask(tmp_path, group_umask):
 
 
 def test_repro_judges_every_recorded_decision_and_only_names_what_newer_code_adds():
-    from harness.report.repro import compare
+    from harness.report.repro import compare, tolerances
 
     old = read_result(OLD_CELLS / "2ssp-s0.25-seed0.json")
     decisions = dict(old.pruning.decisions)
     newer = old.model_copy(update={"pruning": old.pruning.model_copy(update={
         "decisions": {**decisions, "numerics": "exact"}})})
-    [check] = [c for c in compare(old, newer, 1e-3, 0.02) if c.metric == "decisions"]
+    [check] = [c for c in compare(old, newer, tolerances([])) if c.metric == "decisions"]
     assert check.ok and check.difference == "newly reported: numerics"
     moved = {**decisions, "removed_attention": list(reversed(decisions["removed_attention"])) + [0]}
     other = old.model_copy(update={"pruning": old.pruning.model_copy(update={"decisions": moved})})
-    [check] = [c for c in compare(old, other, 1e-3, 0.02) if c.metric == "decisions"]
+    [check] = [c for c in compare(old, other, tolerances([])) if c.metric == "decisions"]
     assert check.ok is False and check.new == "DIFFERENT: removed_attention"

@@ -266,8 +266,8 @@ def test_reference_stage1_numerics_and_tie_rules_on_smollm2_in_bf16(smollm2_ref,
     same scores (the authors' call). numerics=exact (float32 norms) keeps different neurons in every layer.
     Measured: exact and reference differ by 1 to 7 kept neurons per layer, 87 of 30 720 in all; in bf16, 4 to 34
     neurons per layer share the score at the cut, more than it has room for in 25 of the 30 layers, and the two tie
-    rules keep other sets only in those (all 25 here; CI's CPU agreed in one of them: which tied neurons torch.topk keeps
-    is not specified).
+    rules keep other sets only in those (all 25 here; CI's CPU agreed in one of them: which tied neurons
+    torch.topk keeps is not specified).
     """
     from harness.data.tokens import calibration_samples
     from harness.models import load_model

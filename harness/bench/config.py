@@ -197,9 +197,8 @@ BenchConfig = create_model(
 def metric_config(name: str, profile: str, overrides: dict[str, Any] | None) -> Any:
     """The profile's config of metric ``name`` with a bench's overrides on top; a bad key or value is one line."""
     metric = METRICS[name]
-    base = metric.default_config(profile).model_dump()
     try:
-        return metric.config_type.model_validate({**base, **(overrides or {})})
+        return metric.config_type.model_validate(metric.with_overrides(metric.default_config(profile), overrides or {}))
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in (name, *first["loc"]))

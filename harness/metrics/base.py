@@ -60,12 +60,6 @@ class Check:
 
 
 @dataclass(frozen=True)
-class Tolerances:
-    perplexity_rtol: float = 1e-3
-    accuracy_atol: float = 0.02
-
-
-@dataclass(frozen=True)
 class HubNeeds:
     """What a metric reads from the Hugging Face hub with a config: the bench's driver fetches it once, before its
     cells, which then read it offline (harness.bench.inputs)."""
@@ -100,6 +94,11 @@ class Metric(Generic[C, R]):
     # part of a cell's hash while it is off, and a record made before it existed reads as having it off.
     extra: ClassVar[bool] = False
     short_name: ClassVar[str] = ""  # its rank column's label (``# PPL``); empty: the metric's name
+    # How far ``prunebench repro`` lets a re-run's value differ from the record (``compare``), and in what sense
+    # ("relative", "absolute"); None: the metric's values are reported, never judged (timings). A user's
+    # ``--tolerance NAME=VALUE`` replaces it, and a method may widen it (methods.base.Method.repro_tolerances).
+    tolerance: ClassVar[float | None] = None
+    tolerance_kind: ClassVar[str] = ""
     # The leaderboard's note under each table, in the metric's words (empty: it has nothing to say there). A
     # ranking metric says what it orders rows by when it ranks first, what its rank is by, and what its paired
     # test compares; a metric with intervals says how they are made; ``note`` is anything else.
@@ -114,6 +113,11 @@ class Metric(Generic[C, R]):
 
     def default_config(self, profile: str) -> C:
         raise NotImplementedError
+
+    def with_overrides(self, base: C, overrides: dict[str, Any]) -> dict[str, Any]:
+        """The settings a bench's overrides make of the profile's config (validated by the caller): the fields
+        given replace the profile's. A metric whose settings depend on each other says here what else follows."""
+        return {**base.model_dump(), **overrides}
 
     def validate(self, config: C) -> None:
         """Refuse bad input in one line before any model loads."""
@@ -176,7 +180,8 @@ class Metric(Generic[C, R]):
         """Two-sided p-value of the paired test of two rows (None: they cannot be paired)."""
         return None
 
-    def compare(self, old: R, new: R, tol: Tolerances) -> list[Check]:
+    def compare(self, old: R, new: R, tolerance: float | None) -> list[Check]:
+        """A re-run's values against the record's, judged by ``tolerance`` (this metric's, resolved by repro)."""
         return []
 
     def inconsistency(self, result: R) -> str | None:

@@ -20,7 +20,6 @@ from harness.metrics.base import (
     Metric,
     MetricConfig,
     Panel,
-    Tolerances,
     mean_spread,
     over_seeds,
 )
@@ -100,6 +99,7 @@ class DownstreamMetric(Metric[DownstreamConfig, DownstreamResult]):
     name = "downstream"
     column_order = 1
     short_name = "acc"
+    tolerance, tolerance_kind = 0.02, "absolute"  # on each task's acc
     order_by = "mean accuracy"
     rank_by = "mean accuracy"
     paired_on = ("the same downstream examples (sign-flip test on the per-example outcomes, weighted to the mean over "
@@ -119,6 +119,16 @@ class DownstreamMetric(Metric[DownstreamConfig, DownstreamResult]):
         # (docs/protocol.md); both fit `make bench`'s budget with the shared-prefix scorer
         return DownstreamConfig(tasks=["lambada_openai", "arc_easy"], limit=150, task_limits={"arc_easy": 400},
                                 batch_size=16)
+
+    def with_overrides(self, base: DownstreamConfig, overrides: dict[str, Any]) -> dict[str, Any]:
+        values = super().with_overrides(base, overrides)
+        if "task_limits" not in overrides:
+            # A profile's per-task limits refine its own limit for its own tasks: a limit the user gives replaces
+            # them all, and tasks the user gives keep those of the chosen ones.
+            tasks = values.get("tasks")
+            keep = () if "limit" in overrides or not isinstance(tasks, list) else tasks
+            values["task_limits"] = {t: n for t, n in base.task_limits.items() if t in keep}
+        return values
 
     def validate(self, config: DownstreamConfig) -> None:
         if config.enabled:
@@ -198,11 +208,11 @@ class DownstreamMetric(Metric[DownstreamConfig, DownstreamResult]):
             return None
         return paired_mean_acc_p_value(a[0], b[0])
 
-    def compare(self, old: DownstreamResult, new: DownstreamResult, tol: Tolerances) -> list[Check]:
+    def compare(self, old: DownstreamResult, new: DownstreamResult, tolerance: float | None) -> list[Check]:
         checks = []
         for task, s in old.scores.items():
             b = new.scores[task].acc if task in new.scores else None
-            ok = b is not None and abs(b - s.acc) <= tol.accuracy_atol
+            ok = b is not None and abs(b - s.acc) <= tolerance
             checks.append(Check(f"downstream.{task}.acc", s.acc, b, f"{(b or 0) - s.acc:+.4f}",
-                                f"<= {tol.accuracy_atol:g} abs", ok))
+                                f"<= {tolerance:g} abs", ok))
         return checks

@@ -32,7 +32,6 @@ from harness.metrics.base import (
     MeasureContext,
     Metric,
     MetricConfig,
-    Tolerances,
     over_seeds,
 )
 from harness.metrics.latency import LatencyMetric, SpeedUp, Timing, speedup, summarize
@@ -274,7 +273,8 @@ class EngineMetric(Metric[EngineConfig, EngineResult]):
         return [over_seeds([getattr(s, f).value for s in seeds], [getattr(s, f).interval for s in seeds], unit="x")
                 for f in ("prefill_speedup", "decode_speedup")]
 
-    def compare(self, old: EngineScore | EngineNotRun, new: EngineScore | EngineNotRun, tol: Tolerances) -> list[Check]:
+    def compare(self, old: EngineScore | EngineNotRun, new: EngineScore | EngineNotRun,
+                tolerance: float | None) -> list[Check]:
         if isinstance(old, EngineNotRun) or isinstance(new, EngineNotRun):
             return [Check("engine.status", old.status, new.status, "", "reported", None)]
         out = []

@@ -24,7 +24,6 @@ from harness.metrics.base import (
     MeasureContext,
     Metric,
     MetricConfig,
-    Tolerances,
     over_seeds,
 )
 from harness.schema import Interval, Scalar, Strict
@@ -233,7 +232,7 @@ class LatencyMetric(Metric[LatencyConfig, LatencyScore]):
         return [over_seeds([getattr(s, f).value for s in seeds], [getattr(s, f).interval for s in seeds], unit="x")
                 for f in ("prefill_speedup", "decode_speedup")]
 
-    def compare(self, old: LatencyScore, new: LatencyScore, tol: Tolerances) -> list[Check]:
+    def compare(self, old: LatencyScore, new: LatencyScore, tolerance: float | None) -> list[Check]:
         out = []
         for field in ("prefill_ms", "decode_tokens_per_s"):
             a, b = getattr(old, field).median, getattr(new, field).median

@@ -37,7 +37,6 @@ from harness.metrics.base import (
     Metric,
     MetricConfig,
     Panel,
-    Tolerances,
     mean_spread,
     over_seeds,
 )
@@ -266,6 +265,7 @@ class PerplexityMetric(Metric[PerplexityConfig, Scores]):
     name = "perplexity"
     column_order = 0
     short_name = "PPL"
+    tolerance, tolerance_kind = 1e-3, "relative"  # on each dataset's perplexity (docs/uncertainty.md)
     order_by = "perplexity on the first dataset"
     rank_by = "perplexity"
     paired_on = "the same perplexity windows (sign-flip permutation test on the per-window mean NLL)"
@@ -374,7 +374,7 @@ class PerplexityMetric(Metric[PerplexityConfig, Scores]):
                 return f"{name}: {problem}"
         return None
 
-    def compare(self, old: Scores, new: Scores, tol: Tolerances) -> list[Check]:
+    def compare(self, old: Scores, new: Scores, tolerance: float | None) -> list[Check]:
         checks = []
         for name, score in old.items():
             if name not in new:
@@ -382,6 +382,6 @@ class PerplexityMetric(Metric[PerplexityConfig, Scores]):
                 continue
             a, b = score.value, new[name].value
             rel = abs(b - a) / abs(a) if a else abs(b - a)
-            checks.append(Check(f"perplexity.{name}", a, b, f"{rel:.2e} rel", f"<= {tol.perplexity_rtol:g} rel",
-                                rel <= tol.perplexity_rtol))
+            checks.append(Check(f"perplexity.{name}", a, b, f"{rel:.2e} rel", f"<= {tolerance:g} rel",
+                                rel <= tolerance))
         return checks

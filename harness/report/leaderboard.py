@@ -24,7 +24,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from harness.env import fingerprint
+from harness.env import fingerprint, ran_committed_sources
 from harness.errors import PrunebenchError
 from harness.files import write_text_atomic
 from harness.hashing import canonical_hash, protocol_config
@@ -190,12 +190,12 @@ def provenance_lines(results: list[CellResult]) -> list[str]:
             unknown.append(r.cell.id)
             continue
         commits[str(git.get("commit"))[:10]].append(r.cell.id)
-        if git.get("dirty"):
+        if not ran_committed_sources(r.environment):
             dirty.append(r.cell.id)
     lines = []
     if dirty:
-        lines.append(f"**Warning: {len(dirty)} of {len(results)} results were measured from a modified (dirty) "
-                     f"working tree, so no commit holds the code that made them:** {', '.join(sorted(dirty))}.")
+        lines.append(f"**Warning: {len(dirty)} of {len(results)} results were measured from modified (dirty) "
+                     f"sources, so no commit holds the code that made them:** {', '.join(sorted(dirty))}.")
     if unknown:
         lines.append(f"**Warning: {len(unknown)} results record no prunebench commit:** {', '.join(sorted(unknown))}.")
     made_by = "; ".join(f"`{c}` ({len(ids)} results)" for c, ids in sorted(commits.items()))

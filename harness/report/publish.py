@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.bench.config import model_slug
+from harness.env import ran_committed_sources
 from harness.errors import PrunebenchError
 from harness.files import as_if_created, make_temp_dir
 from harness.manifest import write_manifest
@@ -106,13 +107,16 @@ def check_run(run_dir: Path) -> tuple[dict[str, Any], list[tuple[Path, CellResul
         raise PublishRefused(f"{len(unknown)} results record no prunebench commit ({_ids(unknown)}): only "
                              "results measured from a git checkout (or an image built from one) can be "
                              "published")
-    dirty = [r.cell.id for _, r in found if _git(r).get("dirty") is not False]
+    dirty = [r.cell.id for _, r in found if not ran_committed_sources(r.environment)]
     if dirty:
         commits = sorted({_git(r)["commit"][:10] for _, r in found if r.cell.id in dirty})
-        raise PublishRefused(f"{len(dirty)} results were measured from a dirty tree (uncommitted changes on "
+        raise PublishRefused(f"{len(dirty)} results were measured from a dirty tree (uncommitted changes to the "
+                             f"sources on "
                              f"{', '.join(commits)}: {_ids(dirty)}); commit, then run the bench again "
                              "with --force")
-    borrowed = [r.cell.id for _, r in found if r.pruning and r.pruning.pruned_by
+    # A model the cell pruned itself is its own code's (checked above); one it took from the cache must come from
+    # a clean tree, as the pruning run's record holds no source digest to check.
+    borrowed = [r.cell.id for _, r in found if r.pruning and r.pruning.from_cache and r.pruning.pruned_by
                 and (r.pruning.pruned_by.git or {}).get("dirty") is not False]
     if borrowed:
         raise PublishRefused(f"{len(borrowed)} results reuse a pruned model that a dirty tree (or an unrecorded "

@@ -1,13 +1,15 @@
 """Re-run recorded cells with their recorded configuration and compare, metric by metric.
 
-Decisions and parameter counts must be identical; perplexities must agree within a relative
-tolerance and downstream accuracies within an absolute one; timings are reported, never judged
-(they belong to a machine, not to a method). Pruning is always redone, never taken from the cache.
+Decisions and parameter counts must be identical; each metric's values must agree within the metric's
+tolerance (``Metric.tolerance``; perplexity's is relative, downstream accuracy's absolute), which the user
+may replace and a method may widen; timings are reported, never judged (they belong to a machine, not to a
+method). Pruning is always redone, never taken from the cache.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +17,32 @@ from harness.bench.config import CellSpec
 from harness.bench.executors import CellJob, Event, make_executor
 from harness.errors import PrunebenchError
 from harness.files import write_text_atomic
-from harness.metrics.base import Check, Tolerances
+from harness.metrics.base import Check
 from harness.metrics.registry import METRICS
 from harness.results import CellResult, InvalidResult, read_result
 from methods import get_method
 
 
-def compare(old: CellResult, new: CellResult, rtol: float, atol: float) -> list[Check]:
+def tolerances(given: list[str]) -> dict[str, float]:
+    """Each judged metric's tolerance: its own, or the user's ``NAME=VALUE`` (checked before anything runs)."""
+    out = {name: m.tolerance for name, m in METRICS.items() if m.tolerance is not None}
+    for item in given:
+        name, sep, value = item.partition("=")
+        if name not in out:
+            judged = ", ".join(f"{n} ({METRICS[n].tolerance_kind}, default {t:g})" for n, t in out.items())
+            raise PrunebenchError(f"--tolerance {item!r}: give METRIC=VALUE for one of the metrics repro judges: "
+                                  f"{judged}")
+        try:
+            out[name] = float(value) if sep else float("nan")
+        except ValueError:
+            out[name] = float("nan")
+        if not out[name] >= 0:
+            raise PrunebenchError(f"--tolerance {item!r}: the value must be a number >= 0")
+    return out
+
+
+def compare(old: CellResult, new: CellResult, tolerances: Mapping[str, float]) -> list[Check]:
+    """``tolerances``: by metric name, as :func:`tolerances` resolves them; the cell's method may widen one."""
     checks = [Check("status", old.status, new.status, "", "equal", new.status == old.status == "ok")]
     if new.status != "ok" or old.status != "ok":
         if new.error:
@@ -41,8 +62,7 @@ def compare(old: CellResult, new: CellResult, rtol: float, atol: float) -> list[
         for field in ("total_after", "blocks_after", "achieved_sparsity"):
             a, b = getattr(old.parameters, field), getattr(new.parameters, field)
             checks.append(Check(f"parameters.{field}", a, b, f"{b - a:+g}", "identical", a == b))
-    method_rtol = get_method(old.cell.method).repro_perplexity_rtol
-    tolerances = Tolerances(perplexity_rtol=max(rtol, method_rtol or 0.0), accuracy_atol=atol)
+    widened = get_method(old.cell.method).repro_tolerances
     for name, metric in METRICS.items():
         recorded, again = old.metric(name), new.metric(name)
         if recorded is None:
@@ -50,7 +70,10 @@ def compare(old: CellResult, new: CellResult, rtol: float, atol: float) -> list[
         if again is None:
             checks.append(Check(name, "recorded", None, "", "present", False))
             continue
-        checks += metric.compare(recorded, again, tolerances)
+        tolerance = tolerances.get(name)
+        if tolerance is not None and name in widened:
+            tolerance = max(tolerance, widened[name])
+        checks += metric.compare(recorded, again, tolerance)
     if old.pruning and new.pruning:
         checks.append(Check("pruning.seconds", round(old.pruning.seconds, 3), round(new.pruning.seconds, 3),
                             f"{new.pruning.seconds / max(old.pruning.seconds, 1e-9):.2f}x", "reported", None))
