@@ -19,7 +19,7 @@ from harness.export.base import ExportReport
 from harness.files import write_text_atomic
 from harness.hashing import complete
 from harness.manifest import MANIFEST, RUN_RECORD, manifest_problem
-from harness.metrics.registry import METRICS
+from harness.metrics.registry import METRICS, metric_fields
 from harness.pruning_report import PruningReport
 from harness.recovery.config import RecoveryReport
 from harness.schema import Strict
@@ -107,7 +107,7 @@ class _CellResult(Strict):
 
 CellResult = create_model(
     "CellResult", __base__=_CellResult, __module__=__name__,
-    **{name: (metric.result_type | None, None) for name, metric in METRICS.items()},
+    **{name: (METRICS[name].result_type | None, None) for name in metric_fields(_CellResult.model_fields, "a result")},
 )
 
 

@@ -30,7 +30,7 @@ from harness import __version__
 from harness.data.tokens import Construction, Draw
 from harness.errors import PrunebenchError, first_line
 from harness.hashing import EXTRAS, NOT_HASHED, canonical_hash, complete, config_hash
-from harness.metrics.registry import METRICS
+from harness.metrics.registry import METRICS, metric_fields
 from harness.models import TokenizerKind
 from harness.recovery.config import RecoveryConfig
 from methods.base import Numerics
@@ -190,7 +190,7 @@ class _BenchConfig(_Config):
 # profile's datasets and window length. ``metric_config`` merges and checks them.
 BenchConfig = create_model(
     "BenchConfig", __base__=_BenchConfig, __module__=__name__,
-    **{name: (dict[str, JsonValue] | None, None) for name in METRICS},
+    **{name: (dict[str, JsonValue] | None, None) for name in metric_fields(_BenchConfig.model_fields, "a bench")},
 )
 
 
@@ -310,7 +310,7 @@ def _spec_field(name: str, metric: Any) -> tuple[Any, Any]:
 
 CellSpec = create_model(
     "CellSpec", __base__=_CellSpec, __module__=__name__,
-    **{name: _spec_field(name, metric) for name, metric in METRICS.items()},
+    **{name: _spec_field(name, METRICS[name]) for name in metric_fields(_CellSpec.model_fields, "a cell's spec")},
 )
 
 

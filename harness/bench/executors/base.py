@@ -32,9 +32,11 @@ log = logging.getLogger("prunebench.executors")
 
 STOP_GRACE_S = 10.0  # SIGTERM, then this long before SIGKILL
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-# Settings passed on to a cell that runs elsewhere (container, node): how it reaches the hub, and the methods
-# added by name (methods.registry: the cell must know the methods the driver planned with).
-HUB_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "PRUNEBENCH_METHODS")
+# Settings passed on to a cell that runs elsewhere (container, node): how it reaches the hub, and the methods and
+# metrics added by name (methods.registry, harness.metrics.registry: the cell must know the methods the driver
+# planned with, and read the spec the driver wrote with its metrics).
+HUB_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "PRUNEBENCH_METHODS",
+           "PRUNEBENCH_METRICS")
 
 
 Options = TypeVar("Options", bound=BaseModel)
