@@ -17,15 +17,14 @@ classes. This module computes what those classes computed for plain text with ``
      space is encoded behind the unknown token's text which is then cut off, and a lone leading "▁" before a
      special token is dropped. That rule is implemented here as transformers 4 ran it, so text right after a
      special token gets no "▁" under ``legacy=False``;
-   - byte-level BPE (``tokenizer.json``: GPT-2 style, SmolLM2, Qwen2, Llama-3): the pre-tokenizer's regex splits
-     the piece into words, each word's UTF-8 bytes are mapped to printable characters (the GPT-2 byte-to-unicode
-     table) and merged pair by pair in merge-rank order, as ``GPT2Tokenizer`` / ``Qwen2Tokenizer`` did. This is
-     prunebench's own Python code, driven by ``tokenizer.json``; words are cached, so a 2M-character text takes
-     seconds.
+   - byte-level BPE (``tokenizer.json``: GPT-2 style, SmolLM2, Qwen2, Llama-3): the file's pre-tokenizer and BPE
+     model, run by the tokenizers library, as ``GPT2Tokenizer`` / ``Qwen2Tokenizer`` computed them in Python, but
+     for what those classes did otherwise: NFC and the prefix space apply to the whole text, and a byte missing
+     from the vocab is the unknown token (the library drops it).
 
 Where transformers 4 itself had no slow class, ``use_fast=False`` gave the fast tokenizer: Llama-3's config names
-``PreTrainedTokenizerFast``, so the authors' harness ran the Rust tokenizer there, while this module still runs its
-Python BPE on the same tokenizer.json (equal ids on the texts tried, see tests/test_slow_tokenizer.py).
+``PreTrainedTokenizerFast``, so the authors' harness ran the Rust tokenizer there, as this module does, with the
+added-token rules above (equal ids on the texts tried, see tests/test_slow_tokenizer.py).
 
 Anything this module does not implement (another pre-tokenizer or normalizer, BPE dropout, another SentencePiece
 tokenizer class) is refused in one line that names it, never approximated.
@@ -36,19 +35,14 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import regex
-
 from harness.errors import ModelUnavailable, PrunebenchError
 
 SPIECE_UNDERLINE = "\u2581"
-# The GPT-2 pre-tokenization regex (contractions, letters, numbers, other symbols, whitespace runs) that the
-# ByteLevel pre-tokenizer applies when its use_regex is set.
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 SENTENCEPIECE_FILE = "tokenizer.model"
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -294,25 +288,38 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-Splitter = Callable[[str], list[str]]
-_NO_RANK = float("inf")
-
-
 class ByteLevelBPE:
-    """GPT-2-style byte-level BPE from a ``tokenizer.json``, in Python (what GPT2Tokenizer / Qwen2Tokenizer did)."""
+    """GPT-2-style byte-level BPE from a ``tokenizer.json`` (what GPT2Tokenizer / Qwen2Tokenizer did).
+
+    The file's own pre-tokenizer and BPE model run in the tokenizers library; prunebench adds only what transformers
+    4's Python classes did differently from it: NFC and the prefix space apply to the whole text before the added
+    tokens are split off (``prepare``), and a byte missing from the vocab is the unknown token, where the library
+    drops it (``_with_unknown``).
+    """
 
     def __init__(self, spec: Mapping[str, Any], path: Path, unk_id: int | None = None) -> None:
+        from tokenizers import Tokenizer
+
         self.path = path
         self.unk_id = unk_id
         model = spec.get("model") or {}
         _check_bpe_model(model, path)
-        self.vocab: dict[str, int] = {str(k): int(v) for k, v in model["vocab"].items()}
-        self.ranks = {pair: rank for rank, pair in enumerate(_merge_pairs(model.get("merges") or [], path))}
-        self.ignore_merges = bool(model.get("ignore_merges"))
         self.nfc = _normalizer_is_nfc(spec.get("normalizer"), path)
-        self.splitters, self.prefix_space = _pre_tokenizer(spec.get("pre_tokenizer"), path)
-        self.byte_chars = bytes_to_unicode()
-        self.cache: dict[str, tuple[int, ...]] = {}  # word -> ids: corpus text repeats its words
+        pre_tokenizer, self.prefix_space = _pre_tokenizer(spec.get("pre_tokenizer"), path)
+        # The library sees words only: no normalizer and no prefix space per piece (both applied to the whole text),
+        # no added tokens (split off before, by transformers 4's rules), no template around the ids.
+        bare = {**spec, "normalizer": None, "pre_tokenizer": pre_tokenizer, "added_tokens": [], "post_processor": None,
+                "decoder": None, "truncation": None, "padding": None}
+        self.library = Tokenizer.from_str(json.dumps(bare))
+        vocab = model["vocab"]
+        missing = {byte: char for byte, char in bytes_to_unicode().items() if char not in vocab}
+        self.missing_bytes = bytes(missing)
+        self.missing_chars = re.compile(f"([{re.escape(''.join(missing.values()))}])") if missing else None
+        # A word holding an unknown byte is never a token, so ignore_merges (Llama-3: a word that is a token is not
+        # merged) does not apply to it: its parts between unknown bytes are merged as they are, with all merges.
+        self.parts = self.library.model
+        if missing and model.get("ignore_merges"):
+            self.parts = Tokenizer.from_str(json.dumps({**bare, "model": {**model, "ignore_merges": False}})).model
 
     def prepare(self, text: str) -> str:
         # Qwen2Tokenizer normalized the whole text before splitting off added tokens; GPT2Tokenizer's
@@ -326,63 +333,35 @@ class ByteLevelBPE:
         for piece in pieces:
             if piece in added:
                 ids.append(added[piece].id)
-                continue
-            for word in self.words(piece):
-                cached = self.cache.get(word)
-                if cached is None:
-                    cached = self.cache[word] = self._word_ids(word)
-                ids.extend(cached)
+            elif self.missing_bytes and self._has_missing_byte(piece):
+                ids.extend(self._with_unknown(piece))
+            else:
+                ids.extend(self.library.encode(piece, add_special_tokens=False).ids)
         return ids
 
-    def words(self, piece: str) -> list[str]:
-        """The pre-tokenizer's words of one piece (before the byte mapping)."""
-        words = [piece]
-        for splitter in self.splitters:
-            words = [part for word in words for part in splitter(word)]
-        return words
+    def _has_missing_byte(self, piece: str) -> bool:
+        raw = piece.encode("utf-8")
+        return len(raw.translate(None, self.missing_bytes)) < len(raw)
 
-    def _word_ids(self, word: str) -> tuple[int, ...]:
-        symbols = "".join(self.byte_chars[byte] for byte in word.encode("utf-8"))
-        if self.ignore_merges and symbols in self.vocab:  # Llama-3: a word that is a token is not merged
-            return (self.vocab[symbols],)
-        return tuple(self._token_id(part) for part in self.merge(symbols))
-
-    def _token_id(self, token: str) -> int:
-        """A token's id; one missing from the vocab (SmolLM2 lacks the bytes of some control characters, which
-        the fast tokenizer silently drops) is the unknown token, as GPT2Tokenizer gave it."""
-        token_id = self.vocab.get(token, self.unk_id)
-        if token_id is None:
-            raise UnsupportedTokenizer(f"BPE produced {token!r}, which is not in the vocab of {self.path}, and the "
-                                       f"tokenizer has no unknown token")
-        return token_id
-
-    def merge(self, symbols: str) -> list[str]:
-        """BPE: repeatedly join every occurrence of the adjacent pair with the lowest merge rank."""
-        parts = list(symbols)
-        ranks = self.ranks
-        while len(parts) > 1:
-            best = min(zip(parts, parts[1:], strict=False), key=lambda pair: ranks.get(pair, _NO_RANK))
-            if best not in ranks:
-                break
-            parts = _merge_pair(parts, *best)
-        return parts
+    def _with_unknown(self, piece: str) -> list[int]:
+        """A piece holding a byte the vocab lacks (SmolLM2 lacks those of some control characters): the byte is
+        the unknown token, as GPT2Tokenizer gave it, and the symbols on either side of it merge apart, as no merge
+        joins a symbol outside the vocab."""
+        assert self.missing_chars is not None
+        ids: list[int] = []
+        for word, _ in self.library.pre_tokenizer.pre_tokenize_str(piece):
+            for part in filter(None, self.missing_chars.split(word)):
+                if self.missing_chars.fullmatch(part):
+                    if self.unk_id is None:
+                        raise UnsupportedTokenizer(f"BPE produced {part!r}, which is not in the vocab of {self.path}, "
+                                                   f"and the tokenizer has no unknown token")
+                    ids.append(self.unk_id)
+                else:
+                    ids.extend(token.id for token in self.parts.tokenize(part))
+        return ids
 
     def describe(self) -> str:
-        return f"slow: prunebench's Python byte-level BPE on {TOKENIZER_JSON}"
-
-
-def _merge_pair(parts: list[str], first: str, second: str) -> list[str]:
-    """``parts`` with every non-overlapping (first, second), scanned left to right, joined into one symbol."""
-    merged: list[str] = []
-    i = 0
-    while i < len(parts):
-        if i + 1 < len(parts) and parts[i] == first and parts[i + 1] == second:
-            merged.append(first + second)
-            i += 2
-        else:
-            merged.append(parts[i])
-            i += 1
-    return merged
+        return f"slow: GPT2Tokenizer's rules, byte-level BPE by the tokenizers library on {TOKENIZER_JSON}"
 
 
 def _check_bpe_model(model: Mapping[str, Any], path: Path) -> None:
@@ -401,17 +380,6 @@ def _check_bpe_model(model: Mapping[str, Any], path: Path) -> None:
                                    f"the slow tokenizer needs its {SENTENCEPIECE_FILE}")
 
 
-def _merge_pairs(merges: Sequence[Any], path: Path) -> list[tuple[str, str]]:
-    """Merges as pairs, in rank order: tokenizer.json writes "a b" strings (older) or ["a", "b"] lists (newer)."""
-    pairs: list[tuple[str, str]] = []
-    for merge in merges:
-        parts = merge.split(" ") if isinstance(merge, str) else list(merge)
-        if len(parts) != 2:
-            raise UnsupportedTokenizer(f"{path}: a BPE merge is not a pair: {merge!r}")
-        pairs.append((str(parts[0]), str(parts[1])))
-    return pairs
-
-
 def _normalizer_is_nfc(spec: Mapping[str, Any] | None, path: Path) -> bool:
     """None or NFC (also inside a Sequence); any other normalizer is refused."""
     if spec is None:
@@ -424,11 +392,13 @@ def _normalizer_is_nfc(spec: Mapping[str, Any] | None, path: Path) -> bool:
     raise UnsupportedTokenizer(f"{path}: normalizer {kind} is not implemented (only none or NFC)")
 
 
-def _pre_tokenizer(spec: Mapping[str, Any] | None, path: Path) -> tuple[list[Splitter], bool]:
-    """The word splitters of the pre-tokenizer and whether a space goes in front of the text.
+def _pre_tokenizer(spec: Mapping[str, Any] | None, path: Path) -> tuple[dict[str, Any], bool]:
+    """The pre-tokenizer the library runs on each piece (without the prefix space), and whether a space goes in
+    front of the whole text.
 
     Byte-level BPE needs a ByteLevel step, and it must be the last one: the byte mapping is done per word after
-    splitting (with Split or Digits before it on the original text, as Qwen2 and Llama-3 do).
+    splitting (with Split or Digits before it on the original text, as Qwen2 and Llama-3 do). Those are the
+    pre-tokenizers transformers 4's slow classes had (their own regexes); any other is refused.
     """
     if spec is None:
         raise UnsupportedTokenizer(f"{path}: no pre_tokenizer, so not a byte-level BPE tokenizer")
@@ -437,102 +407,13 @@ def _pre_tokenizer(spec: Mapping[str, Any] | None, path: Path) -> tuple[list[Spl
     if not kinds or kinds[-1] != "ByteLevel" or kinds.count("ByteLevel") != 1:
         raise UnsupportedTokenizer(f"{path}: pre_tokenizer {'+'.join(map(str, kinds)) or 'empty'} is not implemented "
                                    f"(the slow tokenizer needs byte-level BPE: Split / Digits steps, then ByteLevel)")
-    splitters = [_splitter(step, path) for step in steps[:-1]]
-    byte_level = steps[-1]
-    if byte_level.get("use_regex", True):
-        splitters.append(_regex_splitter(regex.compile(GPT2_PATTERN), "Isolated", invert=False))
-    return splitters, bool(byte_level.get("add_prefix_space", False))
-
-
-def _splitter(step: Mapping[str, Any], path: Path) -> Splitter:
-    kind = step.get("type")
-    if kind == "Digits":
-        # Rust's char::is_numeric is the Unicode N categories; runs of them stay together unless individual_digits.
-        digits = r"\p{N}" if step.get("individual_digits") else r"\p{N}+"
-        return _regex_splitter(regex.compile(digits), "Isolated", invert=False)
-    if kind == "Split":
-        pattern = step.get("pattern") or {}
-        if "Regex" in pattern:
-            compiled = regex.compile(str(pattern["Regex"]))
-        elif "String" in pattern:
-            compiled = regex.compile(regex.escape(str(pattern["String"])))
-        else:
-            raise UnsupportedTokenizer(f"{path}: Split pattern {pattern!r} is neither Regex nor String")
-        behavior = str(step.get("behavior"))
-        if behavior not in _BEHAVIORS:
-            raise UnsupportedTokenizer(f"{path}: Split behavior {behavior} is not implemented")
-        return _regex_splitter(compiled, behavior, invert=bool(step.get("invert")))
-    raise UnsupportedTokenizer(f"{path}: pre-tokenizer {kind} is not implemented (only Split, Digits, ByteLevel)")
-
-
-def _regex_splitter(pattern: regex.Pattern[str], behavior: str, invert: bool) -> Splitter:
-    combine = _BEHAVIORS[behavior]
-
-    def split(text: str) -> list[str]:
-        if behavior == "Isolated" and not invert:  # the common case, in one C call: GPT-2's regex matches every char
-            found = pattern.findall(text)
-            if sum(map(len, found)) == len(text):
-                return [word for word in found if word]
-        return [part for part in combine(_segments(pattern, text, invert)) if part]
-
-    return split
-
-
-def _segments(pattern: regex.Pattern[str], text: str, invert: bool) -> list[tuple[str, bool]]:
-    """The text cut into (segment, is_match) in order, with the gaps between matches; empty matches are dropped."""
-    segments: list[tuple[str, bool]] = []
-    start = 0
-    for match in pattern.finditer(text):
-        if match.start() == match.end():
-            continue
-        if match.start() > start:
-            segments.append((text[start : match.start()], invert))
-        segments.append((match.group(), not invert))
-        start = match.end()
-    if start < len(text):
-        segments.append((text[start:], invert))
-    return segments
-
-
-def _merged_with_previous(segments: list[tuple[str, bool]]) -> list[str]:
-    """A match joins the piece before it (consecutive matches each stand alone, as in tokenizers)."""
-    out: list[str] = []
-    previous_match = False
-    for text, is_match in segments:
-        if is_match and not previous_match and out:
-            out[-1] += text
-        else:
-            out.append(text)
-        previous_match = is_match
-    return out
-
-
-def _merged_with_next(segments: list[tuple[str, bool]]) -> list[str]:
-    """A match joins the piece after it: the mirror image of MergedWithPrevious."""
-    mirrored = [(text[::-1], is_match) for text, is_match in reversed(segments)]
-    return [text[::-1] for text in reversed(_merged_with_previous(mirrored))]
-
-
-def _contiguous(segments: list[tuple[str, bool]]) -> list[str]:
-    """Consecutive segments of one kind form one piece (with invert, the single-match segments become runs)."""
-    out: list[str] = []
-    previous: bool | None = None
-    for text, is_match in segments:
-        if is_match is previous:
-            out[-1] += text
-        else:
-            out.append(text)
-        previous = is_match
-    return out
-
-
-_BEHAVIORS: dict[str, Callable[[list[tuple[str, bool]]], list[str]]] = {
-    "Isolated": lambda segments: [text for text, _ in segments],
-    "Removed": lambda segments: [text for text, is_match in segments if not is_match],
-    "MergedWithPrevious": _merged_with_previous,
-    "MergedWithNext": _merged_with_next,
-    "Contiguous": _contiguous,
-}
+    for kind in kinds[:-1]:
+        if kind not in ("Split", "Digits"):
+            raise UnsupportedTokenizer(f"{path}: pre-tokenizer {kind} is not implemented (only Split, Digits, "
+                                       f"ByteLevel)")
+    byte_level = {**steps[-1], "add_prefix_space": False}
+    words = {"type": "Sequence", "pretokenizers": [*steps[:-1], byte_level]} if len(steps) > 1 else byte_level
+    return words, bool(steps[-1].get("add_prefix_space", False))
 
 
 # --- the tokenizer --------------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def test_eval_records_numerics_and_tokenizer(smollm2_ref):
     assert result.returncode == 0, result.stderr
     reference = json.loads(result.stdout)
     p = reference["protocol"]
-    assert p["numerics"] == "reference" and p["tokenizer"].startswith("slow: prunebench's Python byte-level BPE")
+    assert p["numerics"] == "reference" and p["tokenizer"].startswith("slow: GPT2Tokenizer's rules, byte-level BPE")
     assert exact["protocol"]["numerics"] == "exact" and exact["protocol"]["tokenizer"] == "fast"
     assert p["corpus_tokens"] == exact["protocol"]["corpus_tokens"]
     assert reference["perplexity"] != exact["perplexity"]

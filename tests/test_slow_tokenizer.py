@@ -62,7 +62,7 @@ def test_drop_in_where_corpus_text_is_tokenized(smollm2_slow, smollm2_fast):
     slow = smollm2_slow
     assert slow.is_fast is False and slow.fast is smollm2_fast
     assert (slow.bos_token_id, slow.eos_token_id) == (smollm2_fast.bos_token_id, smollm2_fast.eos_token_id)
-    assert slow.describe() == "slow: prunebench's Python byte-level BPE on tokenizer.json"
+    assert slow.describe() == "slow: GPT2Tokenizer's rules, byte-level BPE by the tokenizers library on tokenizer.json"
     encoded = slow("a b", add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False,
                    verbose=False)
     assert isinstance(encoded["input_ids"], list) and "attention_mask" not in encoded
@@ -351,4 +351,5 @@ def test_hub_id_online_then_offline(hub_run):  # noqa: F811
     """A hub id through hf_hub_download. The Llama-2 stand-in has SmolLM2's tokenizer.json and no tokenizer.model:
     the hub says so, then the offline cache does not have it, and tokenizer.json is used both times."""
     code = f"import json\nRESULT = {RESULT!r}\nREPO_ID = 'meta-llama/Llama-2-7b-hf'\nTEXT = {TRICKY!r}\n" + HUB_CHECK
-    assert hub_run(code) == [["slow: prunebench's Python byte-level BPE on tokenizer.json", True]] * 2
+    described = "slow: GPT2Tokenizer's rules, byte-level BPE by the tokenizers library on tokenizer.json"
+    assert hub_run(code) == [[described, True]] * 2
