@@ -33,16 +33,16 @@ def tolerances(given: list[str]) -> dict[str, float]:
             raise PrunebenchError(f"--tolerance {item!r}: give METRIC=VALUE for one of the metrics repro judges: "
                                   f"{judged}")
         try:
-            out[name] = float(value) if sep else float("nan")
+            out[name] = float(value)
         except ValueError:
-            out[name] = float("nan")
-        if not out[name] >= 0:
+            out[name] = float("nan")  # refused below, as a negative or missing value is
+        if not (sep and out[name] >= 0):
             raise PrunebenchError(f"--tolerance {item!r}: the value must be a number >= 0")
     return out
 
 
-def compare(old: CellResult, new: CellResult, tolerances: Mapping[str, float]) -> list[Check]:
-    """``tolerances``: by metric name, as :func:`tolerances` resolves them; the cell's method may widen one."""
+def compare(old: CellResult, new: CellResult, limits: Mapping[str, float]) -> list[Check]:
+    """``limits``: each metric's tolerance, as :func:`tolerances` resolves them; the cell's method may widen one."""
     checks = [Check("status", old.status, new.status, "", "equal", new.status == old.status == "ok")]
     if new.status != "ok" or old.status != "ok":
         if new.error:
@@ -70,7 +70,7 @@ def compare(old: CellResult, new: CellResult, tolerances: Mapping[str, float]) -
         if again is None:
             checks.append(Check(name, "recorded", None, "", "present", False))
             continue
-        tolerance = tolerances.get(name)
+        tolerance = limits.get(name)
         if tolerance is not None and name in widened:
             tolerance = max(tolerance, widened[name])
         checks += metric.compare(recorded, again, tolerance)
