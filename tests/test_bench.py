@@ -407,6 +407,47 @@ def test_results_of_a_dirty_tree_are_flagged_in_the_leaderboard(small_bench, tmp
 
 
 @pytest.mark.real_model
+def test_a_recovery_bench_shows_each_pruned_model_before_and_after(small_bench, tmp_path):
+    """--recover beside a finished bench: the plain cells are resumed untouched, the recovered cell heals the model
+    the plain one cached, and the leaderboard pairs the two on the same windows and examples."""
+    import shutil
+
+    from harness.metrics.registry import METRICS
+
+    out = tmp_path / "out"
+    shutil.copytree(small_bench, out)
+    plain = {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")}
+    path = write_bench_file(tmp_path, methods=["dense", "2ssp"], sparsities=[0.25],
+                            recovery={"steps": 2, "batch_size": 2, "micro_batch_size": 2, "seq_len": 32,
+                                      "warmup_steps": 0})
+    result = run_cli(["bench", "--config", str(path), "--out", str(out), "--recover"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {p.name: p.read_bytes() for p in (out / "cells").glob("*.json") if p.name in plain} == plain
+    before = read_result(out / "cells" / "2ssp-s0.25-seed0.json")
+    after = read_result(out / "cells" / "2ssp-s0.25-seed0-recovered.json")
+    assert after.recovery.steps == 2 and after.pruning.from_cache
+    assert after.pruning.decisions == before.pruning.decisions and after.parameters == before.parameters
+    assert before.recovery is None
+    md = (out / "leaderboard.md").read_text()
+    assert md.count("## smollm2-135m — protocol") == 1 and "## smollm2-135m — recovery" in md
+    row = next(line for line in md.splitlines() if line.startswith("| 2ssp ") and "→" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    for name in ("perplexity", "downstream"):
+        metric = METRICS[name]
+        shown = [metric.cells([before.metric(name)], None)[0], metric.cells([after.metric(name)], None)[0]]
+        assert cells[cells.index(shown[0]) + 1] == shown[1]  # before, then after
+        p = metric.paired_p([before.metric(name)], [after.metric(name)])
+        assert f"(p={p:.2g})" in cells[cells.index(shown[0]) + 2]
+    assert (out / "recovery.png").stat().st_size > 0
+    rows = list(csv.DictReader(io.StringIO((out / "leaderboard.csv").read_text())))
+    healed = next(r for r in rows if r["recovered_from"])
+    pruned = next(r for r in rows if r["row"] == "2ssp" and not r["recovered_from"])
+    assert healed["recovered_from"] == "2ssp-s0.25-seed0" and healed["protocol"] != pruned["protocol"]
+    assert float(healed["recovery_p_perplexity"]) == pytest.approx(
+        METRICS["perplexity"].paired_p([before.perplexity], [after.perplexity]))
+
+
+@pytest.mark.real_model
 def test_repro_tolerance_is_the_methods_own_where_it_declares_one(small_bench):
     from harness.report.repro import compare, tolerances
     from harness.results import CellResult

@@ -72,7 +72,7 @@ def test_make_bench_engine_1_installs_the_extra_and_passes_the_flag(tmp_path):
 
 
 def test_cells_recorded_before_the_engine_existed_read_as_engine_off_and_keep_their_hash_and_protocol():
-    from harness.report.leaderboard import protocol_key
+    from harness.report.rows import protocol_key
 
     older = 0
     for path, r in scan_results(PUBLISHED)[0] + scan_results(OLD_CELLS)[0]:  # the last one is old

@@ -314,5 +314,11 @@ CellSpec = create_model(
 )
 
 
-def cell_id(variant: str, sparsity: float, seed: int) -> str:
-    return "dense" if variant == "dense" else f"{variant}-s{sparsity:g}-seed{seed}"
+RECOVERED_SUFFIX = "-recovered"
+
+
+def cell_id(variant: str, sparsity: float, seed: int, recovered: bool = False) -> str:
+    """A cell's name in its run folder; the recovered model of a pruned cell is its own cell beside it."""
+    if variant == "dense":
+        return "dense"
+    return f"{variant}-s{sparsity:g}-seed{seed}{RECOVERED_SUFFIX if recovered else ''}"

@@ -121,14 +121,18 @@ def resolve(config: BenchConfig) -> ResolvedBench:
             grid = [(0.0, 0)]
         else:
             grid = [(s, seed) for s in (v.sparsities or sparsities) for seed in (v.seeds or config.seeds)]
-        for sparsity, seed in grid:
+        # With recovery, a pruned model is measured twice, as pruned and as recovered: two cells, the second
+        # right after the first (it heals the model the first left in the cache). The first is the same cell as
+        # in a bench without recovery, so a recovery bench resumes the plain bench's results.
+        healed = [False] if v.method == "dense" or recovery is None else [False, True]
+        for (sparsity, seed), recovered in ((point, r) for point in grid for r in healed):
             cells.append(CellSpec(
-                id=cell_id(v.name, sparsity, seed), model=config.model, method=v.method, variant=v.name,
+                id=cell_id(v.name, sparsity, seed, recovered), model=config.model, method=v.method, variant=v.name,
                 sparsity=sparsity, seed=seed, profile=profile, method_options=options, calibration=calibration,
                 **metrics,
                 dtype=config.dtype, device=config.device, numerics=config.numerics, tokenizer=config.tokenizer,
                 trust_remote_code=config.trust_remote_code, cache_pruned=config.cache_pruned, export=config.export,
-                recovery=None if v.method == "dense" else recovery,
+                recovery=recovery if recovered else None,
             ))
     return ResolvedBench(config, profile, out, cells, sparsities, grouped=grouped_methods(config.methods),
                          cpu_fallback=fallback)

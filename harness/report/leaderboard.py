@@ -18,89 +18,33 @@ import io
 import logging
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tabulate import tabulate
 
-from harness.env import fingerprint, ran_committed_sources
+from harness.env import ran_committed_sources
 from harness.errors import PrunebenchError
 from harness.files import write_text_atomic
-from harness.hashing import canonical_hash, protocol_config
-from harness.metrics.base import Metric
 from harness.metrics.registry import METRICS
-from harness.report.plots import heat_map, plot
+from harness.report import recovery
+from harness.report.plots import heat_map, plot, recovery_plot
+from harness.report.rows import (
+    ALPHA,
+    Ranking,
+    Row,
+    by_protocol,
+    by_sparsity,
+    first,
+    protocol_key,
+    rankings,
+    short,
+    shown_metrics,
+)
 from harness.report.samples import samples_markdown
 from harness.results import CellResult, scan_results
 from harness.schema import Scalar
-from harness.stats import rank_by_paired_tests
 
 log = logging.getLogger(__name__)
-
-ALPHA = 0.05
-
-
-def protocol_key(r: CellResult) -> str:
-    config = protocol_config(r.config)
-    data: dict[str, Any] = {}
-    for name, metric in METRICS.items():
-        if r.metric(name) is not None:
-            data.update(metric.data_identity(r.metric(name)))
-    return canonical_hash({"config": config, "data": data, "hardware": fingerprint(r.environment)}, 10)
-
-
-@dataclass
-class Row:
-    method: str
-    sparsity: float
-    results: list[CellResult]
-
-    def metric(self, name: str) -> list[Any] | None:
-        """The metric's result of every seed, or None if a seed lacks it."""
-        values = [r.metric(name) for r in self.results]
-        return values if all(v is not None for v in values) else None
-
-
-@dataclass(frozen=True)
-class Ranking:
-    label: str  # "1", "1=", "3"
-    p_value: float | None  # against the leader of the row's group
-
-
-def _group(results: list[CellResult]) -> dict[str, list[CellResult]]:
-    groups: dict[str, list[CellResult]] = defaultdict(list)
-    for r in results:
-        groups[protocol_key(r)].append(r)
-    return dict(groups)
-
-
-def _rows(results: list[CellResult]) -> dict[float, list[Row]]:
-    by: dict[tuple[str, float], list[CellResult]] = defaultdict(list)
-    for r in results:
-        by[(r.cell.variant, r.cell.sparsity)].append(r)
-    table: dict[float, list[Row]] = defaultdict(list)
-    for (method, sparsity), rs in by.items():
-        table[sparsity].append(Row(method, sparsity, sorted(rs, key=lambda r: r.cell.seed)))
-    return dict(table)
-
-
-def rankings(rows: list[Row], metric: Metric) -> dict[str, Ranking] | None:
-    """Ranks of the rows by one metric that the metric's paired test supports (None: it does not rank)."""
-    values = {row.method: metric.rank_value(row.metric(metric.name)) for row in rows if row.metric(metric.name)}
-    values = {k: v for k, v in values.items() if v is not None}
-    if not values:
-        return None
-    by_name = {row.method: row for row in rows}
-    order = sorted(values, key=values.get)
-
-    def p_value(leader: str, other: str) -> float:
-        p = metric.paired_p(by_name[leader].metric(metric.name), by_name[other].metric(metric.name))
-        return 1.0 if p is None else p  # rows that cannot be paired are never called different
-
-    ranked = rank_by_paired_tests(order, p_value, alpha=ALPHA)
-    return {r.key: Ranking(f"{r.rank}{'=' if r.shared else ''}", r.p_value) for r in ranked}
-
 
 def _prune_time(row: Row, notes: dict[str, str]) -> str:
     reports = [r.pruning for r in row.results if r.pruning]
@@ -122,13 +66,12 @@ def _prune_time(row: Row, notes: dict[str, str]) -> str:
 
 def sparsity_table(rows: list[Row], dense: Row | None, notes: dict[str, str]) -> tuple[list[str], list[list[str]]]:
     """One table: rows ordered by the first ranking metric, with a rank column per ranking metric."""
-    shown = sorted((m for m in METRICS.values() if any(row.metric(m.name) for row in rows)),
-                   key=lambda m: m.column_order)
-    ranking_metrics = [m for m in shown if m.rank_basis(_first(rows, m)) is not None]
+    shown = shown_metrics(rows)
+    ranking_metrics = [m for m in shown if m.rank_basis(first(rows, m)) is not None]
     ranks = {m.name: rankings([r for r in rows if r.method != "dense"], m) or {} for m in ranking_metrics}
-    header = [f"# {_short(m)}" for m in ranking_metrics] + ["method", "achieved sparsity", "params (M)"]
+    header = [f"# {short(m)}" for m in ranking_metrics] + ["method", "achieved sparsity", "params (M)"]
     for m in shown:
-        header += m.headers(_first(rows, m))
+        header += m.headers(first(rows, m))
     header += ["prune time (s)"]
     primary = ranking_metrics[0] if ranking_metrics else None
 
@@ -149,18 +92,10 @@ def sparsity_table(rows: list[Row], dense: Row | None, notes: dict[str, str]) ->
         for m in shown:
             seeds = row.metric(m.name)
             dense_seeds = dense.metric(m.name) if dense else None
-            line += m.cells(seeds, dense_seeds) if seeds else ["-"] * len(m.headers(_first(rows, m)))
+            line += m.cells(seeds, dense_seeds) if seeds else ["-"] * len(m.headers(first(rows, m)))
         line.append(_prune_time(row, notes))
         body.append(line)
     return header, body
-
-
-def _first(rows: list[Row], metric: Metric) -> Any:
-    return next(r.metric(metric.name)[0] for r in rows if r.metric(metric.name))
-
-
-def _short(metric: Metric) -> str:
-    return metric.short_name or metric.name
 
 
 def describe_protocol(r: CellResult) -> list[str]:
@@ -212,7 +147,7 @@ def table_note(results: list[CellResult]) -> str:
     ranking = [m for m in shown if m.rank_by]
     parts = []
     if ranking:
-        labels = " and ".join(f"`# {_short(m)}`" for m in ranking)
+        labels = " and ".join(f"`# {short(m)}`" for m in ranking)
         ranks = ("are ranks by " if len(ranking) > 1 else "is a rank by ") + " and by ".join(m.rank_by for m in ranking)
         parts.append(f"Rows are ordered by {ranking[0].order_by}. {labels} {ranks} that a paired test supports: the "
                      "best remaining row leads a group, every other row is compared with it on "
@@ -233,11 +168,12 @@ def markdown(results: list[CellResult], failed: list[CellResult], problems: list
               "files.\n")
     for line in provenance_lines(results + failed):
         out.write(f"\n{line}\n")
-    for key, group in sorted(_group(results).items(), key=lambda kv: -len(kv[1])):
+    groups, healings = recovery.pair_groups(by_protocol(results))
+    for key, group in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         latest = max(group, key=lambda r: r.finished_at)
         out.write(f"\n## {latest.cell.model} — protocol `{key}`\n\n")
         out.write("\n".join(describe_protocol(latest)) + "\n")
-        rows = _rows(group)
+        rows = by_sparsity(group)
         dense = next(iter(rows.pop(0.0, [])), None)
         notes: dict[str, str] = {}
         if dense:
@@ -251,6 +187,14 @@ def markdown(results: list[CellResult], failed: list[CellResult], problems: list
         out.write(f"\n{table_note(group)}\n")
         if notes:
             out.write("\n" + "".join(f"- {mark} {text}\n" for mark, text in notes.items()))
+    for healing in healings:
+        model = healing.after[0].cell.model
+        out.write(f"\n## {model} — recovery `{healing.key}` of protocol `{healing.before_key}`\n\n")
+        out.write(recovery.settings_line(healing) + "\n")
+        for sparsity, header, body in recovery.tables(healing):
+            out.write(f"\n### Target sparsity {sparsity:.1%}: before and after recovery\n\n")
+            out.write(tabulate(body, header, tablefmt="github", disable_numparse=True) + "\n")
+        out.write(f"\n{recovery.NOTE}\n")
     if failed:
         out.write("\n## Failed cells\n\n")
         out.write(tabulate([[r.cell.id, r.error.kind if r.error else "?", (r.error.message if r.error else "")[:200]]
@@ -262,11 +206,12 @@ def markdown(results: list[CellResult], failed: list[CellResult], problems: list
 
 def csv_rows(results: list[CellResult]) -> tuple[list[str], list[dict[str, Scalar]]]:
     ranks: dict[tuple[str, str], dict[str, Ranking]] = {}
-    for key, group in _group([r for r in results if r.status == "ok"]).items():
-        for sparsity, rows in _rows(group).items():
+    for key, group in by_protocol([r for r in results if r.status == "ok"]).items():
+        for sparsity, rows in by_sparsity(group).items():
             for m in METRICS.values():
                 for method, ranking in (rankings([r for r in rows if r.method != "dense"], m) or {}).items():
                     ranks.setdefault((key, f"{sparsity}|{method}"), {})[m.name] = ranking
+    healed = recovery.csv_fields(recovery.pair_groups(by_protocol([r for r in results if r.status == "ok"]))[1])
     out = []
     for r in results:
         row: dict[str, Scalar] = {
@@ -287,6 +232,7 @@ def csv_rows(results: list[CellResult]) -> tuple[list[str], list[dict[str, Scala
             row["prune_seconds"] = r.pruning.seconds
             row["prune_from_cache"] = r.pruning.from_cache
             row["prune_measured_by"] = r.pruning.pruned_by.cell if r.pruning.pruned_by else r.cell.id
+        row.update(healed.get(r.cell.id, {}))
         row["peak_rss_bytes"] = r.memory.get("peak_rss_bytes")
         row["peak_cuda_bytes"] = r.memory.get("peak_cuda_bytes")
         git = r.git or {}
@@ -341,16 +287,22 @@ def write_leaderboard(directory: Path, name: str = "leaderboard") -> list[Path]:
     csv_path = directory / f"{name}.csv"
     write_text_atomic(csv_path, buf.getvalue())
     written.append(csv_path)
-    groups = sorted(_group(ok).values(), key=len, reverse=True)
+    plain, healings = recovery.pair_groups(by_protocol(ok))
+    groups = sorted(plain.values(), key=len, reverse=True)
     if groups:
         for path in (plot(groups[0], directory / f"{name}.png"), heat_map(groups[0], directory / "balancing.png")):
             if path:
                 written.append(path)
+    if healings:
+        path = recovery_plot(healings[0].before, healings[0].after, directory / "recovery.png")
+        if path:
+            written.append(path)
     if any(r.qualitative for r in ok):
         samples = directory / "samples.md"
         write_text_atomic(samples, samples_markdown(ok))
         written.append(samples)
-    for stale in (directory / f"{name}.png", directory / "balancing.png", directory / "samples.md"):
+    for stale in (directory / f"{name}.png", directory / "balancing.png", directory / "recovery.png",
+                  directory / "samples.md"):
         if stale not in written and stale.is_file():
             log.info("removing %s: this leaderboard has nothing to put there", stale)
             stale.unlink()

@@ -120,3 +120,74 @@ def heat_map(results: list[CellResult], path: Path) -> Path | None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _by_cell(results: list[CellResult], value: Any) -> dict[tuple[str, float], tuple[float, float, float]]:
+    """(row, target sparsity) -> (value, low, high): one seed's interval, several seeds' range around their mean."""
+    by: dict[tuple[str, float], list[tuple[float, float, float]]] = defaultdict(list)
+    for r in results:
+        measured = value(r)
+        if measured is not None:
+            by[(r.cell.variant, r.cell.sparsity)].append(measured)
+    out = {}
+    for key, points in by.items():
+        values = [v for v, _, _ in points]
+        y = statistics.fmean(values)
+        out[key] = (y, *points[0][1:]) if len(points) == 1 else (y, min(values), max(values))
+    return out
+
+
+def recovery_plot(before: list[CellResult], after: list[CellResult], path: Path) -> Path | None:
+    """Each plotted metric after recovery against before, one point per method and sparsity (marker size grows
+    with sparsity), with both intervals; the diagonal is "no change", the dotted lines the dense model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for metric in sorted(METRICS.values(), key=lambda m: m.column_order):
+        sample = next((r.metric(metric.name) for r in after if r.metric(metric.name)), None)
+        panel = metric.panel(sample) if sample else None
+        if panel is None:
+            continue
+
+        def value(r: CellResult, m: Any = metric, p: Any = panel) -> tuple[float, float, float] | None:
+            return p.value(r.metric(m.name)) if r.metric(m.name) else None
+
+        was, now = _by_cell(before, value), _by_cell(after, value)
+        points = {key: (was[key], now[key]) for key in now if key in was}
+        if points:
+            panels.append((panel, points, was.get(("dense", 0.0))))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.5), squeeze=False)
+    methods = sorted({method for _, points, _ in panels for method, _ in points})
+    sparsities = sorted({s for _, points, _ in panels for _, s in points})
+    colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    for ax, (panel, points, dense) in zip(axes[0], panels, strict=True):
+        if dense is not None:  # the dense model's value on both axes: where a full recovery would land
+            ax.axvline(dense[0], color="grey", linestyle=":", linewidth=1)
+            ax.axhline(dense[0], color="grey", linestyle=":", linewidth=1, label="dense")
+        for (method, sparsity), ((x, xlo, xhi), (y, ylo, yhi)) in sorted(points.items()):
+            size = 4 + 3 * sparsities.index(sparsity)
+            ax.errorbar([x], [y], xerr=[[max(0.0, x - xlo)], [max(0.0, xhi - x)]],
+                        yerr=[[max(0.0, y - ylo)], [max(0.0, yhi - y)]], marker="o", markersize=size, capsize=2,
+                        color=colours[method], label=method if sparsity == sparsities[0] else None)
+        lows = [v for (a, b) in points.values() for v in (a[1], b[1])] + ([dense[0]] if dense else [])
+        highs = [v for (a, b) in points.values() for v in (a[2], b[2])] + ([dense[0]] if dense else [])
+        ax.plot([min(lows), max(highs)], [min(lows), max(highs)], color="black", linestyle="--", linewidth=1,
+                label="no change")
+        if panel.log:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        ax.set_xlabel(f"before recovery: {panel.ylabel}")
+        ax.set_ylabel(f"after recovery: {panel.ylabel}")
+        ax.set_title(f"{after[0].cell.model}: recovery, per method and sparsity\n(marker size: "
+                     f"{', '.join(f'{100 * s:g} %' for s in sparsities)})", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -348,12 +348,13 @@ def _wilson(outcomes: str) -> Interval:
 
 
 def _mean_interval(values: list[float], stderrs: list[float | None]) -> Interval | None:
-    """Normal interval of an unweighted mean of independent task scores."""
+    """Normal interval of an unweighted mean of independent task scores, kept within [0, 1] (a mean accuracy of
+    few examples near 0 or 1 would otherwise get bounds no accuracy can have)."""
     if not values or any(s is None for s in stderrs):
         return None
     mean = float(np.mean(values))
     half = 1.959963984540054 * math.sqrt(sum(s * s for s in stderrs)) / len(values)
-    return Interval(low=mean - half, high=mean + half, level=0.95,
+    return Interval(low=max(0.0, mean - half), high=min(1.0, mean + half), level=0.95,
                     method="normal, tasks independent: sqrt(sum stderr^2) / tasks")
 
 
