@@ -363,7 +363,7 @@ def recover_cmd(
         help="Training text: a source's calibration part (auto: the profile's calibration source).")] = None,
     eval_data: Annotated[str | None, typer.Option(
         help="Comma-separated evaluation sources the training text must not share text with (default: the "
-             "profile's perplexity datasets).")] = None,
+             "texts the profile's metrics evaluate on, its perplexity datasets).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seeds the adapters, dropout and sample order (0).")] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Replace --out if it holds a pruned checkpoint (anything else there is refused).")] = False,
@@ -398,7 +398,8 @@ with the evaluation text.
     overrides = {k: v for k, v in settings.items() if v is not None}
     recovery_config(profile, overrides, "recovery")  # the settings first: they need no checkpoint
     manifest = read_manifest(checkpoint)
-    evaluation = _split(eval_data, "--eval-data") or METRICS["perplexity"].default_config(profile).datasets
+    evaluation = _split(eval_data, "--eval-data") or [
+        text for metric in METRICS.values() for text in metric.evaluation_texts(metric.default_config(profile))]
     plan = stage.plan(profile, overrides, manifest["model_type"], evaluation, where="recovery")
     problem = verify_checkpoint(checkpoint, digests=False)
     if problem not in (None, UNRECORDED):

@@ -126,6 +126,11 @@ class Metric(Generic[C, R]):
         """What the metric reads from the hub with ``config`` (nothing, unless a metric says otherwise)."""
         return HubNeeds()
 
+    def evaluation_texts(self, config: C) -> tuple[str, ...]:
+        """The text sources (harness.data.sources) the metric evaluates on with ``config``: what training on the
+        model (recovery) must keep clear of. None, unless a metric says otherwise."""
+        return ()
+
     def positions(self, config: C) -> int:
         """The longest sequence (in tokens) the metric runs the model on: a bench refuses one beyond the model's
         positions before it starts (0: no fixed length)."""

@@ -170,7 +170,7 @@ class DownstreamMetric(Metric[DownstreamConfig, DownstreamResult]):
         return out
 
     def headers(self, sample: DownstreamResult) -> list[str]:
-        return ["acc mean (%) [95 % CI]", "recovery (%)"] + [f"{t} (%) [95 % CI]" for t in sample.scores]
+        return ["acc mean (%) [95 % CI]", "acc of dense (%)"] + [f"{t} (%) [95 % CI]" for t in sample.scores]
 
     def cells(self, seeds: list[DownstreamResult], dense: list[DownstreamResult] | None) -> list[str]:
         means = [d.mean_acc for d in seeds]

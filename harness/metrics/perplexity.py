@@ -293,6 +293,9 @@ class PerplexityMetric(Metric[PerplexityConfig, Scores]):
 
         return HubNeeds(corpora=tuple(d for d in config.datasets if hub_source(d))) if config.enabled else HubNeeds()
 
+    def evaluation_texts(self, config: PerplexityConfig) -> tuple[str, ...]:
+        return tuple(config.datasets) if config.enabled else ()
+
     def positions(self, config: PerplexityConfig) -> int:
         return config.seq_len + (config.bos == "always")  # a window, and a BOS asked for before it
 

@@ -108,8 +108,11 @@ def run_cached(recovery: RecoveryPlan, adapter: ModelAdapter, tokenizer: Any, pr
 
 
 def evaluation_sources(spec: Any) -> list[str]:
-    """The evaluation texts a bench cell measures perplexity on: what its recovery must not train on."""
-    return list(spec.perplexity.datasets) if spec.perplexity.enabled else []
+    """The texts a bench cell's metrics evaluate on (``Metric.evaluation_texts``): what its recovery must not
+    train on."""
+    from harness.metrics.registry import METRICS
+
+    return [text for name, metric in METRICS.items() for text in metric.evaluation_texts(getattr(spec, name))]
 
 
 def plan_of(spec: Any, model_type: str) -> RecoveryPlan:
