@@ -29,9 +29,15 @@ TINY = {
     "perplexity": {"datasets": ["enwiki-sample"], "seq_len": 128, "max_windows": 3},
     "downstream": {"tasks": ["lambada_openai"], "limit": 8, "batch_size": 8},
     "latency": {"seq_len": 32, "warmup": 1, "repeats": 2, "decode_tokens": 2, "decode_prompt": 8},
+    # 4 greedy tokens per prompt, not the profile's 12: generating them one by one was a quarter of a cell's time
+    "qualitative": {"max_new_tokens": 4},
     "calibration": {"samples": 2, "seq_len": 64},
     "method_options": {"2ssp": {"search_batch": 16}},
 }
+
+
+# Perplexity alone: for the tests of how a bench runs (resume, signals, failures, the cache), not of what it measures.
+MECHANICS = {name: {**TINY[name], "enabled": False} for name in ("downstream", "latency", "qualitative")}
 
 
 def tiny_config(tmp_path: Path, **overrides) -> BenchConfig:
@@ -146,7 +152,7 @@ def test_a_crashing_cell_is_recorded_and_the_others_run(tmp_path):
     from harness.bench.executors import CellJob
     from harness.bench.executors.local import LocalExecutor
 
-    bench = resolve(tiny_config(tmp_path, methods=["dense"]))
+    bench = resolve(tiny_config(tmp_path, methods=["dense"], **MECHANICS))
     cells = tmp_path / "cells"
     cells.mkdir()
     bad = CellJob(bench.cells[0].model_copy(update={"id": "broken"}), cells / "broken.spec.json",
@@ -180,7 +186,7 @@ def test_a_cell_over_its_time_limit_is_killed_and_recorded(tmp_path):
 
 @pytest.mark.real_model
 def test_resume_after_sigkill_keeps_finished_cells(tmp_path):
-    path = write_bench_file(tmp_path, methods=["dense", "2ssp"], sparsities=[0.25, 0.5])
+    path = write_bench_file(tmp_path, methods=["dense", "2ssp"], sparsities=[0.25], **MECHANICS)
     out = tmp_path / "out"
     cells = out / "cells"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -190,24 +196,24 @@ def test_resume_after_sigkill_keeps_finished_cells(tmp_path):
     while not (cells / "dense.json").exists():  # the first cell finished: the second is under way
         assert time.time() < deadline and bench.poll() is None
         time.sleep(0.5)
-    time.sleep(3)
+    time.sleep(1)
     bench.send_signal(signal.SIGKILL)
     bench.wait()
     first = read_result(cells / "dense.json")
     mtime = (cells / "dense.json").stat().st_mtime
-    time.sleep(2)  # the killed bench's cell dies with it (no orphan writes a result later)
-    assert not (cells / "2ssp-s0.5-seed0.json").exists()
+    # The killed bench's cell dies with it: no orphan writes a result later (a cell takes longer than this to end).
+    time.sleep(6)
+    assert not (cells / "2ssp-s0.25-seed0.json").exists()
 
     again = run_cli(["bench", "--config", str(path), "--out", str(out)])
     assert again.returncode == 0, again.stderr[-2000:]
     assert "1 cells already done" in again.stderr and "dense" in again.stderr
     assert (cells / "dense.json").stat().st_mtime == mtime and read_result(cells / "dense.json") == first
-    for cell in ("2ssp-s0.25-seed0", "2ssp-s0.5-seed0"):
-        assert read_result(cells / f"{cell}.json").status == "ok"
-    # The leaderboard from this real run: one table per sparsity, a CSV row per cell, a plot.
+    assert read_result(cells / "2ssp-s0.25-seed0.json").status == "ok"
+    # The leaderboard from this real run: a table for the sparsity, a CSV row per cell, a plot.
     md = (out / "leaderboard.md").read_text()
-    assert "### Target sparsity 25.0%" in md and "### Target sparsity 50.0%" in md and "| ref " in md
-    assert len((out / "leaderboard.csv").read_text().strip().splitlines()) == 4
+    assert "### Target sparsity 25.0%" in md and "| ref " in md
+    assert len((out / "leaderboard.csv").read_text().strip().splitlines()) == 3
     assert (out / "leaderboard.png").stat().st_size > 1000
 
     # A third run does nothing but publish; a corrupt file is moved aside, reported, and its cell re-run.
@@ -239,7 +245,7 @@ def sigint_default() -> None:
 
 @pytest.mark.real_model
 def test_sigint_stops_the_bench_cleanly(tmp_path):
-    path = write_bench_file(tmp_path, methods=["dense", "2ssp"], sparsities=[0.25])
+    path = write_bench_file(tmp_path, methods=["dense", "2ssp"], sparsities=[0.25], **MECHANICS)
     out = tmp_path / "out"
     bench = subprocess.Popen([sys.executable, "-m", "harness.cli", "bench", "--config", str(path), "--out", str(out)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -294,7 +300,7 @@ def test_every_metric_is_recorded_with_its_protocol_and_environment(small_bench)
 
 @pytest.mark.real_model
 def test_a_metric_change_reuses_the_cached_pruned_model(small_bench, tmp_path):
-    path = write_bench_file(tmp_path, methods=["2ssp"], sparsities=[0.25],
+    path = write_bench_file(tmp_path, methods=["2ssp"], sparsities=[0.25], **MECHANICS,
                             perplexity={"datasets": ["enwiki-sample"], "seq_len": 128, "max_windows": 2})
     result = run_cli(["bench", "--config", str(path), "--out", str(tmp_path / "out")])
     assert result.returncode == 0, result.stderr[-2000:]
