@@ -143,15 +143,16 @@ def eval_cmd(
 ) -> None:
     """Perplexity of a model with the paper's protocol, printed with that protocol."""
     from harness.data.sources import load_corpus, validate_source
-    from harness.hub import hub_reachable
     from harness.metrics.perplexity import perplexity
+    from harness.metrics.registry import METRICS
     from harness.models import check_positions, checked_config, load_model, resolve_model
+    from harness.profiles import data_profile
     from harness.progress import RichProgress
     from harness.pruning import check_settings
     from methods.arch import adapt
 
     if dataset == "auto":
-        dataset = "wikitext2" if hub_reachable() else "enwiki-sample"
+        dataset = METRICS["perplexity"].default_config(data_profile()).datasets[0]
     if bos not in ("auto", "always", "never"):
         raise PrunebenchError(f"unknown BOS policy '{bos}'; choose auto, always or never")
     check_settings(numerics, tokenizer)
@@ -380,6 +381,7 @@ with the evaluation text.
     from harness.metrics.registry import METRICS
     from harness.models import resolve_device, resolve_dtype
     from harness.outputs import check_replaceable, check_writable, out_path
+    from harness.profiles import resolve_profile
     from harness.progress import RichProgress
     from harness.recovery import stage
     from harness.recovery.config import recovery_config
@@ -390,8 +392,7 @@ with the evaluation text.
         raise PrunebenchError(f"--out {out_dir} and the checkpoint {checkpoint} overlap: recover into another folder")
     check_writable(out_dir)
     check_replaceable(out_dir, "checkpoint", force)
-    if profile == "auto":
-        profile = "paper" if resolve_device(device).type == "cuda" else "cpu-quick"
+    profile = resolve_profile(profile, device)
     settings = {"rank": rank, "alpha": alpha, "dropout": dropout, "target_modules": _split(targets, "--targets"),
                 "steps": steps, "batch_size": batch_size, "micro_batch_size": micro_batch_size, "seq_len": seq_len,
                 "lr": lr, "schedule": schedule, "warmup_steps": warmup_steps, "data": data, "seed": seed}

@@ -28,7 +28,6 @@ from harness.data.tokens import (
 )
 from harness.devices import resolve_device
 from harness.errors import PrunebenchError
-from harness.hub import hub_reachable
 from harness.models import (
     TOKENIZER_KINDS,
     LoadedModel,
@@ -41,6 +40,7 @@ from harness.models import (
     resolve_model,
     tokenizer_kind,
 )
+from harness.profiles import method_protocol, resolve_calibration_source
 from harness.pruning_report import PruningReport
 from harness.schema import Scalar, as_scalars
 from methods import get_method
@@ -50,7 +50,6 @@ from methods.base import (
     MethodOptions,
     Numerics,
     Progress,
-    ProtocolName,
     PruneContext,
     PruningMethod,
     StageTimer,
@@ -58,21 +57,6 @@ from methods.base import (
 )
 
 log = logging.getLogger(__name__)
-
-OFFLINE_CALIBRATION = "enwiki-sample"
-PAPER_CALIBRATION = "c4"
-
-# The method protocol each profile runs. Methods declare their calibration and option defaults per protocol
-# (methods.base.PROTOCOLS), never per profile: a new profile maps onto a protocol here, no method changes.
-PROFILE_PROTOCOL: dict[str, ProtocolName] = {"paper": "full", "cpu-quick": "quick"}
-
-
-def method_protocol(profile: str) -> ProtocolName:
-    protocol = PROFILE_PROTOCOL.get(profile)
-    if protocol is None:
-        raise PrunebenchError(f"unknown profile '{profile}'; known: {', '.join(PROFILE_PROTOCOL)}")
-    return protocol
-
 
 @dataclass(frozen=True)
 class CalibrationSpec:
@@ -123,15 +107,6 @@ class PruneOutcome:
     loaded: LoadedModel
     adapter: ModelAdapter
     report: PruningReport
-
-
-def resolve_calibration_source(source: str) -> str:
-    """'auto' is the paper's C4 where the hub answers and the offline Wikipedia sample where it does not."""
-    if source != "auto":
-        return source
-    chosen = PAPER_CALIBRATION if hub_reachable() else OFFLINE_CALIBRATION
-    log.debug("calibration data: %s (auto)", chosen)
-    return chosen
 
 
 def skeleton_adapter(ref: ModelRef, config: Any, trust_remote_code: bool = False) -> ModelAdapter:

@@ -39,7 +39,7 @@ class CalibrationNeeds:
 
 # The protocols a method sizes itself for: ``full`` is the amount of the papers and the reference harness
 # (docs/protocol.md), ``quick`` a shortened run that a CPU finishes in minutes. A method declares both and
-# never names a profile: each of the harness's profiles runs one of these (harness.pruning.PROFILE_PROTOCOL),
+# never names a profile: each of the harness's profiles runs one of these (harness.profiles.METHOD_PROTOCOL),
 # so a profile is added or renamed there without editing any method.
 ProtocolName = Literal["full", "quick"]
 PROTOCOLS: tuple[ProtocolName, ...] = ("full", "quick")

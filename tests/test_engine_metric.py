@@ -12,7 +12,7 @@ import pytest
 import yaml
 from test_engine import needs_llama_cpp
 
-from harness.bench.config import PROFILES, BenchConfig, CellSpec, metric_config
+from harness.bench.config import BenchConfig, CellSpec, metric_config
 from harness.engine.llamacpp import VERSION, EngineSettings
 from harness.errors import PrunebenchError, UnknownName
 from harness.metrics.engine import (
@@ -25,6 +25,7 @@ from harness.metrics.engine import (
 )
 from harness.metrics.latency import speedup, summarize
 from harness.metrics.registry import METRICS
+from harness.profiles import PROFILES
 from harness.results import CellResult, read_result, scan_results
 
 REPO = Path(__file__).resolve().parents[1]

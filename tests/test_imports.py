@@ -126,12 +126,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("methods",),  # the algorithms: they know models, never the harness
     ("harness", "harness.errors", "harness.schema", "harness.files", "harness.paths", "harness.logs",
      "harness.progress", "harness.hub", "harness.env", "harness.stats", "harness.manifest", "harness.outputs",
-     "harness.devices", "harness.slow_tokenizer"),  # plumbing
+     "harness.devices", "harness.slow_tokenizer", "harness.profiles"),  # plumbing
     ("harness.checkpoint", "harness.models", "harness.data", "harness.export", "harness.engine"),  # models, data
     ("harness.pruning_report", "harness.pruning", "harness.prune_cache"),  # pruning a model
     ("harness.metrics", "harness.recovery"),  # measuring and healing one model
     ("harness.hashing", "harness.results"),  # the records of a cell
-    ("harness.bench", "harness.recovery.stage"),  # running cells (a cell's recovery stage reads its bench config)
+    ("harness.bench", "harness.recovery.stage"),  # running cells (a cell's recovery stage, cached by harness.hashing)
     ("harness.report",),  # reporting runs: leaderboards, plots, samples, publishing, repro
     ("harness.cli",),
 )

@@ -105,10 +105,9 @@ def test_a_method_declares_protocols_never_profiles():
         type("ByProfile", (DropLastFFNs,), {"protocol_options": {"cpu-quick": {"layers": 3}}})
     with pytest.raises(MethodError, match="unknown protocol 'cpu-quick'"):
         DropLastFFNs().options(protocol="cpu-quick")
-    from harness.bench.config import PROFILES
-    from harness.pruning import PROFILE_PROTOCOL
+    from harness.profiles import METHOD_PROTOCOL, PROFILES
 
-    assert set(PROFILE_PROTOCOL) == set(PROFILES)  # every profile runs a protocol, and only profiles do
+    assert set(METHOD_PROTOCOL) == set(PROFILES)  # every profile runs a protocol, and only profiles do
 
 
 def test_the_code_fingerprint_covers_an_added_methods_own_file(monkeypatch, tmp_path):

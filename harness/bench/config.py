@@ -32,10 +32,9 @@ from harness.errors import PrunebenchError, first_line
 from harness.hashing import EXTRAS, NOT_HASHED, canonical_hash, complete, config_hash
 from harness.metrics.registry import METRICS, metric_fields
 from harness.models import TokenizerKind
+from harness.profiles import calibration_source
 from harness.recovery.config import RecoveryConfig
 from methods.base import Numerics
-
-PROFILES: tuple[str, ...] = ("paper", "cpu-quick")
 
 
 class _Config(BaseModel):
@@ -57,15 +56,6 @@ class CalibrationConfig(_Config):
         return self
 
 
-CALIBRATION_SOURCE = {"paper": "c4", "cpu-quick": "enwiki-sample"}
-
-
-def check_profile(profile: str) -> str:
-    if profile not in PROFILES:
-        raise PrunebenchError(f"unknown profile '{profile}'; known: {', '.join(PROFILES)}")
-    return profile
-
-
 def profile_defaults(profile: str) -> dict[str, Any]:
     """The protocol each profile stands for: its calibration source and every metric's config.
 
@@ -73,8 +63,7 @@ def profile_defaults(profile: str) -> dict[str, Any]:
     sparsities on SmolLM2-135M) stays under half an hour on 2 CPU cores while the paired tests of its
     leaderboard still separate the methods; each metric's module says how.
     """
-    check_profile(profile)
-    return {"calibration_source": CALIBRATION_SOURCE[profile],
+    return {"calibration_source": calibration_source(profile),
             **{name: metric.default_config(profile) for name, metric in METRICS.items()}}
 
 

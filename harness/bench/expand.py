@@ -21,7 +21,8 @@ from harness.errors import PrunebenchError
 from harness.metrics.registry import METRICS
 from harness.models import num_layers
 from harness.outputs import check_run_folder
-from harness.pruning import method_protocol, sparsities_for
+from harness.profiles import method_protocol, resolve_profile
+from harness.pruning import sparsities_for
 from methods import expand_method_name, get_method, method_names
 from methods.base import PruningMethod
 from methods.errors import MethodError, UnsupportedArchitecture
@@ -42,16 +43,6 @@ class ResolvedBench:
     grouped: dict[str, str] = field(default_factory=dict)  # row name -> the group that brought it
     # Why ``device: auto`` runs the local cells on the CPU (harness.devices), None when it does not: the header says it.
     cpu_fallback: str | None = None
-
-
-def resolve_profile(config: BenchConfig) -> str:
-    """'auto' is the paper's protocol on a CUDA machine and the quick one on a CPU."""
-    if config.profile != "auto":
-        return config.profile
-    from harness.devices import cuda_unavailable_reason
-
-    on_gpu = config.device != "cpu" and cuda_unavailable_reason() is None
-    return "paper" if on_gpu else "cpu-quick"
 
 
 def expand_methods(names: list[str]) -> list[str]:
@@ -93,7 +84,7 @@ def resolve(config: BenchConfig) -> ResolvedBench:
 
         resolve_device(config.device)  # a CUDA device that is not usable here: one line, before anything else
         fallback = cpu_fallback(config.device)
-    profile = resolve_profile(config)
+    profile = resolve_profile(config.profile, config.device)
     config = with_preset(config, profile)
     defaults = profile_defaults(profile)
     sparsities = (sparsities_for(config.num_prune, num_layers(config.model, config.trust_remote_code))

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
 from harness.errors import PrunebenchError
+from harness.profiles import check_profile
 
 Schedule = Literal["linear", "cosine", "constant"]
 SCHEDULES: tuple[str, ...] = ("linear", "cosine", "constant")
@@ -75,10 +76,8 @@ def one_line(err: ValidationError, where: str) -> PrunebenchError:
 def recovery_config(profile: str, overrides: dict[str, JsonValue] | None = None,
                     where: str = "bench setting 'recovery'") -> RecoveryConfig:
     """The profile's defaults with ``overrides`` on top; a bad key or value is one line."""
-    if profile not in _PROFILE_DEFAULTS:
-        raise PrunebenchError(f"unknown profile '{profile}'; known: {', '.join(_PROFILE_DEFAULTS)}")
     try:
-        return RecoveryConfig.model_validate({**_PROFILE_DEFAULTS[profile], **(overrides or {})})
+        return RecoveryConfig.model_validate({**_PROFILE_DEFAULTS[check_profile(profile)], **(overrides or {})})
     except ValidationError as err:
         raise one_line(err, where) from None
 

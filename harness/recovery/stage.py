@@ -19,6 +19,7 @@ from pydantic import JsonValue
 
 from harness.data.sources import validate_source
 from harness.hashing import canonical_hash
+from harness.profiles import calibration_source
 from harness.recovery.config import FOLLOWS, RecoveryConfig, RecoveryReport, check_targets, recovery_config
 from harness.recovery.data import TrainingText, resolve_source, training_corpus, training_text
 from harness.recovery.train import StepCallback, recover
@@ -41,14 +42,12 @@ class RecoveryPlan:
 def plan(profile: str, overrides: dict[str, JsonValue] | None, model_type: str, evaluation: Iterable[str],
          where: str = "bench setting 'recovery'") -> RecoveryPlan:
     """Everything a recovery can refuse without weights or text: settings, target modules, data sources."""
-    from harness.bench.config import CALIBRATION_SOURCE
-
     config = recovery_config(profile, overrides, where)
     check_targets(config, model_type)
     evaluated = tuple(dict.fromkeys(evaluation))
     for name in evaluated:
         validate_source(name)
-    return RecoveryPlan(config, FOLLOWS[profile], resolve_source(config.data, CALIBRATION_SOURCE[profile]), evaluated)
+    return RecoveryPlan(config, FOLLOWS[profile], resolve_source(config.data, calibration_source(profile)), evaluated)
 
 
 def load_text(recovery: RecoveryPlan, tokenizer: Any) -> TrainingText:
