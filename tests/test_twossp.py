@@ -130,35 +130,31 @@ def test_stage1_surgery_leaves_the_models_tensors_on_its_device(scoring):
 
 
 @pytest.mark.real_model
-def test_2ssp_beats_random_structures_on_smollm2(smollm2, enwiki_tokens, tmp_path):
-    """At 25 %, 2SSP's choice of attention modules and neurons beats random choices of the same counts."""
-    from harness.checkpoint import load_pruned, save_pruned
-    from harness.data.tokens import calibration_samples, eval_windows
+def test_2ssp_beats_random_structures_on_smollm2(smollm2_ref, twossp_checkpoint, enwiki_tokens):
+    """At 25 %, 2SSP's choice of attention modules and neurons beats random choices of the same counts.
+
+    The session's 2SSP checkpoint (`prunebench prune`'s path, cpu-quick on 2 x 64 tokens), as reloaded. Identical
+    logits after a reload: test_every_variant_reaches_its_target_and_reloads, and Gemma's real 2SSP model.
+    Measured on 6 windows of 256 tokens: 2SSP 71.9, random 3.2e4 / 835 / 5.7e4."""
+    from harness.checkpoint import load_pruned, read_manifest
+    from harness.data.tokens import eval_windows
     from harness.models import load_model
 
-    calib_tokens, eval_tokens = enwiki_tokens
+    _, eval_tokens = enwiki_tokens
     windows = eval_windows(eval_tokens, 256, max_windows=6)
-    adapter = adapt(smollm2.model)
-    dense_blocks = adapter.block_parameters()
-    method = get_method("2ssp")
-    ctx = PruneContext(calibration_samples(calib_tokens, 4, 256), 0.25)
-    decisions = method.prune(adapter, method.options(), ctx)
-    assert abs(1 - adapter.block_parameters() / dense_blocks - 0.25) < 0.005
-    ppl_2ssp = windows_perplexity(adapter, windows)
-
-    out = save_pruned(adapter, smollm2.tokenizer, tmp_path / "2ssp")
-    with torch.no_grad():
-        assert torch.equal(load_pruned(out)(windows[:1]).logits, adapter.model(windows[:1]).logits)
+    decisions = read_manifest(twossp_checkpoint)["prune_report"]["decisions"]
+    pruned = adapt(load_pruned(twossp_checkpoint))
+    ppl_2ssp = windows_perplexity(pruned, windows)
 
     random_ppl = []
     for seed in range(3):
         g = torch.Generator().manual_seed(seed)
-        rand = adapt(load_model(smollm2.ref, dtype="float32", device="cpu").model)
+        rand = adapt(load_model(smollm2_ref, dtype="float32", device="cpu").model)
         for i in range(rand.num_layers):
             rand.keep_ffn_neurons(i, torch.randperm(rand.ffn_width(i), generator=g)[: decisions["kept_width"]])
         for i in torch.randperm(rand.num_layers, generator=g)[: decisions["n_attn"]].tolist():
             rand.remove_attention(i)
-        assert rand.block_parameters() == adapter.block_parameters()
+        assert rand.block_parameters() == pruned.block_parameters()
         random_ppl.append(windows_perplexity(rand, windows))
     assert ppl_2ssp < min(random_ppl), (ppl_2ssp, random_ppl)
 
