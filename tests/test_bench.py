@@ -171,14 +171,17 @@ def test_a_crashing_cell_is_recorded_and_the_others_run(tmp_path):
 
 
 @pytest.mark.real_model
-def test_a_cell_over_its_time_limit_is_killed_and_recorded(tmp_path):
+@pytest.mark.parametrize("fork", [True, False], ids=["forked", "fresh"])
+def test_a_cell_over_its_time_limit_is_killed_and_recorded(tmp_path, fork):
     from harness.bench.executors import CellJob
     from harness.bench.executors.local import LocalExecutor
 
     spec = resolve(tiny_config(tmp_path, methods=["dense"])).cells[0]
     job = CellJob(spec, tmp_path / "c.spec.json", tmp_path / "c.json", tmp_path / "c.log", timeout_s=1.0)
     job.spec_path.write_text(spec.model_dump_json())
-    status, _ = LocalExecutor().run_one(job)
+    events = []
+    LocalExecutor(fork=fork).run([job], events.append)
+    status = events[-1].status
     result = read_result(job.result_path)
     assert status == "failed" and result.error.kind == "timeout" and "1 s" in result.error.message
     assert result.error.exit_code is None  # stopped by the executor, not ended by itself

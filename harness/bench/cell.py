@@ -329,6 +329,34 @@ def failed(spec: CellSpec, started: str, seconds: float, kind: str, message: str
     )
 
 
+# What a cell imports on its way (most of it lazily, inside functions): a fork server imports it once, so the
+# cells it forks start at their first line of work (executors.forkserver). A module missing here is imported by
+# the cell itself, as before; one that is not installed is skipped.
+PRELOAD = (
+    "harness.checkpoint", "harness.devices", "harness.models", "harness.pruning", "harness.prune_cache",
+    "harness.metrics.registry", "harness.metrics.perplexity", "harness.metrics.latency",
+    "harness.metrics.downstream", "harness.metrics.qualitative", "harness.metrics.tasks.driver",
+    "harness.metrics.tasks.hflm", "methods.registry", "methods.arch",
+    "transformers.models.auto.modeling_auto", "transformers.models.auto.tokenization_auto",
+    "transformers.models.llama.modeling_llama", "lm_eval.evaluator", "lm_eval.tasks", "safetensors.torch",
+    "scipy.io",  # imported by a library on the way through a downstream evaluation
+)
+
+
+def preload() -> None:
+    """Import ``PRELOAD`` and the built-in methods: nothing else (no model, no tensor, no thread pool), since the
+    caller forks after it."""
+    import importlib
+
+    from methods.registry import METHODS
+
+    for name in (*PRELOAD, *sorted({target.split(":")[0] for target in METHODS.values()})):
+        try:
+            importlib.import_module(name)
+        except ImportError as err:  # an optional extra not installed: the cell never needs it either
+            log.debug("not preloaded: %s (%s)", name, err)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Run one prunebench cell.")
     ap.add_argument("--spec", type=Path, required=True)

@@ -21,7 +21,7 @@ from harness.bench.executors.base import BenchInterrupted, CellJob, Event, Execu
 def _local(options: dict[str, Any]) -> Executor:
     from harness.bench.executors.local import LocalExecutor
 
-    return LocalExecutor()  # no options: a local cell is configured by its spec alone
+    return LocalExecutor(**options)
 
 
 def _docker(options: dict[str, Any]) -> Executor:

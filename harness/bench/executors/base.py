@@ -160,13 +160,18 @@ def fresh_result(job: CellJob, since: float) -> str | None:
 # ---------------------------------------------------------------- the cell process
 
 
+def cell_args(spec_path: Path, result_path: Path) -> list[str]:
+    """The arguments of ``harness.bench.cell``'s main for one cell."""
+    return ["--spec", str(spec_path), "--result", str(result_path)]
+
+
 def cell_command(spec_path: Path, result_path: Path, python: str = sys.executable) -> list[str]:
     """The command line of one cell (``python`` is the interpreter: a container's own, or this one)."""
-    return [python, "-m", "harness.bench.cell", "--spec", str(spec_path), "--result", str(result_path)]
+    return [python, "-m", "harness.bench.cell", *cell_args(spec_path, result_path)]
 
 
 @cache
-def _prctl() -> Callable[..., int] | None:
+def libc_prctl() -> Callable[..., int] | None:
     """libc's prctl, looked up once in the parent (where logging is safe), or None where there is none."""
     try:
         return ctypes.CDLL("libc.so.6", use_errno=True).prctl
@@ -175,7 +180,7 @@ def _prctl() -> Callable[..., int] | None:
         return None
 
 
-def _die_with_parent(prctl: Callable[..., int] | None) -> Callable[[], None]:
+def die_with_parent(prctl: Callable[..., int] | None) -> Callable[[], None]:
     """The child's preexec: its own session (a Ctrl-C aimed at the bench or at Ray leaves it alone; the
     executor stops it) and SIGKILL when its parent dies, so no orphan cell outlives a killed bench or Ray
     worker. Between fork and exec only async-signal-safe calls: a failure is written to the cell's log."""
@@ -192,7 +197,7 @@ def _die_with_parent(prctl: Callable[..., int] | None) -> Callable[[], None]:
 def start_cell(command: list[str], out: IO[Any], env: dict[str, str], cwd: str | None = None) -> subprocess.Popen:
     """Start a cell process writing stdout and stderr into ``out``."""
     return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env,
-                            preexec_fn=_die_with_parent(_prctl()))
+                            preexec_fn=die_with_parent(libc_prctl()))
 
 
 def stop(proc: subprocess.Popen) -> None:
