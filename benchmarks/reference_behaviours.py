@@ -24,10 +24,12 @@ def prune(model: str, method: str, sparsity: float, dtype: str, options: dict | 
           numerics: str = "exact", tokenizer: str = "fast", samples: int | None = None, seed: int = 0,
           **calibration: Any):
     from harness import pruning
+    from harness.data.tokens import Calibration
 
-    spec = pruning.CalibrationSpec("enwiki-sample", samples, None, seed, **calibration)
+    spec = Calibration(source="enwiki-sample", samples=samples, **calibration)
     job = pruning.PruneJob(method=method, sparsity=sparsity, model=model, options=options or {}, profile="cpu-quick",
-                           dtype=dtype, device="cpu", calibration=spec, numerics=numerics, tokenizer=tokenizer)
+                           dtype=dtype, device="cpu", calibration=spec, seed=seed, numerics=numerics,
+                           tokenizer=tokenizer)
     return pruning.execute(pruning.prepare(job))
 
 

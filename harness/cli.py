@@ -233,6 +233,7 @@ def prune_cmd(
 ) -> None:
     """Prune a model with one method and save the pruned checkpoint."""
     from harness import pruning
+    from harness.data.tokens import Calibration
     from harness.outputs import check_replaceable, check_writable, out_path
     from harness.progress import RichProgress
 
@@ -257,12 +258,13 @@ def prune_cmd(
     if options and method != "2ssp":
         raise PrunebenchError(f"--{next(iter(options)).replace('_', '-')} applies to 2ssp only; use --option KEY=VALUE")
     options.update(_parse_options(option or []))
-    calibration = pruning.CalibrationSpec(calib_data, calib_samples, seq_len, seed,
-                                          calib_construction or "joined", calib_draw or "fixed")
-    pruning.check_settings(numerics, tokenizer, calibration)
+    calibration = Calibration.checked(source=calib_data, samples=calib_samples, seq_len=seq_len,
+                                      construction=calib_construction or "joined", draw=calib_draw or "fixed")
+    pruning.check_settings(numerics, tokenizer, seed)
     job = pruning.PruneJob(
         method=method, sparsity=sparsity, model=model, options=options, profile=profile, dtype=dtype, device=device,
-        trust_remote_code=trust_remote_code, calibration=calibration, numerics=numerics, tokenizer=tokenizer,
+        trust_remote_code=trust_remote_code, calibration=calibration, seed=seed, numerics=numerics,
+        tokenizer=tokenizer,
     )
     prepared = pruning.prepare(job)
     outcome = pruning.execute(prepared, RichProgress(err_console))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,7 @@ import torch
 
 from harness.data.sources import JOIN, load_corpus, validate_source
 from harness.data.tokens import (
-    CONSTRUCTIONS,
-    DRAWS,
-    Construction,
-    Draw,
+    Calibration,
     calibration_samples,
     encode,
     per_document_samples,
@@ -59,31 +57,13 @@ from methods.base import (
 log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
-class CalibrationSpec:
-    """Which text calibrates, how much, and how samples are built from it (docs/protocol.md, "Calibration data").
-
-    None means the method's default for the profile. ``construction``: ``joined`` cuts consecutive chunks of
-    the documents joined with "\\n\\n" and tokenized once; ``per-document`` builds each sample from documents
-    tokenized one by one (EvoPress's own construction). ``draw``: what a non-zero seed does to the data:
-    ``fixed`` nothing (the reference harness's main runs), ``shuffle`` shuffles the documents first (its
-    calibration ablation), ``random-chunks`` draws distinct chunks at random (joined construction only).
-    """
-
-    source: str = "auto"
-    samples: int | None = None
-    seq_len: int | None = None
-    seed: int = 0
-    construction: Construction = "joined"
-    draw: Draw = "fixed"
-
-
-@dataclass(frozen=True)
 class PruneJob:
     method: str
     sparsity: float | None
     model: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
-    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
+    calibration: Calibration = field(default_factory=Calibration)  # as asked: prepare() resolves it
+    seed: int = 0  # the method's random choices, and the calibration's draw where it says so
     profile: str = "paper"
     dtype: str = "auto"
     device: str = "auto"
@@ -98,7 +78,7 @@ class Prepared:
     method: PruningMethod
     options: MethodOptions
     ref: ModelRef
-    calibration: CalibrationSpec  # resolved: concrete source, samples and length
+    calibration: Calibration  # resolved: concrete source, samples and length (source "none": no calibration)
     plan: dict[str, Any]
 
 
@@ -135,72 +115,71 @@ def sparsities_for(num_prune: int, layers: int) -> list[float]:
     return [num_prune / layers]
 
 
-def check_settings(numerics: str, tokenizer: str, calibration: CalibrationSpec | None = None) -> None:
+def check_settings(numerics: str, tokenizer: str, seed: int = 0) -> None:
     """The run-wide settings, refused in one line before anything loads."""
     if numerics not in NUMERICS:
         raise PrunebenchError(f"unknown numerics '{numerics}'; choose {' or '.join(NUMERICS)}")
     if tokenizer not in TOKENIZER_KINDS:
         raise PrunebenchError(f"unknown tokenizer '{tokenizer}'; choose {' or '.join(TOKENIZER_KINDS)}")
-    if calibration is None:
-        return
-    if calibration.seed < 0:
-        raise PrunebenchError(f"the seed is a non-negative integer, got {calibration.seed}")
-    if calibration.construction not in CONSTRUCTIONS:
-        raise PrunebenchError(f"unknown calibration construction '{calibration.construction}'; "
-                              f"choose {' or '.join(CONSTRUCTIONS)}")
-    if calibration.draw not in DRAWS:
-        raise PrunebenchError(f"unknown calibration draw '{calibration.draw}'; choose {', '.join(DRAWS)}")
-    if calibration.draw == "random-chunks" and calibration.construction != "joined":
-        raise PrunebenchError("calibration draw 'random-chunks' cuts the joined text: it needs construction 'joined'")
+    if seed < 0:
+        raise PrunebenchError(f"the seed is a non-negative integer, got {seed}")
+
+
+def resolve_calibration(method: PruningMethod, protocol: str, asked: Calibration, model_type: Callable[[], str],
+                        auto_source: Callable[[], str]) -> Calibration:
+    """The calibration a run of ``method`` under ``protocol`` uses: ``asked``, with the method's amount where none
+    was asked and ``auto_source()`` for the source ``auto``; ``source="none"`` for a method that calibrates on
+    nothing (the dense model). The one place where calibration defaults are filled in: a bench's driver calls it
+    when it expands its cells (which then carry the result), ``prunebench prune`` when it prepares its run.
+    ``model_type()`` is asked only of a method whose amount depends on the model."""
+    needs = method.calibration[protocol]
+    if not needs.samples:
+        return Calibration(source="none")
+    if type(method).calibration_needs is not PruningMethod.calibration_needs:
+        needs = method.calibration_needs(protocol, model_type(), asked.construction)
+    return asked.model_copy(update={"source": auto_source() if asked.source == "auto" else asked.source,
+                                    "samples": asked.samples or needs.samples,
+                                    "seq_len": asked.seq_len or needs.seq_len})
 
 
 def prepare(job: PruneJob) -> Prepared:
     method = get_method(job.method)
     protocol = method_protocol(job.profile)
     options = method.options(job.options, protocol)
-    spec = job.calibration
-    check_settings(job.numerics, job.tokenizer, spec)
+    check_settings(job.numerics, job.tokenizer, job.seed)
     resolve_device(job.device)  # a CUDA device that is not usable here: one line, before the model and the data
     ref = resolve_model(job.model)
     config = checked_config(ref, job.trust_remote_code)
-    needs = method.calibration_needs(protocol, config.model_type, spec.construction)
-    calib = CalibrationSpec(
-        source=resolve_calibration_source(spec.source) if needs.samples else spec.source,
-        samples=spec.samples if spec.samples is not None else needs.samples,
-        seq_len=spec.seq_len if spec.seq_len is not None else needs.seq_len,
-        seed=spec.seed, construction=spec.construction, draw=spec.draw,
-    )
-    if needs.samples:
+    calib = resolve_calibration(method, protocol, job.calibration, lambda: config.model_type,
+                                lambda: resolve_calibration_source("auto"))
+    if calib.samples:
         validate_source(calib.source)
-        if calib.samples < 1 or calib.seq_len < 2:
-            raise PrunebenchError("calibration needs at least 1 sample of 2 tokens, "
-                                  f"got {calib.samples} x {calib.seq_len}")
         check_positions(config, calib.seq_len, "a calibration sample")
-    plan = (method.plan(skeleton_adapter(ref, config, job.trust_remote_code), job.sparsity or 0.0, options)
-            if method.name != "dense" else {})
+    plan = method.plan(skeleton_adapter(ref, config, job.trust_remote_code), job.sparsity or 0.0, options)
     return Prepared(job, method, options, ref, calib, plan)
 
 
 def calibration_tokens(prepared: Prepared, tokenizer: Any) -> tuple[torch.Tensor, dict[str, Scalar]]:
     """The calibration samples [samples, seq_len] and the protocol that reproduces them."""
-    spec = prepared.calibration
-    if not spec.samples:  # prepare() resolved it from the method's protocol: 0 when it needs none
+    spec, seed = prepared.calibration, prepared.job.seed
+    if not spec.samples:  # resolve_calibration: a method that needs none
         return torch.empty(0, 0, dtype=torch.long), {}
+    assert spec.seq_len is not None  # resolved with the samples
     corpus = load_corpus(spec.source, "calibration")
-    shuffled = spec.draw == "shuffle" and spec.seed != 0
-    documents = shuffled_documents(corpus.documents, spec.seed) if shuffled else list(corpus.documents)
+    shuffled = spec.draw == "shuffle" and seed != 0
+    documents = shuffled_documents(corpus.documents, seed) if shuffled else list(corpus.documents)
     if spec.construction == "per-document":
         samples, corpus_tokens = per_document_samples(tokenizer, documents, spec.samples, spec.seq_len, JOIN)
         selection = "per document: each tokenized alone, cut at the sample length (corpus_tokens: those consumed)"
     else:
         tokens = encode(tokenizer, JOIN.join(documents)) if shuffled else tokenize(tokenizer, corpus)
-        chunk_seed = spec.seed if spec.draw == "random-chunks" else 0
+        chunk_seed = seed if spec.draw == "random-chunks" else 0
         samples = calibration_samples(tokens, spec.samples, spec.seq_len, chunk_seed)
         corpus_tokens = int(tokens.numel())
         selection = "first consecutive chunks" if chunk_seed == 0 else "seeded random chunks"
-    order = f"shuffled by Python random({spec.seed})" if shuffled else "as stored"
+    order = f"shuffled by Python random({seed})" if shuffled else "as stored"
     protocol = {**as_scalars(corpus.protocol), "source": spec.source, "samples": spec.samples, "seq_len": spec.seq_len,
-                "seed": spec.seed, "construction": spec.construction, "draw": spec.draw, "document_order": order,
+                "seed": seed, "construction": spec.construction, "draw": spec.draw, "document_order": order,
                 "selection": selection, "corpus_tokens": corpus_tokens, "tokenizer": tokenizer_kind(tokenizer)}
     return samples, protocol
 
@@ -213,9 +192,9 @@ def execute(prepared: Prepared, progress: Progress = no_progress, loaded: Loaded
     before = {"total": adapter.total_parameters(), "blocks": adapter.block_parameters()}
     attention_norms = sum(p.numel() for m in adapter.attn_norms(0) for p in m.parameters())
     samples, calib_protocol = calibration_tokens(prepared, loaded.corpus_tokenizer)
-    torch.manual_seed(prepared.calibration.seed)
+    torch.manual_seed(job.seed)
     timer = StageTimer(loaded.device)
-    ctx = PruneContext(samples, job.sparsity or 0.0, prepared.calibration.seed, progress, timer, job.numerics)
+    ctx = PruneContext(samples, job.sparsity or 0.0, job.seed, progress, timer, job.numerics, plan=prepared.plan)
     start = time.perf_counter()
     with torch.no_grad():
         decisions = prepared.method.prune(adapter, prepared.options, ctx)

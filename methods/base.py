@@ -96,6 +96,9 @@ class PruneContext:
     # Which computation ran where machines may take different ones with the same decisions (a search's run-time
     # checked shortcuts, methods.search): stage -> path. Written by the method, recorded in the pruning report.
     paths: dict[str, str] = field(default_factory=dict)
+    # The method's plan for this model and sparsity, made by the harness on a weightless skeleton before any weight
+    # loaded (``PruningMethod.plan``); None in a context made by hand (``PruningMethod.planned`` then makes it).
+    plan: dict[str, Any] | None = None
 
 
 class PruningMethod(ABC):
@@ -131,7 +134,7 @@ class PruningMethod(ABC):
 
     def calibration_needs(self, protocol: str, model_type: str, construction: str = "joined") -> CalibrationNeeds:
         """The calibration this method asks for under ``protocol`` for a model of ``model_type`` built by
-        ``construction`` (harness.pruning.CalibrationSpec); a method whose amount depends on either overrides it."""
+        ``construction`` (the harness's ``Calibration``); a method whose amount depends on either overrides it."""
         return self.calibration[protocol]
 
     def options(self, values: dict[str, Any] | None = None, protocol: str | None = None) -> MethodOptions:
@@ -158,6 +161,11 @@ class PruningMethod(ABC):
     @abstractmethod
     def prune(self, adapter: ModelAdapter, options: MethodOptions, ctx: PruneContext) -> dict[str, Any]:
         """Prune in place through the adapter; return the decisions (JSON-serialisable)."""
+
+    def planned(self, adapter: ModelAdapter, options: MethodOptions, ctx: PruneContext) -> dict[str, Any]:
+        """The plan ``prune`` carries out: the harness's (``ctx.plan``, made once, before the weights loaded), or for a
+        context made by hand, this adapter's. A plan depends on the model's shapes alone, so both are the same."""
+        return ctx.plan if ctx.plan is not None else self.plan(adapter, ctx.sparsity, options)
 
 
 def check_sparsity(sparsity: float) -> None:

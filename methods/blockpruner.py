@@ -310,7 +310,7 @@ class BlockPruner(_BlockPrunerBase):
         return {"mode": "free", **free_target(sub, sparsity)}
 
     def prune(self, adapter: ModelAdapter, options: BlockPrunerOptions, ctx: PruneContext) -> dict[str, Any]:
-        plan = self.plan(adapter, ctx.sparsity, options)
+        plan = self.planned(adapter, options, ctx)
         dense = adapter.block_parameters()
         probe, samples = _probe(adapter, options, ctx)
         if plan["mode"] == "alternating":
@@ -333,7 +333,7 @@ class BlockPrunerBlock(_BlockPrunerBase):
         return {"blocks": whole_blocks(adapter, sparsity)}
 
     def prune(self, adapter: ModelAdapter, options: BlockPrunerBlockOptions, ctx: PruneContext) -> dict[str, Any]:
-        n = self.plan(adapter, ctx.sparsity, options)["blocks"]
+        n = self.planned(adapter, options, ctx)["blocks"]
         dense, L = adapter.block_parameters(), adapter.num_layers
         probe, samples = _probe(adapter, options, ctx)
         search = GreedySearch(adapter, probe, "block", rounds=n, timer=ctx.timer)

@@ -435,7 +435,7 @@ class EvoPress(PruningMethod):
                 "generations": generations}
 
     def prune(self, adapter: ModelAdapter, options: SearchOptions, ctx: PruneContext) -> dict[str, Any]:
-        plan = self.plan(adapter, ctx.sparsity, options)
+        plan = self.planned(adapter, options, ctx)
         samples, seq_len = ctx.calibration.shape if ctx.calibration.dim() == 2 else (0, 0)
         self._check_tokens(options, samples * seq_len, samples, seq_len)
         space = Space(plan["layers"], plan["n"], self.blocks)

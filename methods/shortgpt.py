@@ -123,7 +123,7 @@ class ShortGPT(PruningMethod):
         return plan_layer_removal(adapter, sparsity, options.protected(), "ShortGPT")
 
     def prune(self, adapter: ModelAdapter, options: ShortGPTOptions, ctx: PruneContext) -> dict[str, Any]:
-        plan = self.plan(adapter, ctx.sparsity, options)
+        plan = self.planned(adapter, options, ctx)
         tokens = options.resolved_tokens()
         with ctx.timer.stage("calibration_forward"):
             cos = block_cosines(adapter, ctx, tokens)

@@ -576,7 +576,7 @@ class SliceGPT(PruningMethod):
         }
 
     def prune(self, adapter: ModelAdapter, options: SliceGPTOptions, ctx: PruneContext) -> dict[str, Any]:
-        plan = self.plan(adapter, ctx.sparsity, options)
+        plan = self.planned(adapter, options, ctx)
         before = adapter.block_parameters()
         widths = stream_widths(adapter.num_layers, plan["width"], plan["head_width"])
         mass = rotate_and_slice(adapter, ctx.calibration, widths, directions=options.directions, damp=options.damp,

@@ -367,7 +367,7 @@ class TwoSSP(PruningMethod):
             raise MethodError(f"2SSP cannot reach sparsity {sparsity}: {err}; {where}") from None
 
     def prune(self, adapter: ModelAdapter, options: TwoSSPOptions, ctx: PruneContext) -> dict[str, Any]:
-        plan = self.plan(adapter, ctx.sparsity, options)
+        plan = self.planned(adapter, options, ctx)
         decisions: dict[str, Any] = {**plan, "stages": options.stages, "numerics": ctx.numerics,
                                      "ties": options.ties}
         if options.stages != "depth":

@@ -168,7 +168,7 @@ class Window(PruningMethod):
         return plan
 
     def prune(self, adapter: ModelAdapter, options: WindowOptions, ctx: PruneContext) -> dict[str, Any]:
-        plan = self.plan(adapter, ctx.sparsity, options)
+        plan = self.planned(adapter, options, ctx)
         n, distance = plan["n"], options.resolved_distance()
         with ctx.timer.stage("calibration_forward"):
             cos, angular = window_similarities(adapter, ctx, n)

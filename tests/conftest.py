@@ -124,9 +124,11 @@ def pruned_checkpoint(out, method: str, sparsity: float, **options):
     """A real pruned checkpoint of the embedded SmolLM2 (2 calibration samples of 64 tokens), as `prunebench prune` \
 writes it."""
     from harness import pruning
+    from harness.data.tokens import Calibration
 
     job = pruning.PruneJob(method=method, sparsity=sparsity, model="smollm2-135m", options=options, profile="cpu-quick",
-                           dtype="float32", device="cpu", calibration=pruning.CalibrationSpec("enwiki-sample", 2, 64))
+                           dtype="float32", device="cpu",
+                           calibration=Calibration(source="enwiki-sample", samples=2, seq_len=64))
     return pruning.save(pruning.execute(pruning.prepare(job)), out)
 
 

@@ -73,12 +73,13 @@ def test_shuffle_is_pythons_random_as_the_authors_seed_it():
     assert shuffled_documents(docs, 3) != shuffled_documents(docs, 4)
 
 
-def _job(**calibration):
+def _job(seed: int = 0, **calibration):
     from harness import pruning
+    from harness.data.tokens import Calibration
 
-    spec = pruning.CalibrationSpec("enwiki-sample", 4, 64, **calibration)
+    spec = Calibration(source="enwiki-sample", samples=4, seq_len=64, **calibration)
     return pruning.PruneJob(method="2ssp", sparsity=0.25, model="smollm2-135m", profile="cpu-quick",
-                            dtype="float32", device="cpu", calibration=spec)
+                            dtype="float32", device="cpu", calibration=spec, seed=seed)
 
 
 @pytest.mark.real_model
@@ -170,6 +171,7 @@ def test_bad_settings_are_one_line(settings, message):
 def test_report_also_counts_as_the_reference_harness(smollm2):
     """The norms of removed attention modules are freed; the report also gives the reference's count (kept)."""
     from harness import pruning
+    from harness.data.tokens import Calibration
 
     report = pruning.execute(pruning.prepare(_job()), loaded=smollm2).report
     removed = report.decisions["removed_attention"]
@@ -179,7 +181,7 @@ def test_report_also_counts_as_the_reference_harness(smollm2):
                                                                 rel=0, abs=1e-12)
     shortgpt = pruning.PruneJob(method="shortgpt", sparsity=0.25, model="smollm2-135m", profile="cpu-quick",
                                 dtype="float32", device="cpu",
-                                calibration=pruning.CalibrationSpec("enwiki-sample", 2, 64))
+                                calibration=Calibration(source="enwiki-sample", samples=2, seq_len=64))
     from harness.models import load_model
 
     fresh = load_model(smollm2.ref, dtype="float32", device="cpu")

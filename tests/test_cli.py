@@ -92,6 +92,8 @@ def test_gemma_gets_bos_per_window_and_it_is_recorded(tmp_path, smollm2_ref):
      "unknown calibration draw 'sometimes'"),
     (["prune", "--method", "evopress", "--sparsity", "0.3", "--calib-construction", "per-document",
       "--calib-draw", "random-chunks"], "needs construction 'joined'"),
+    (["prune", "--method", "2ssp", "--sparsity", "0.3", "--calib-samples", "0"],
+     "Invalid value for '--calib-samples'"),
     (["bench", "--methods", "2ssp", "--calib-construction", "by-page"], "calibration.construction"),
     (["bench", "--methods", "2ssp", "--tokenizer", "medium"], "bench setting 'tokenizer'"),
 ])

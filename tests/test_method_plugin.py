@@ -129,11 +129,12 @@ def test_the_code_fingerprint_covers_an_added_methods_own_file(monkeypatch, tmp_
 def test_the_toy_method_prunes_saves_and_reloads_through_the_harness(toy, smollm2_ref, tmp_path):
     from harness import load_pruned, pruning
     from harness.checkpoint import read_manifest
+    from harness.data.tokens import Calibration
     from methods.custom_ops import CUSTOM_OPS
 
     def job(profile: str) -> pruning.PruneJob:
         return pruning.PruneJob(method=TOY, sparsity=0.1, model="smollm2-135m", profile=profile, dtype="float32",
-                                device="cpu", calibration=pruning.CalibrationSpec("enwiki-sample"))
+                                device="cpu", calibration=Calibration(source="enwiki-sample"))
 
     paper = pruning.prepare(job("paper"))
     assert (paper.calibration.samples, paper.calibration.seq_len, paper.options.layers) == (4, 32, 2)

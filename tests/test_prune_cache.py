@@ -282,7 +282,8 @@ class CharTokenizer:
 @pytest.fixture
 def cell_setup(tmp_path, monkeypatch):
     """A tiny local model, calibration text, a cache in tmp_path; make(id, **spec) -> (spec, loaded)."""
-    from harness.bench.config import CalibrationConfig, CellSpec, profile_defaults
+    from harness.bench.config import CellSpec, profile_defaults
+    from harness.data.tokens import Calibration
     from harness.models import LoadedModel, resolve_model
 
     monkeypatch.setenv("PRUNEBENCH_CACHE", str(tmp_path / "cache"))
@@ -296,7 +297,7 @@ def cell_setup(tmp_path, monkeypatch):
         spec = CellSpec(**{
             "id": cell_id, "model": str(model_dir), "method": "shortgpt", "variant": "shortgpt",
             "sparsity": 0.25, "seed": 0, "profile": "cpu-quick", "method_options": {},
-            "calibration": CalibrationConfig(source=f"text:{text}", samples=2, seq_len=16),
+            "calibration": Calibration(source=f"text:{text}", samples=2, seq_len=16),
             "perplexity": defaults["perplexity"], "downstream": defaults["downstream"],
             "latency": defaults["latency"], "qualitative": defaults["qualitative"],
             "dtype": "float32", "device": "cpu", "trust_remote_code": False, "cache_pruned": True,

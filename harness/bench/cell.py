@@ -144,13 +144,10 @@ def prune_job(spec: CellSpec):
     """The pruning run a cell's spec describes (a ``harness.pruning.PruneJob``)."""
     from harness import pruning
 
-    cal = spec.calibration
     return pruning.PruneJob(
         method=spec.method, sparsity=spec.sparsity, model=spec.model, options=spec.method_options,
-        calibration=pruning.CalibrationSpec(cal.source, cal.samples, cal.seq_len, spec.seed, cal.construction,
-                                            cal.draw),
-        profile=spec.profile, dtype=spec.dtype, device=spec.device, trust_remote_code=spec.trust_remote_code,
-        numerics=spec.numerics, tokenizer=spec.tokenizer,
+        calibration=spec.calibration, seed=spec.seed, profile=spec.profile, dtype=spec.dtype, device=spec.device,
+        trust_remote_code=spec.trust_remote_code, numerics=spec.numerics, tokenizer=spec.tokenizer,
     )
 
 

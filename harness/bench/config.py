@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from harness import __version__
-from harness.data.tokens import Construction, Draw
+from harness.data.tokens import Calibration
 from harness.errors import PrunebenchError, first_line
 from harness.hashing import EXTRAS, NOT_HASHED, canonical_hash, complete, config_hash
 from harness.metrics.registry import METRICS, metric_fields
@@ -39,21 +39,6 @@ from methods.base import Numerics
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class CalibrationConfig(_Config):
-    source: str = "auto"  # auto = the profile's source
-    samples: int | None = Field(None, ge=1)  # None = the method's default for the profile
-    seq_len: int | None = Field(None, ge=2)
-    # How samples are built and what a seed does to them (harness.pruning.CalibrationSpec, docs/protocol.md).
-    construction: Construction = "joined"
-    draw: Draw = "fixed"
-
-    @model_validator(mode="after")
-    def _draw_fits(self):
-        if self.draw == "random-chunks" and self.construction != "joined":
-            raise ValueError("draw 'random-chunks' cuts the joined text: it needs construction 'joined'")
-        return self
 
 
 def profile_defaults(profile: str) -> dict[str, Any]:
@@ -73,7 +58,7 @@ class Row(_Config):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
     method: str
     options: dict[str, Any] = Field(default_factory=dict)
-    calibration: CalibrationConfig | None = None
+    calibration: Calibration | None = None
     sparsities: list[float] | None = None  # None: the bench's
     seeds: list[int] | None = None
 
@@ -106,7 +91,7 @@ class _BenchConfig(_Config):
     trust_remote_code: bool = False
     timeout_s: float | None = Field(None, gt=0, description="per cell")
     cache_pruned: bool = True
-    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    calibration: Calibration = Field(default_factory=Calibration)
     method_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     executor_options: dict[str, Any] = Field(default_factory=dict)
     # Also write each cell's model in these formats (harness.export), into cells/exports/ beside its result.
@@ -236,7 +221,7 @@ class _CellSpec(_Config):
     seed: int
     profile: str
     method_options: dict[str, Any]
-    calibration: CalibrationConfig
+    calibration: Calibration
     dtype: str
     device: str
     numerics: Numerics = "exact"

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from harness.bench.config import (
     BenchConfig,
-    CalibrationConfig,
     CellSpec,
     Row,
     cell_id,
@@ -22,9 +21,8 @@ from harness.metrics.registry import METRICS
 from harness.models import num_layers
 from harness.outputs import check_run_folder
 from harness.profiles import method_protocol, resolve_profile
-from harness.pruning import sparsities_for
+from harness.pruning import resolve_calibration, sparsities_for
 from methods import expand_method_name, get_method, method_names
-from methods.base import PruningMethod
 from methods.errors import MethodError, UnsupportedArchitecture
 
 log = logging.getLogger(__name__)
@@ -107,7 +105,8 @@ def resolve(config: BenchConfig) -> ResolvedBench:
         method = get_method(v.method)
         options = method.options({**config.method_options.get(v.method, {}), **v.options},
                                  method_protocol(profile)).model_dump(mode="json")
-        calibration = _calibration(method, profile, source, v.calibration or config.calibration, model_type)
+        calibration = resolve_calibration(method, method_protocol(profile), v.calibration or config.calibration,
+                                          model_type, lambda: source)
         if v.method == "dense":
             grid = [(0.0, 0)]
         else:
@@ -177,19 +176,6 @@ class _ModelType:
         return self.value
 
 
-def _calibration(method, profile: str, source: str, asked: CalibrationConfig, model_type: _ModelType
-                 ) -> CalibrationConfig:
-    protocol = method_protocol(profile)
-    needs = method.calibration[protocol]
-    if not (needs and needs.samples):  # a method without calibration (the dense model)
-        return CalibrationConfig(source="none")
-    if type(method).calibration_needs is not PruningMethod.calibration_needs:  # its amount depends on the model
-        needs = method.calibration_needs(protocol, model_type(), asked.construction)
-    return CalibrationConfig(source=asked.source if asked.source != "auto" else source,
-                             samples=asked.samples or needs.samples, seq_len=asked.seq_len or needs.seq_len,
-                             construction=asked.construction, draw=asked.draw)
-
-
 def hub_needs(bench: ResolvedBench) -> tuple[list[tuple[str, str]], list[str]]:
     """The hub corpora (source, role) and lm-eval hub tasks the bench's cells read (harness.bench.inputs): the
     calibration's, and what each metric says it reads (``Metric.hub_needs``)."""
@@ -238,20 +224,19 @@ def validate(bench: ResolvedBench) -> None:
     skeleton = skeleton_adapter(ref, config, bench.config.trust_remote_code)
     keep, unsupported = [], {}
     for cell in bench.cells:
-        if cell.method != "dense":
-            method = get_method(cell.method)
-            try:
-                method.plan(skeleton, cell.sparsity, method.Options(**cell.method_options))
-            except UnsupportedArchitecture as err:
-                if cell.variant not in bench.grouped:
-                    raise PrunebenchError(f"method '{cell.variant}' cannot run on model '{ref.name}': {err}") from None
-                unsupported.setdefault(cell.variant, str(err))
-                continue
-            except MethodError as err:
-                if bench.config.num_prune != -1 and not bench.config.preset:
-                    raise PrunebenchError(f"cell {cell.id}: {err}") from None
-                bench.notes.append(f"left out {cell.id}: infeasible ({str(err).split(':')[0]})")
-                continue
+        method = get_method(cell.method)
+        try:
+            method.plan(skeleton, cell.sparsity, method.Options(**cell.method_options))
+        except UnsupportedArchitecture as err:
+            if cell.variant not in bench.grouped:
+                raise PrunebenchError(f"method '{cell.variant}' cannot run on model '{ref.name}': {err}") from None
+            unsupported.setdefault(cell.variant, str(err))
+            continue
+        except MethodError as err:
+            if bench.config.num_prune != -1 and not bench.config.preset:
+                raise PrunebenchError(f"cell {cell.id}: {err}") from None
+            bench.notes.append(f"left out {cell.id}: infeasible ({str(err).split(':')[0]})")
+            continue
         keep.append(cell)
     for variant, reason in unsupported.items():
         bench.notes.append(f"left out {variant} (from '{bench.grouped[variant]}'): {reason}")

@@ -7,15 +7,60 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.data.sources import Corpus
 from harness.errors import DataUnavailable, PrunebenchError
 
-# How calibration samples are built and what a seed does to them (harness.pruning.CalibrationSpec).
+# How calibration samples are built and what a seed does to them (Calibration).
 Construction = Literal["joined", "per-document"]
 CONSTRUCTIONS: tuple[Construction, ...] = ("joined", "per-document")
 Draw = Literal["fixed", "shuffle", "random-chunks"]
 DRAWS: tuple[Draw, ...] = ("fixed", "shuffle", "random-chunks")
+
+
+class Calibration(BaseModel):
+    """Which text calibrates a pruning run, how much, and how samples are built from it (docs/protocol.md,
+    "Calibration data"): the one description of it, from a bench file or `prunebench prune`'s flags to the run.
+
+    As asked, ``source`` may be ``auto`` (the profile's source) and ``samples`` / ``seq_len`` None (the method's
+    amount for the profile); ``harness.pruning.resolve_calibration`` fills them in, once. ``construction``:
+    ``joined`` cuts consecutive chunks of the documents joined with "\\n\\n" and tokenized once; ``per-document``
+    builds each sample from documents tokenized one by one (EvoPress's own). ``draw``: what a non-zero seed does to
+    the data: ``fixed`` nothing (the reference harness's main runs), ``shuffle`` shuffles the documents first (its
+    calibration ablation), ``random-chunks`` draws distinct chunks at random (joined construction only).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = "auto"
+    samples: int | None = Field(None, ge=1)
+    seq_len: int | None = Field(None, ge=2)
+    construction: Construction = "joined"
+    draw: Draw = "fixed"
+
+    @model_validator(mode="after")
+    def _draw_fits(self) -> Calibration:
+        if self.draw == "random-chunks" and self.construction != "joined":
+            raise ValueError("calibration draw 'random-chunks' cuts the joined text: it needs construction 'joined'")
+        return self
+
+    @classmethod
+    def checked(cls, **values: object) -> Calibration:
+        """A Calibration from loose values (command-line flags): a bad one is one line, not a pydantic report."""
+        construction, draw = values.get("construction", "joined"), values.get("draw", "fixed")
+        if construction not in CONSTRUCTIONS:
+            raise PrunebenchError(f"unknown calibration construction '{construction}'; "
+                                  f"choose {' or '.join(CONSTRUCTIONS)}")
+        if draw not in DRAWS:
+            raise PrunebenchError(f"unknown calibration draw '{draw}'; choose {', '.join(DRAWS)}")
+        try:
+            return cls(**values)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            message = first["msg"].removeprefix("Value error, ")
+            raise PrunebenchError(f"calibration {where}: {message}" if where else message) from None
 
 
 def tokenize(tokenizer: Any, corpus: Corpus) -> torch.LongTensor:
