@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from harness.bench.executors.base import PR_SET_PDEATHSIG, die_with_parent, libc_prctl
+from harness.devices import driver_version
 
 log = logging.getLogger("prunebench.executors")
 
 READY_TIMEOUT_S = 300.0  # the server's imports; far more than they take on a loaded machine
-NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")  # as harness.devices.DRIVER_FILE, without importing torch
 
 
 class ServerGone(Exception):
@@ -128,7 +128,7 @@ class ForkServer:
 
 def forking_allowed() -> bool:
     """Whether cells may be forked from a server: not where an NVIDIA driver is loaded (CUDA and fork)."""
-    return not NVIDIA_DRIVER.exists()
+    return driver_version() is None
 
 
 # ---------------------------------------------------------------- the server process
