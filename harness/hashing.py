@@ -46,8 +46,9 @@ SETTINGS_ADDED_LATER: dict[str, Any] = {
     "recovery": None,  # off: no recovery fine-tuning after pruning (harness.recovery)
 }
 
-# How a cell is run and where it came from, not what it computes: never hashed.
-NOT_HASHED = frozenset({"reprune", "export", "run"})
+# How a cell is run and where it came from, not what it computes: never hashed. ``plan`` follows from the hashed
+# settings (the driver's plan for the cell, handed over so that the cell does not make it again).
+NOT_HASHED = frozenset({"reprune", "export", "run", "plan"})
 # A cell's own settings; everything else is the protocol that the rows of one leaderboard table share.
 PER_CELL = frozenset({"id", "method", "variant", "sparsity", "seed", "method_options", "calibration", "cache_pruned",
                       "prunebench_version"})

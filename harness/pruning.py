@@ -70,6 +70,7 @@ class PruneJob:
     trust_remote_code: bool = False
     numerics: Numerics = "exact"
     tokenizer: TokenizerKind = "fast"
+    plan: dict[str, Any] | None = None  # made already by the caller (a bench's driver); None: prepare() makes it
 
 
 @dataclass
@@ -155,7 +156,9 @@ def prepare(job: PruneJob) -> Prepared:
     if calib.samples:
         validate_source(calib.source)
         check_positions(config, calib.seq_len, "a calibration sample")
-    plan = method.plan(skeleton_adapter(ref, config, job.trust_remote_code), job.sparsity or 0.0, options)
+    plan = job.plan
+    if plan is None:
+        plan = method.plan(skeleton_adapter(ref, config, job.trust_remote_code), job.sparsity or 0.0, options)
     return Prepared(job, method, options, ref, calib, plan)
 
 

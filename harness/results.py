@@ -23,6 +23,7 @@ from harness.metrics.registry import METRICS, metric_fields
 from harness.pruning_report import PruningReport
 from harness.recovery.config import RecoveryReport
 from harness.schema import Strict
+from methods.errors import invalid
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,12 @@ class Cell(Strict):
     variant: str  # the leaderboard row: the method's name, or an ablation's
     sparsity: float
     seed: int
+
+    @property
+    def reference(self) -> bool:
+        """The unpruned reference row (a method whose ``reference`` is set: the dense model). Pruning targets are
+        strictly between 0 and 1, so the one cell at sparsity 0 is it."""
+        return self.sparsity == 0.0
 
 
 class Parameters(Strict):
@@ -167,9 +174,8 @@ def read_result(path: Path) -> CellResult:
     try:
         result = CellResult.model_validate(upgrade(data, path))
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InvalidResult(f"{path}: does not match the result schema ({where}: {first['msg']})") from err
+        where, message = invalid(err)
+        raise InvalidResult(f"{path}: does not match the result schema ({where}: {message})") from err
     problem = inconsistency(result)
     if problem:
         raise InvalidResult(f"{path}: {problem} (edited by hand?)")

@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from methods.arch import ModelAdapter
-from methods.errors import MethodError
+from methods.errors import MethodError, invalid
 
 
 class MethodOptions(BaseModel):
@@ -111,6 +111,9 @@ class PruningMethod(ABC):
         "quick": CalibrationNeeds(8, 128),
     }
 
+    # The reference row (the dense model): a bench measures it once, at sparsity 0 and seed 0, and compares every
+    # other row with it; it is not pruned, recovered or ranked. Everything else about it is an ordinary method's.
+    reference: ClassVar[bool] = False
     # Option values per protocol (e.g. a smaller search for ``quick``); the user's options win.
     protocol_options: ClassVar[dict[str, dict[str, Any]]] = {}
     # How far a re-run's value of a metric may honestly drift on another machine, where float rounding differs,
@@ -147,9 +150,8 @@ class PruningMethod(ABC):
         try:
             return self.Options(**merged)
         except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "options"
-            raise MethodError(f"{self.name}: option '{where}': {first['msg']}") from err
+            where, message = invalid(err)
+            raise MethodError(f"{self.name}: option '{where or 'options'}': {message}") from err
 
     @abstractmethod
     def plan(self, adapter: ModelAdapter, sparsity: float, options: MethodOptions) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from methods.base import CalibrationNeeds, MethodOptions, PruneContext, PruningM
 class Dense(PruningMethod):
     name = "dense"
     summary = "the unpruned model (reference row)"
+    reference = True
     calibration = {"full": CalibrationNeeds(0, 0), "quick": CalibrationNeeds(0, 0)}
 
     def plan(self, adapter: ModelAdapter, sparsity: float, options: MethodOptions) -> dict[str, Any]:

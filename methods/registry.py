@@ -99,8 +99,9 @@ def _table() -> dict[str, str]:
     return {**METHODS, **added_methods()}
 
 
-def method_names(include_dense: bool = True) -> list[str]:
-    return [n for n in _table() if include_dense or n != "dense"]
+def method_names(include_reference: bool = True) -> list[str]:
+    """Every registered name; without the reference row (the dense model) imports each method to ask it."""
+    return [n for n in _table() if include_reference or not get_method(n).reference]
 
 
 def expand_method_name(name: str) -> list[str]:

@@ -121,7 +121,7 @@ CASES = [
     Case("bench --seeds ''", ["bench", "--seeds", ""], "--seeds is empty"),
     # --- negative seeds, for every method
     *[Case(f"prune {m} --seed -1", ["prune", "--method", m, "--sparsity", "0.25", "--seed", "-1"],
-           "'--seed': Input should be greater than or equal to 0") for m in method_names(include_dense=False)],
+           "'--seed': Input should be greater than or equal to 0") for m in method_names(include_reference=False)],
     Case("bench --seeds -1 (slicegpt)", ["bench", "--methods", "slicegpt", "--seeds", "-1"],
          "seeds are non-negative integers, got -1"),
     # --- what used to end in a traceback

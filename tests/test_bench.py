@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from harness.bench.config import BenchConfig, load_bench_file, make_config
+from harness.bench.config import BenchConfig, CellSpec, load_bench_file, make_config
 from harness.bench.expand import hub_needs, resolve
 from harness.errors import PrunebenchError
 from harness.results import InvalidResult, read_result
@@ -67,6 +67,24 @@ def test_a_bench_expands_into_cells_with_stable_hashes(tmp_path):
     assert (forced.config_hash(), forced.prune_key("m", code, **cpu)) == (cell.config_hash(),
                                                                           cell.prune_key("m", code, **cpu))
     assert cell.prune_key("m", {**code, "code": "fedcba9876543210"}, **cpu) != cell.prune_key("m", code, **cpu)
+
+
+def test_the_driver_plans_each_cell_once_and_the_cell_carries_the_plan_out(tmp_path):
+    from harness.bench.cell import prune_job
+    from harness.bench.expand import validate
+    from harness.pruning import prepare
+
+    bench = resolve(tiny_config(tmp_path, methods=["2ssp", "dense"], sparsities=[0.25, 0.5], **MECHANICS))
+    hashes = [c.config_hash() for c in bench.cells]
+    validate(bench)
+    assert [c.config_hash() for c in bench.cells] == hashes  # the plan follows from the settings: not hashed
+    dense, quarter, half = bench.cells
+    assert dense.plan == {} and quarter.plan["n_attn"] < half.plan["n_attn"]
+    carried = CellSpec.model_validate_json(half.model_dump_json())  # as the executor hands it to the cell
+    assert carried.plan == half.plan
+    prepared = prepare(prune_job(carried))
+    assert prepared.plan is carried.plan  # carried out, not made again
+    assert prepare(prune_job(carried.model_copy(update={"plan": None}))).plan == half.plan  # a spec without one
 
 
 def test_the_pruned_model_cache_key_names_what_auto_became(tmp_path):

@@ -97,6 +97,39 @@ def test_the_environment_names_methods_and_a_malformed_entry_is_one_line(monkeyp
         get_method("window")
 
 
+class Untouched(PruningMethod):
+    """A second reference row: what makes the dense model special is ``reference``, not its name."""
+
+    name = "toy-reference"
+    summary = "toy: the model as loaded"
+    calibration = {"full": CalibrationNeeds(0, 0), "quick": CalibrationNeeds(0, 0)}
+    reference = True
+
+    def plan(self, adapter: ModelAdapter, sparsity: float, options: MethodOptions) -> dict[str, Any]:
+        return {}
+
+    def prune(self, adapter: ModelAdapter, options: MethodOptions, ctx: PruneContext) -> dict[str, Any]:
+        return {}
+
+
+def test_a_reference_method_runs_once_first_and_is_never_recovered(toy, tmp_path):
+    from harness.bench.config import BenchConfig
+    from harness.bench.expand import resolve
+
+    register_method("toy-reference", Untouched)
+    try:
+        bench = resolve(BenchConfig(model="smollm2-135m", methods=[TOY, "toy-reference"], sparsities=[0.25, 0.5],
+                                    seeds=[0, 1], recovery={}, out=tmp_path / "out"))
+        assert "toy-reference" not in method_names(include_reference=False)
+    finally:
+        unregister_method("toy-reference")
+    first, *rest = bench.cells
+    assert (first.id, first.method, first.sparsity, first.seed, first.recovery) == ("toy-reference", "toy-reference",
+                                                                                   0.0, 0, None)
+    assert [c.method for c in rest] == [TOY] * 8  # 2 sparsities x 2 seeds, each pruned and recovered
+    assert sum(c.recovery is not None for c in rest) == 4
+
+
 def test_a_method_declares_protocols_never_profiles():
     with pytest.raises(TypeError, match="calibration must name exactly the protocols"):
         type("ByProfile", (DropLastFFNs,),

@@ -37,6 +37,7 @@ from harness.results import (
     Parameters,
     write_result,
 )
+from methods import get_method
 from methods.errors import MethodError
 
 log = logging.getLogger("prunebench.cell")
@@ -147,7 +148,7 @@ def prune_job(spec: CellSpec):
     return pruning.PruneJob(
         method=spec.method, sparsity=spec.sparsity, model=spec.model, options=spec.method_options,
         calibration=spec.calibration, seed=spec.seed, profile=spec.profile, dtype=spec.dtype, device=spec.device,
-        trust_remote_code=spec.trust_remote_code, numerics=spec.numerics, tokenizer=spec.tokenizer,
+        trust_remote_code=spec.trust_remote_code, numerics=spec.numerics, tokenizer=spec.tokenizer, plan=spec.plan,
     )
 
 
@@ -250,7 +251,7 @@ def run(spec: CellSpec, exports_dir: Path | None = None) -> CellResult:
     dense = adapt(loaded.model)
     before = (dense.total_parameters(), dense.block_parameters())
     enabled = {name: m for name, m in METRICS.items() if getattr(spec, name).enabled}
-    is_dense = spec.method == "dense"
+    is_dense = get_method(spec.method).reference
     # Where the model came from (a prune report's model record): what an export, the engine's or --export's, names.
     source = model_record(loaded)
     dense_ctx = MeasureContext(loaded.model, dense, loaded.tokenizer, spec.seed, is_dense, source, spec.numerics,

@@ -35,6 +35,7 @@ from harness.models import TokenizerKind
 from harness.profiles import calibration_source
 from harness.recovery.config import RecoveryConfig
 from methods.base import Numerics
+from methods.errors import invalid
 
 
 class _Config(BaseModel):
@@ -174,9 +175,8 @@ def metric_config(name: str, profile: str, overrides: dict[str, Any] | None) -> 
     try:
         return metric.config_type.model_validate(metric.with_overrides(metric.default_config(profile), overrides or {}))
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in (name, *first["loc"]))
-        raise PrunebenchError(f"bench setting '{where}': {first['msg']}") from None
+        where, message = invalid(err)
+        raise PrunebenchError(f"bench setting '{'.'.join(p for p in (name, where) if p)}': {message}") from None
 
 
 def load_bench_file(path: Path) -> dict[str, Any]:
@@ -197,9 +197,8 @@ def make_config(file_values: dict[str, Any], overrides: dict[str, Any]) -> Bench
     try:
         return BenchConfig(**merged)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "bench"
-        raise PrunebenchError(f"bench setting '{where}': {first['msg']}") from None
+        where, message = invalid(err)
+        raise PrunebenchError(f"bench setting '{where or 'bench'}': {message}") from None
 
 
 def model_slug(model: str) -> str:
@@ -241,6 +240,10 @@ class _CellSpec(_Config):
     run: str | None = None
     # The recovery after pruning, resolved; None = none (the dense cell never has one).
     recovery: RecoveryConfig | None = None
+    # The method's plan for this cell (``PruningMethod.plan``), made by the driver on the model's skeleton when it
+    # checked the bench; the cell carries it out instead of planning again. It follows from the settings above, so
+    # it is in neither hash; None (a record made before it, or a spec made by hand): the cell plans.
+    plan: dict[str, Any] | None = None
 
     def config_hash(self) -> str:
         return config_hash(self.model_dump(mode="json"))
@@ -257,9 +260,8 @@ class _CellSpec(_Config):
         try:
             return cls(**full)
         except ValidationError as err:
-            first = err.errors()[0]
-            raise PrunebenchError(f"{where}: its configuration is not a cell's "
-                                  f"({'.'.join(str(p) for p in first['loc'])}: {first['msg']})") from None
+            field, message = invalid(err)
+            raise PrunebenchError(f"{where}: its configuration is not a cell's ({field}: {message})") from None
 
     def prune_key(self, model_identity: str, fingerprint: dict[str, str], *, dtype: str, device: str) -> str:
         """Only what determines the pruned weights: a later metric change reuses the pruned model.
@@ -291,8 +293,9 @@ CellSpec = create_model(
 RECOVERED_SUFFIX = "-recovered"
 
 
-def cell_id(variant: str, sparsity: float, seed: int, recovered: bool = False) -> str:
-    """A cell's name in its run folder; the recovered model of a pruned cell is its own cell beside it."""
-    if variant == "dense":
-        return "dense"
+def cell_id(variant: str, sparsity: float, seed: int, recovered: bool = False, *, reference: bool = False) -> str:
+    """A cell's name in its run folder; the recovered model of a pruned cell is its own cell beside it, and the
+    reference row's one cell is named by its row alone."""
+    if reference:
+        return variant
     return f"{variant}-s{sparsity:g}-seed{seed}{RECOVERED_SUFFIX if recovered else ''}"

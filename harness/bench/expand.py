@@ -50,7 +50,7 @@ def expand_methods(names: list[str]) -> list[str]:
             get_method(n)  # unknown names fail here, with the list of known ones
             if n not in out:
                 out.append(n)
-    return sorted(out, key=lambda n: (n != "dense",))  # the reference row first
+    return sorted(out, key=lambda n: not get_method(n).reference)  # the reference row first
 
 
 def grouped_methods(names: list[str]) -> dict[str, str]:
@@ -107,17 +107,18 @@ def resolve(config: BenchConfig) -> ResolvedBench:
                                  method_protocol(profile)).model_dump(mode="json")
         calibration = resolve_calibration(method, method_protocol(profile), v.calibration or config.calibration,
                                           model_type, lambda: source)
-        if v.method == "dense":
+        if method.reference:
             grid = [(0.0, 0)]
         else:
             grid = [(s, seed) for s in (v.sparsities or sparsities) for seed in (v.seeds or config.seeds)]
         # With recovery, a pruned model is measured twice, as pruned and as recovered: two cells, the second
         # right after the first (it heals the model the first left in the cache). The first is the same cell as
         # in a bench without recovery, so a recovery bench resumes the plain bench's results.
-        healed = [False] if v.method == "dense" or recovery is None else [False, True]
+        healed = [False] if method.reference or recovery is None else [False, True]
         for (sparsity, seed), recovered in ((point, r) for point in grid for r in healed):
             cells.append(CellSpec(
-                id=cell_id(v.name, sparsity, seed, recovered), model=config.model, method=v.method, variant=v.name,
+                id=cell_id(v.name, sparsity, seed, recovered, reference=method.reference), model=config.model,
+                method=v.method, variant=v.name,
                 sparsity=sparsity, seed=seed, profile=profile, method_options=options, calibration=calibration,
                 **metrics,
                 dtype=config.dtype, device=config.device, numerics=config.numerics, tokenizer=config.tokenizer,
@@ -226,7 +227,7 @@ def validate(bench: ResolvedBench) -> None:
     for cell in bench.cells:
         method = get_method(cell.method)
         try:
-            method.plan(skeleton, cell.sparsity, method.Options(**cell.method_options))
+            plan = method.plan(skeleton, cell.sparsity, method.Options(**cell.method_options))
         except UnsupportedArchitecture as err:
             if cell.variant not in bench.grouped:
                 raise PrunebenchError(f"method '{cell.variant}' cannot run on model '{ref.name}': {err}") from None
@@ -237,7 +238,7 @@ def validate(bench: ResolvedBench) -> None:
                 raise PrunebenchError(f"cell {cell.id}: {err}") from None
             bench.notes.append(f"left out {cell.id}: infeasible ({str(err).split(':')[0]})")
             continue
-        keep.append(cell)
+        keep.append(cell.model_copy(update={"plan": plan}))  # the cell carries it out (CellSpec.plan)
     for variant, reason in unsupported.items():
         bench.notes.append(f"left out {variant} (from '{bench.grouped[variant]}'): {reason}")
         log.warning("%s", bench.notes[-1])

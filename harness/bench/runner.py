@@ -25,6 +25,7 @@ from harness.files import write_text_atomic
 from harness.metrics.registry import METRICS
 from harness.outputs import RUN_LOCK
 from harness.results import EXPORTS_DIR, InvalidResult, read_result
+from methods import get_method
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def describe(bench: ResolvedBench) -> list[str]:
     ]
     seen = set()
     for cell in bench.cells:
-        if cell.method != "dense" and cell.variant not in seen:
+        if not get_method(cell.method).reference and cell.variant not in seen:
             seen.add(cell.variant)
             cal = cell.calibration
             lines.append(f"{cell.variant}: calibration {cal.source} {cal.samples} x {cal.seq_len} ({cal.construction}, "

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from harness.data.sources import Corpus
 from harness.errors import DataUnavailable, PrunebenchError
+from methods.errors import invalid
 
 # How calibration samples are built and what a seed does to them (Calibration).
 Construction = Literal["joined", "per-document"]
@@ -57,9 +58,7 @@ class Calibration(BaseModel):
         try:
             return cls(**values)
         except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            message = first["msg"].removeprefix("Value error, ")
+            where, message = invalid(err)
             raise PrunebenchError(f"calibration {where}: {message}" if where else message) from None
 
 

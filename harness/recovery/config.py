@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, m
 
 from harness.errors import PrunebenchError
 from harness.profiles import check_profile
+from methods.errors import invalid
 
 Schedule = Literal["linear", "cosine", "constant"]
 SCHEDULES: tuple[str, ...] = ("linear", "cosine", "constant")
@@ -68,9 +69,8 @@ _PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
 
 def one_line(err: ValidationError, where: str) -> PrunebenchError:
     """pydantic's first complaint as prunebench's one line."""
-    first = err.errors()[0]
-    path = ".".join(str(p) for p in (where, *first["loc"]) if p != "")
-    return PrunebenchError(f"{path}: {first['msg']}")
+    loc, message = invalid(err)
+    return PrunebenchError(f"{'.'.join(p for p in (where, loc) if p)}: {message}")
 
 
 def recovery_config(profile: str, overrides: dict[str, JsonValue] | None = None,

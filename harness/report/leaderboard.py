@@ -68,7 +68,7 @@ def sparsity_table(rows: list[Row], dense: Row | None, notes: dict[str, str]) ->
     """One table: rows ordered by the first ranking metric, with a rank column per ranking metric."""
     shown = shown_metrics(rows)
     ranking_metrics = [m for m in shown if m.rank_basis(first(rows, m)) is not None]
-    ranks = {m.name: rankings([r for r in rows if r.method != "dense"], m) or {} for m in ranking_metrics}
+    ranks = {m.name: rankings([r for r in rows if not r.reference], m) or {} for m in ranking_metrics}
     header = [f"# {short(m)}" for m in ranking_metrics] + ["method", "achieved sparsity", "params (M)"]
     for m in shown:
         header += m.headers(first(rows, m))
@@ -76,14 +76,14 @@ def sparsity_table(rows: list[Row], dense: Row | None, notes: dict[str, str]) ->
     primary = ranking_metrics[0] if ranking_metrics else None
 
     def order(row: Row) -> tuple[int, float]:
-        if row.method == "dense" or primary is None:
+        if row.reference or primary is None:
             return (0, 0.0)
         v = primary.rank_value(row.metric(primary.name)) if row.metric(primary.name) else None
         return (1, v if v is not None else float("inf"))
 
     body = []
     for row in sorted(rows, key=order):
-        line = [("ref" if row.method == "dense" else ranks[m.name].get(row.method, Ranking("-", None)).label)
+        line = [("ref" if row.reference else ranks[m.name].get(row.method, Ranking("-", None)).label)
                 for m in ranking_metrics]
         params = [r.parameters for r in row.results if r.parameters]
         line += [row.method,
@@ -209,7 +209,7 @@ def csv_rows(results: list[CellResult]) -> tuple[list[str], list[dict[str, Scala
     for key, group in by_protocol([r for r in results if r.status == "ok"]).items():
         for sparsity, rows in by_sparsity(group).items():
             for m in METRICS.values():
-                for method, ranking in (rankings([r for r in rows if r.method != "dense"], m) or {}).items():
+                for method, ranking in (rankings([r for r in rows if not r.reference], m) or {}).items():
                     ranks.setdefault((key, f"{sparsity}|{method}"), {})[m.name] = ranking
     healed = recovery.csv_fields(recovery.pair_groups(by_protocol([r for r in results if r.status == "ok"]))[1])
     out = []

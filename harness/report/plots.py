@@ -34,15 +34,20 @@ def _series(results: list[CellResult], value: Any) -> dict[str, list[Point]]:
     return {row: sorted(points) for row, points in sorted(series.items())}
 
 
-def _draw(ax: Any, series: dict[str, list[Point]]) -> None:
+def _reference(results: list[CellResult]) -> str | None:
+    """The row of the dense model, which is drawn as a line across (None: the results have none)."""
+    return next((r.cell.variant for r in results if r.cell.reference), None)
+
+
+def _draw(ax: Any, series: dict[str, list[Point]], reference: str | None) -> None:
     """Each method's line with error bars; the dense model as a dashed line with its interval as a band. Methods
     that remove whole blocks land on the same sparsities, so each method's points are shifted sideways by a
     fraction of a percentage point (``DODGE``), in a fixed order, to keep the error bars apart."""
-    methods = [m for m in series if m != "dense"]
+    methods = [m for m in series if m != reference]
     for method, points in series.items():
-        if method == "dense":
+        if method == reference:
             _, y, lo, hi = points[0]
-            ax.axhline(y, color="black", linestyle="--", linewidth=1, label="dense")
+            ax.axhline(y, color="black", linestyle="--", linewidth=1, label=method)
             ax.axhspan(y - lo, y + hi, color="black", alpha=0.08)
             continue
         shift = DODGE * (methods.index(method) - (len(methods) - 1) / 2)
@@ -77,7 +82,7 @@ def plot(results: list[CellResult], path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(panels), figsize=(7 + 6 * (len(panels) - 1), 4.5), squeeze=False)
     model = results[0].cell.model
     for ax, (panel, series) in zip(axes[0], panels, strict=True):
-        _draw(ax, series)
+        _draw(ax, series, _reference(results))
         if panel.log:
             ax.set_yscale("log")
         ax.set_ylabel(panel.ylabel)
@@ -145,7 +150,7 @@ def recovery_plot(before: list[CellResult], after: list[CellResult], path: Path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = []
+    panels, reference = [], _reference(before)
     for metric in sorted(METRICS.values(), key=lambda m: m.column_order):
         sample = next((r.metric(metric.name) for r in after if r.metric(metric.name)), None)
         panel = metric.panel(sample) if sample else None
@@ -158,7 +163,7 @@ def recovery_plot(before: list[CellResult], after: list[CellResult], path: Path)
         was, now = _by_cell(before, value), _by_cell(after, value)
         points = {key: (was[key], now[key]) for key in now if key in was}
         if points:
-            panels.append((panel, points, was.get(("dense", 0.0))))
+            panels.append((panel, points, was.get((reference, 0.0))))
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.5), squeeze=False)
@@ -168,7 +173,7 @@ def recovery_plot(before: list[CellResult], after: list[CellResult], path: Path)
     for ax, (panel, points, dense) in zip(axes[0], panels, strict=True):
         if dense is not None:  # the dense model's value on both axes: where a full recovery would land
             ax.axvline(dense[0], color="grey", linestyle=":", linewidth=1)
-            ax.axhline(dense[0], color="grey", linestyle=":", linewidth=1, label="dense")
+            ax.axhline(dense[0], color="grey", linestyle=":", linewidth=1, label=reference)
         for (method, sparsity), ((x, xlo, xhi), (y, ylo, yhi)) in sorted(points.items()):
             size = 4 + 3 * sparsities.index(sparsity)
             ax.errorbar([x], [y], xerr=[[max(0.0, x - xlo)], [max(0.0, xhi - x)]],

@@ -109,7 +109,7 @@ def before_after_table(before: list[Row], after: list[Row], dense: Row | None) -
     header += ["train loss (first → last)", "recovery time (s)"]
     body = []
     if dense is not None:
-        line = ["dense"]
+        line = [dense.method]
         for m in metrics:
             line += ["ref", "ref", _value(dense, m), "-", "-"]
         body.append(line + ["-", "-"])

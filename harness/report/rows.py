@@ -39,6 +39,11 @@ class Row:
         values = [r.metric(name) for r in self.results]
         return values if all(v is not None for v in values) else None
 
+    @property
+    def reference(self) -> bool:
+        """The dense model's row: what the others are compared with, never ranked itself."""
+        return self.results[0].cell.reference
+
 
 @dataclass(frozen=True)
 class Ranking:

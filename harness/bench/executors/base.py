@@ -48,10 +48,12 @@ def parse_options(model: type[Options], options: dict[str, Any], executor: str) 
     try:
         return model(**options)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "executor_options"
+        from methods.errors import invalid  # not at the top: the methods package loads torch, an executor must not
+
+        where, message = invalid(err)
         known = ", ".join(model.model_fields)
-        raise PrunebenchError(f"{executor} executor option '{where}': {first['msg']} (options: {known})") from None
+        raise PrunebenchError(f"{executor} executor option '{where or 'executor_options'}': {message} "
+                              f"(options: {known})") from None
 
 
 class BenchInterrupted(Exception):

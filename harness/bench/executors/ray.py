@@ -286,7 +286,7 @@ def ray_core_stderr() -> Iterator[list[str]]:
 
 def connect_error(address: str | None, err: Exception, core_log: list[str]) -> str:
     where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    first = first_line(err, named=False)
     if any("InvalidAuthToken" in line or "Unauthenticated" in line for line in core_log):
         return (f"cannot connect to {where}: it refused this machine's Ray authentication token (none, or another); "
                 "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or ~/.ray/auth_token) to the cluster's token, "
